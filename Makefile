@@ -1,0 +1,40 @@
+# sandboxd: `make run` and `make test` set everything up first (idempotent).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+ARGS ?=
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP) sandbox-tools
+	@$(BIN)/sandboxd-warm
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "sandboxd needs Python 3.11+"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -c 'from twisted.plugin import getPlugins, IPlugin; list(getPlugins(IPlugin))'
+	touch $(STAMP)
+
+.PHONY: sandbox-tools
+sandbox-tools:
+	@bash scripts/sandbox-tools.sh
+
+run: setup
+	$(BIN)/twistd -n sandboxd $(ARGS)
+
+test: setup
+	$(BIN)/ruff check sandboxd tests twisted bench
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check sandboxd tests twisted bench
+
+bench: setup
+	$(BIN)/python bench/bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

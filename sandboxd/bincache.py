@@ -1,0 +1,96 @@
+"""Built programs, kept outside every box so the same source is never built twice.
+
+The key covers every input of the build: each file's name and bytes, the toolchain's identity
+and the build flags.  Entries are written only by the daemon (root-owned, read-only), copied
+out of the build box without following links, bounded in total size (least recently used out)
+and placed read-only into the run's sandbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class BinaryCache:
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o711)
+        self._entries: OrderedDict[str, int] = OrderedDict()
+        self.total = 0
+        found = []
+        for entry in directory.iterdir():
+            if entry.name.startswith("tmp") or not entry.is_file() or entry.is_symlink():
+                entry.unlink(missing_ok=True)
+                continue
+            st = entry.stat()
+            found.append((st.st_mtime, entry.name, st.st_size))
+        for _, name, size in sorted(found):
+            self._entries[name] = size
+            self.total += size
+        self._shrink()
+
+    @staticmethod
+    def key(files: dict[str, bytes], toolchain_ident: str, flags: tuple[str, ...]) -> str:
+        digest = hashlib.sha256()
+        digest.update(f"toolchain {toolchain_ident}\nflags {' '.join(flags)}\n".encode())
+        for name in sorted(files):
+            data = files[name]
+            digest.update(f"file {len(name)} {name} {len(data)}\n".encode())
+            digest.update(data)
+        return digest.hexdigest()
+
+    def get(self, key: str) -> Path | None:
+        if key not in self._entries:
+            self.misses += 1
+            return None
+        path = self.directory / key
+        if not path.is_file():
+            self.total -= self._entries.pop(key)
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return path
+
+    def put(self, key: str, data: bytes) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix="tmp", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o555)
+            os.rename(tmp, self.directory / key)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        if key in self._entries:
+            self.total -= self._entries.pop(key)
+        self._entries[key] = len(data)
+        self.total += len(data)
+        self._shrink(keep=key)
+        return self.directory / key
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def _shrink(self, keep: str | None = None) -> None:
+        while self.total > self.max_bytes and self._entries:
+            oldest = next(iter(self._entries))
+            if oldest == keep and len(self._entries) == 1:
+                break
+            if oldest == keep:
+                self._entries.move_to_end(keep)
+                continue
+            self.total -= self._entries.pop(oldest)
+            (self.directory / oldest).unlink(missing_ok=True)

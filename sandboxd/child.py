@@ -1,0 +1,226 @@
+"""One sandboxed process tree, from spawn to its end report.
+
+Like buildbot-worker's RunProcess, one object owns the child's whole life: it starts it, feeds
+its stdin, turns every ``childDataReceived`` chunk into output at once, enforces the wall-time,
+CPU-time and output limits, kills the whole box (the sandbox's pid namespace, and its cgroup)
+when one is hit or the request is cancelled, and reports how it ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal as signals
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sandboxd.drivers.base import STATUS_FD, Driver, Report, SandboxRun
+from sandboxd.events import now_ms
+
+log = Logger()
+
+CPU_POLL_S = 0.05
+GRACE_S = 0.5
+STDERR_TAIL = 4096
+STREAMS = {1: "stdout", 2: "stderr"}
+
+# Called with (stream, bytes, timestamp); returns how many of the bytes may be sent.  Fewer
+# than given means the output limit was reached.
+OutputSink = Callable[[str, bytes, str], int]
+
+
+@dataclass
+class ChildResult:
+    """How a process tree ended, as measured by the daemon and the driver."""
+
+    report: Report
+    stopped_for: str | None  # "wall", "cpu", "output", "cancelled", or None
+    wall_ms: int
+    cpu_ms: int | None
+    memory_kb: int | None
+    oom_killed: bool
+    pids_refused: bool
+    stderr_tail: bytes
+
+
+class SandboxChild(protocol.ProcessProtocol):
+    """Drives one ``SandboxRun``; ``start()`` fires with a ``ChildResult``."""
+
+    def __init__(
+        self,
+        reactor: IReactorProcess,
+        driver: Driver,
+        run: SandboxRun,
+        sink: OutputSink,
+        stdin: bytes | None = b"",
+    ) -> None:
+        self.reactor = reactor
+        self.driver = driver
+        self.run = run
+        self.sink = sink
+        self.stdin = stdin  # None: keep stdin open for ``write_stdin``
+        self.stopped_for: str | None = None
+        self.status = b""
+        self.stderr_tail = b""
+        self.paused = False
+        self._done: defer.Deferred[ChildResult] = defer.Deferred()
+        self._started = 0.0
+        self._timer = None
+        self._cpu_poll: LoopingCall | None = None
+        self._ended = False
+
+    # -- life ------------------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred[ChildResult]:
+        argv, env = self.driver.command(self.run)
+        self._started = time.monotonic()
+        try:
+            self.reactor.spawnProcess(
+                self, argv[0], argv, env=env, childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r"}
+            )
+        except Exception:
+            self._finish_cgroup()
+            return defer.fail(Failure())
+        clock: IReactorTime = self.reactor  # type: ignore[assignment]
+        self._timer = clock.callLater(self.run.limits.wall_ms / 1000, self.stop, "wall")
+        if self.run.cgroup is not None and self.run.cgroup.cpu_ns() is not None:
+            self._cpu_poll = LoopingCall(self._check_cpu)
+            self._cpu_poll.clock = clock
+            self._cpu_poll.start(CPU_POLL_S, now=False).addErrback(
+                lambda f: log.failure("cpu poll", f)
+            )
+        return self._done
+
+    def connectionMade(self) -> None:
+        if self.stdin is not None:
+            if self.stdin:
+                self.transport.write(self.stdin)
+            self.transport.closeStdin()
+        if self.paused:
+            self.transport.pauseProducing()
+
+    def write_stdin(self, data: bytes) -> None:
+        if not self._ended and self.transport is not None:
+            self.transport.write(data)
+
+    def close_stdin(self) -> None:
+        if not self._ended and self.transport is not None:
+            self.transport.closeStdin()
+
+    def stop(self, reason: str) -> None:
+        """End the whole box now; ``reason`` is what the final status will say."""
+        if self._ended:
+            return
+        if self.stopped_for is None:
+            self.stopped_for = reason
+        if self.run.cgroup is not None:
+            self.run.cgroup.kill_all()
+        pid = getattr(self.transport, "pid", None)
+        if pid is None:
+            return
+        if not self.driver.graceful_stop:
+            self._signal(pid, signals.SIGKILL)
+            return
+        # isolate: SIGTERM makes it kill the box and write its meta file; then the group.
+        self._signal(pid, signals.SIGTERM)
+        clock: IReactorTime = self.reactor  # type: ignore[assignment]
+        clock.callLater(GRACE_S, self._signal, -pid, signals.SIGKILL)
+
+    def _signal(self, pid: int, sig: int) -> None:
+        if self._ended:
+            return
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _check_cpu(self) -> None:
+        cg = self.run.cgroup
+        used = cg.cpu_ns() if cg is not None else None
+        if used is not None and used > self.run.limits.cpu_ms * 1_000_000:
+            self.stop("cpu")
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self.transport is not None and not self._ended:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self._ended:
+            self.transport.resumeProducing()
+
+    # -- ProcessProtocol -------------------------------------------------------------------
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd == STATUS_FD:
+            self.status += data[: max(0, 65536 - len(self.status))]
+            return
+        stream = STREAMS.get(fd)
+        if stream is None:
+            return
+        if fd == 2:
+            self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL:]
+        if self.stopped_for is not None:
+            return  # killed: what is still in the pipe after the limit is not sent
+        sent = self.sink(stream, data, now_ms())
+        if sent < len(data):
+            self.stop("output")
+
+    def processEnded(self, reason: Failure) -> None:
+        self._ended = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._cpu_poll is not None and self._cpu_poll.running:
+            self._cpu_poll.stop()
+        wall_ms = int((time.monotonic() - self._started) * 1000)
+        exit_code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        cpu_ms = memory_kb = None
+        oom = refused = False
+        cg = self.run.cgroup
+        if cg is not None:
+            try:
+                ns = cg.cpu_ns()
+                cpu_ms = None if ns is None else ns // 1_000_000
+                peak = cg.memory_peak_bytes()
+                memory_kb = None if peak is None else peak // 1024
+                oom = cg.oom_killed()
+                refused = cg.pids_refused()
+            except Exception:
+                log.failure("reading cgroup statistics")
+        self._finish_cgroup()
+        try:
+            report = self.driver.report(self.run, exit_code, sig, self.status)
+        except Exception as e:
+            log.failure("driver report")
+            report = Report(exit_code=exit_code, signal=sig, failed=True, message=str(e))
+        result = ChildResult(
+            report=report,
+            stopped_for=self.stopped_for,
+            wall_ms=report.wall_ms if report.wall_ms is not None else wall_ms,
+            cpu_ms=report.cpu_ms if report.cpu_ms is not None else cpu_ms,
+            memory_kb=report.memory_kb if report.memory_kb is not None else memory_kb,
+            oom_killed=oom or report.memory_exceeded,
+            pids_refused=refused,
+            stderr_tail=self.stderr_tail,
+        )
+        self._done.callback(result)
+
+    def _finish_cgroup(self) -> None:
+        if self.run.cgroup is not None:
+            try:
+                self.run.cgroup.remove()
+            except Exception:
+                log.failure("removing cgroup")
+
+
+SIGNAL_NAMES = {int(s): s.name for s in signals.Signals}

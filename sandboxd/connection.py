@@ -1,0 +1,179 @@
+"""One client connection: JSON lines in, events out.
+
+Lines are split here rather than by ``LineReceiver`` so that an over-long line is answered with
+a ``bad_request`` and skipped instead of dropping the connection.  Requests run concurrently;
+their events interleave, each carrying its ``id``.  When the client shuts down its writing side
+the connection finishes every request it has, then closes.  When the client goes away its
+requests are cancelled.  When the client reads slowly, every child of the connection is paused
+(its pipes are not read, so it blocks writing) until the client catches up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import interfaces, protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
+
+from sandboxd.events import encode, final_event
+from sandboxd.job import Job, Runtime
+from sandboxd.limits import LimitPolicy
+from sandboxd.request import BadRequest, SourceLimits, parse_line
+from sandboxd.status import Phase, Status
+
+log = Logger()
+
+
+@implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
+class Connection(protocol.Protocol, TimeoutMixin):
+    def __init__(self, factory: ConnectionFactory) -> None:
+        self.factory = factory
+        self.buffer = b""
+        self.discarding = False
+        self.jobs: dict[str, Job] = {}
+        self.input_closed = False
+        self.lost = False
+        self.paused = False
+
+    # -- connection life -------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.factory.connections.add(self)
+        self.transport.registerProducer(self, True)
+        self.setTimeout(self.factory.idle_timeout)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+        self.setTimeout(None)
+        self.factory.connections.discard(self)
+        for job in list(self.jobs.values()):
+            job.cancel("the client disconnected")
+
+    def readConnectionLost(self) -> None:
+        self.input_closed = True
+        if self.buffer.strip() and not self.discarding:
+            line, self.buffer = self.buffer, b""
+            self._line(line)
+        self._close_if_done()
+
+    def writeConnectionLost(self) -> None:
+        self.connectionLost()
+        self.transport.loseConnection()
+
+    def timeoutConnection(self) -> None:
+        if self.jobs:
+            self.resetTimeout()
+            return
+        log.info("closing an idle connection")
+        self.transport.loseConnection()
+
+    def _close_if_done(self) -> None:
+        if self.input_closed and not self.jobs and not self.lost:
+            self.transport.loseConnection()
+
+    # -- input -----------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self.buffer += data
+        limit = self.factory.max_line_bytes
+        while True:
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                if len(self.buffer) > limit:
+                    if not self.discarding:
+                        self._refuse_long_line()
+                    self.discarding = True
+                    self.buffer = b""
+                return
+            line, self.buffer = self.buffer[:end], self.buffer[end + 1:]
+            if self.discarding:
+                self.discarding = False
+                continue
+            if len(line) > limit:
+                self._refuse_long_line()
+                continue
+            self._line(line)
+            if self.lost:
+                return
+
+    def _refuse_long_line(self) -> None:
+        self.send(final_event(
+            None, Status.BAD_REQUEST,
+            f"the line is longer than this server's maximum ({self.factory.max_line_bytes} "
+            "bytes); it was skipped",
+            Phase.QUEUE,
+        ))
+
+    def _line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            request = parse_line(line, self.factory.policy, self.factory.sources)
+        except BadRequest as e:
+            self.send(final_event(e.request_id, Status.BAD_REQUEST, e.message, Phase.QUEUE))
+            return
+        if request.id in self.jobs:
+            self.send(final_event(
+                request.id, Status.BAD_REQUEST,
+                f"a request with id {request.id!r} is still running on this connection",
+                Phase.QUEUE,
+            ))
+            return
+        job = Job(self.factory.runtime, request, self.send)
+        self.jobs[request.id] = job
+        if self.paused:
+            job.pause()
+        job.start().addBoth(self._job_done, request.id, job)
+
+    def _job_done(self, result: Any, request_id: str, job: Job) -> None:
+        if self.jobs.get(request_id) is job:
+            del self.jobs[request_id]
+        self._close_if_done()
+
+    # -- output ----------------------------------------------------------------------------
+
+    def send(self, event: dict[str, Any]) -> None:
+        if not self.lost:
+            self.transport.write(encode(event))
+
+    # -- IPushProducer: the transport asks us to hold output while the client is slow -----
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        for job in self.jobs.values():
+            job.pause()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for job in list(self.jobs.values()):
+            job.resume()
+
+    def stopProducing(self) -> None:
+        for job in list(self.jobs.values()):
+            job.cancel("the client disconnected")
+
+
+class ConnectionFactory(protocol.Factory):
+    protocol = Connection  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        policy: LimitPolicy,
+        sources: SourceLimits | None = None,
+        max_line_bytes: int = 2 * 1024 * 1024,
+        idle_timeout: float | None = 600,
+    ) -> None:
+        self.runtime = runtime
+        self.policy = policy
+        self.sources = sources or SourceLimits()
+        self.max_line_bytes = max_line_bytes
+        self.idle_timeout = idle_timeout
+        self.connections: set[Connection] = set()
+
+    def buildProtocol(self, addr: Any) -> Connection:
+        p = Connection(self)
+        return p

@@ -1,0 +1,125 @@
+"""The daemon: builds the runtime (driver, cgroups, toolchain, caches, pool) and owns it."""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import reactor as default_reactor
+from twisted.logger import Logger
+
+from sandboxd import cgroup, hostfs, toolchain
+from sandboxd.bincache import BinaryCache
+from sandboxd.connection import ConnectionFactory
+from sandboxd.drivers import choose
+from sandboxd.job import Runtime
+from sandboxd.limits import LimitPolicy
+from sandboxd.pool import BoxPool, PoolSettings
+from sandboxd.request import SourceLimits
+
+log = Logger()
+
+
+class SandboxDaemon(service.MultiService):
+    """Everything one ``twistd sandboxd`` runs; listeners are its children."""
+
+    def __init__(
+        self,
+        policy: LimitPolicy,
+        sandbox: str,
+        boxes: int,
+        state_dir: Path,
+        cache_dir: Path,
+        go: str | None = None,
+        max_queue: int = 100,
+        max_sessions: int = 256,
+        first_uid: int = 60000,
+        session_idle: float = 1200,
+        session_max_age: float = 1800,
+        cleanup_period: float = 300,
+        binary_cache_mb: int = 512,
+        max_line_bytes: int = 2 * 1024 * 1024,
+        max_source_bytes: int = 512 * 1024,
+        max_files: int = 20,
+        idle_timeout: float | None = 600,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor or default_reactor
+        self.policy = policy
+        _raise_open_files()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o711)
+        self.cgroups = cgroup.detect(f"sandboxd-{_instance_name(state_dir)}")
+        self.driver = choose(sandbox, state_dir=state_dir, cgroups=self.cgroups,
+                             first_uid=first_uid)
+        self.toolchain = toolchain.load(toolchain.find_goroot(go), cache_dir)
+        toolchain.warm(self.toolchain, self.driver, quiet=False)
+        jobs_dir = state_dir / "jobs"
+        hostfs.remove_tree(jobs_dir)
+        jobs_dir.mkdir(mode=0o711)
+        self.pool = BoxPool(
+            self.driver,
+            PoolSettings(
+                boxes=boxes,
+                max_queue=max_queue,
+                max_sessions=max_sessions,
+                session_idle_s=session_idle,
+                session_max_age_s=session_max_age,
+                cleanup_period_s=cleanup_period,
+                disk_mb=policy.defaults.run.disk_mb,
+            ),
+            self.reactor,
+        )
+        self.runtime = Runtime(
+            reactor=self.reactor,
+            driver=self.driver,
+            pool=self.pool,
+            cgroups=self.cgroups,
+            toolchain=self.toolchain,
+            binaries=BinaryCache(state_dir / "binaries", binary_cache_mb * 1024 * 1024),
+            jobs_dir=jobs_dir,
+        )
+        self.factory = ConnectionFactory(
+            self.runtime,
+            policy,
+            SourceLimits(max_bytes=max_source_bytes, max_files=max_files),
+            max_line_bytes=max_line_bytes,
+            idle_timeout=idle_timeout,
+        )
+
+    def startService(self) -> None:
+        swept = self.cgroups.sweep()
+        if swept:
+            log.info("removed {n} cgroups a previous daemon left", n=swept)
+        self.pool.start()
+        log.info("sandboxd: {driver} driver, {n} boxes, Go {go}, {cg}", driver=self.driver.name,
+                 n=self.pool.settings.boxes, go=self.toolchain.version,
+                 cg=self.cgroups.describe())
+        for line in self.driver.describe():
+            log.info("limit mechanism: {line}", line=line)
+        super().startService()
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        for conn in list(self.factory.connections):
+            for job in list(conn.jobs.values()):
+                job.cancel("the server is shutting down")
+        self.pool.stop()
+        return d
+
+
+def _instance_name(state_dir: Path) -> str:
+    """A cgroup name per state directory, so two daemons never sweep each other's boxes."""
+    import hashlib
+
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+
+
+def _raise_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,203 @@
+"""The one small interface every sandbox driver implements."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from sandboxd import hostfs
+from sandboxd.box import Box
+from sandboxd.cgroup import CgroupSupport, RunCgroup
+from sandboxd.limits import PhaseLimits
+from sandboxd.status import Phase
+
+log = Logger()
+
+MIB = 1024 * 1024
+INODES_PER_MB = 256
+
+# The launcher: join the run's cgroups, then become the sandbox.  Runs before anything of the
+# request, so no process of the request starts outside the cgroup.  Exit 125 means it failed.
+JOIN_SCRIPT = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+LAUNCHER_FAILED = 125
+# A pipe the sandbox may report its own progress on (bwrap's --json-status-fd).
+STATUS_FD = 3
+
+# What a program sees as its whole environment.
+RUN_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/box",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "USER": "sandbox",
+}
+
+
+class DriverError(RuntimeError):
+    """The driver cannot work on this host; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path made visible inside the sandbox."""
+
+    host: Path
+    inside: str
+    writable: bool = False
+
+
+@dataclass
+class SandboxRun:
+    """One process tree to start in a box: a build or a run."""
+
+    phase: Phase
+    box: Box
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    limits: PhaseLimits
+    mounts: list[Mount] = field(default_factory=list)
+    cgroup: RunCgroup | None = None
+    with_workspace: bool = True  # the box's files at /box
+    scratch: Path | None = None  # a host directory only the daemon writes, for driver files
+
+
+@dataclass
+class Report:
+    """What the driver learned about how the process tree ended."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    cpu_ms: int | None = None
+    wall_ms: int | None = None
+    memory_kb: int | None = None
+    timed_out: str | None = None  # "wall" or "cpu" when the driver itself stopped it
+    memory_exceeded: bool = False
+    message: str = ""
+    failed: bool = False  # the sandbox itself failed (not the program)
+
+
+class Driver(ABC):
+    """Makes boxes, turns a ``SandboxRun`` into a command line, reads how it ended."""
+
+    name = "driver"
+    # True: stop with SIGTERM to the launcher, then SIGKILL to its process group (isolate).
+    graceful_stop = False
+    warm_box_number = 4095
+
+    def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:
+        self.state_dir = state_dir
+        self.cgroups = cgroups
+        self.first_uid = first_uid
+        self.boxes_dir = state_dir / "boxes"
+        self.boxes_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.boxes_dir, 0o711)
+        self.use_tmpfs = True
+
+    @staticmethod
+    def tool(name: str) -> str:
+        path = shutil.which(name)
+        if path is None:
+            raise DriverError(f"{name} is not installed (see README: make setup)")
+        return path
+
+    def uid_for(self, number: int) -> int:
+        return self.first_uid + number
+
+    def workspace_for(self, number: int) -> Path:
+        """Where box ``number``'s files live on the host."""
+        return self.state_dir / "boxes" / str(number)
+
+    def launcher(self, run: SandboxRun) -> list[str]:
+        """The argv prefix that puts the process into its cgroup first."""
+        if run.cgroup is None:
+            return []
+        return ["/bin/sh", "-c", JOIN_SCRIPT, "sandboxd-join", *run.cgroup.procs_files, "--"]
+
+    def describe(self) -> list[str]:
+        """One line per limit: which mechanism enforces it on this host."""
+        cg = self.cgroups.version is not None
+        how = f"cgroup v{self.cgroups.version}" if cg else "rlimit"
+        disk = (
+            "a tmpfs the daemon mounts per box (size and inode bounded)"
+            if self.use_tmpfs
+            else "a plain directory; only RLIMIT_FSIZE bounds it (mounting a tmpfs failed)"
+        )
+        if cg:
+            memory = f"cgroup v{self.cgroups.version} memory controller"
+            processes = "cgroup pids controller + RLIMIT_NPROC"
+            cpu = f"{how} CPU accounting, polled, + RLIMIT_CPU"
+        else:
+            memory = "RLIMIT_AS (memory + 1 GiB headroom)"
+            processes = "RLIMIT_NPROC per box uid"
+            cpu = "RLIMIT_CPU per process"
+        return [
+            f"box disk: {disk}",
+            f"memory: {memory}",
+            f"processes: {processes}",
+            f"cpu time: {cpu}",
+            "wall time: daemon timer, SIGKILL of the whole box",
+        ]
+
+    # -- boxes: a tmpfs per box, mounted by the daemon ---------------------------------
+
+    def create_box(self, box: Box, disk_mb: int) -> None:
+        path = box.workspace
+        if hostfs.is_mountpoint(path):
+            hostfs.unmount(path)
+        hostfs.remove_tree(path)
+        hostfs.make_private_dir(path, 0, 0, 0o700)
+        if self.use_tmpfs:
+            try:
+                hostfs.mount_tmpfs(path, disk_mb * MIB, max(64, disk_mb * INODES_PER_MB),
+                                   box.uid, box.gid)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EACCES):
+                    raise
+                self.use_tmpfs = False
+                log.warn("cannot mount a tmpfs for boxes ({e}); box disk is bounded by "
+                         "RLIMIT_FSIZE only", e=e)
+        os.chown(path, box.uid, box.gid)
+
+    def wipe_box(self, box: Box, disk_mb: int) -> None:
+        self.destroy_box(box)
+        self.create_box(box, disk_mb)
+
+    def destroy_box(self, box: Box) -> None:
+        path = box.workspace
+        while hostfs.is_mountpoint(path):
+            hostfs.unmount(path)
+        hostfs.remove_tree(path)
+
+    def resize_box(self, box: Box, disk_mb: int) -> None:
+        if self.use_tmpfs and hostfs.is_mountpoint(box.workspace):
+            try:
+                hostfs.mount_tmpfs(box.workspace, disk_mb * MIB,
+                                   max(64, disk_mb * INODES_PER_MB), box.uid, box.gid,
+                                   remount=True)
+            except OSError as e:
+                log.info("{box}: cannot resize to {mb} MiB ({e}); keeping its size",
+                         box=box, mb=disk_mb, e=e)
+
+    def sweep(self) -> None:
+        for entry in self.boxes_dir.iterdir():
+            while hostfs.is_mountpoint(entry):
+                hostfs.unmount(entry)
+            hostfs.remove_tree(entry)
+
+    @abstractmethod
+    def command(self, run: SandboxRun) -> tuple[list[str], dict[str, str]]:
+        """The host argv and environment that start ``run``."""
+
+    @abstractmethod
+    def report(
+        self, run: SandboxRun, exit_code: int | None, signal: int | None, status: bytes
+    ) -> Report:
+        """How the run ended: the launcher's exit status, what it wrote on ``STATUS_FD``."""

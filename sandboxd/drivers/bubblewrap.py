@@ -1,0 +1,122 @@
+"""The bubblewrap driver: unprivileged user namespaces, one uid per box, nothing shared.
+
+Each process tree runs as its box's own uid (``setpriv``), under rlimits (``prlimit``), inside
+``bwrap`` with every namespace unshared: its own pid namespace (killing bwrap kills every
+process of the box, ``setsid`` and double forks included), no network, read-only system
+directories and toolchain, and as writable places only the box (a size-bounded tmpfs the daemon
+mounted) and private, size-bounded ``/tmp`` and ``/dev/shm``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sandboxd.cgroup import CgroupSupport
+from sandboxd.drivers.base import (
+    LAUNCHER_FAILED,
+    MIB,
+    STATUS_FD,
+    Driver,
+    Report,
+    SandboxRun,
+)
+
+SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/sbin")
+
+
+class BubblewrapDriver(Driver):
+    name = "bubblewrap"
+
+    def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:
+        super().__init__(state_dir, cgroups, first_uid)
+        self.bwrap = self.tool("bwrap")
+        self.setpriv = self.tool("setpriv")
+        self.prlimit = self.tool("prlimit")
+        self.system = self._system_layout()
+
+    def describe(self) -> list[str]:
+        return [*super().describe(), "/tmp and /dev/shm: bwrap tmpfs --size",
+                "file size: RLIMIT_FSIZE", "open files: RLIMIT_NOFILE"]
+
+    @staticmethod
+    def _system_layout() -> list[str]:
+        args: list[str] = []
+        for path in SYSTEM_DIRS:
+            if os.path.islink(path):
+                args += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                args += ["--ro-bind", path, path]
+        return args
+
+    # -- running ---------------------------------------------------------------------------
+
+    def command(self, run: SandboxRun) -> tuple[list[str], dict[str, str]]:
+        lim = run.limits
+        uid = str(run.box.uid)
+        cpu_s = (lim.cpu_ms + 999) // 1000 + 1
+        rlimits = [
+            self.prlimit,
+            f"--nproc={lim.processes}",
+            f"--nofile={lim.open_files}",
+            f"--fsize={lim.file_size_mb * MIB}",
+            f"--cpu={cpu_s}:{cpu_s + 1}",
+            "--core=0",
+        ]
+        if run.cgroup is None:
+            address_space = (lim.memory_mb + 1024) * MIB
+            rlimits.append(f"--as={address_space}")
+        rlimits.append("--")
+        identity = [
+            self.setpriv,
+            f"--reuid={uid}",
+            f"--regid={run.box.gid}",
+            "--clear-groups",
+            "--no-new-privs",
+            "--pdeathsig=KILL",
+            "--",
+        ]
+        tmp_bytes = str(lim.disk_mb * MIB)
+        sandbox = [
+            self.bwrap,
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--json-status-fd", str(STATUS_FD),
+            "--hostname", "sandbox",
+            *self.system,
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--size", tmp_bytes, "--tmpfs", "/tmp",
+            "--size", tmp_bytes, "--tmpfs", "/dev/shm",
+            "--dir", "/var",
+            "--symlink", "../tmp", "/var/tmp",
+        ]
+        if run.with_workspace:
+            sandbox += ["--bind", str(run.box.workspace), "/box"]
+        for mount in run.mounts:
+            sandbox += ["--bind" if mount.writable else "--ro-bind", str(mount.host), mount.inside]
+        sandbox += ["--chdir", run.cwd, "--clearenv"]
+        for key, value in run.env.items():
+            sandbox += ["--setenv", key, value]
+        sandbox += ["--", *run.argv]
+        return [*self.launcher(run), *rlimits, *identity, *sandbox], {"PATH": "/usr/bin:/bin"}
+
+    def report(
+        self, run: SandboxRun, exit_code: int | None, signal: int | None, status: bytes
+    ) -> Report:
+        if b"child-pid" not in status and exit_code != LAUNCHER_FAILED and signal is None:
+            return Report(exit_code=exit_code, failed=True,
+                          message="the sandbox could not start (bwrap failed)")
+        if signal is not None:
+            # bwrap itself was killed (by us, for a limit or a cancel).
+            return Report(exit_code=None, signal=signal)
+        if exit_code == LAUNCHER_FAILED:
+            return Report(exit_code=exit_code, failed=True,
+                          message="could not place the process in its cgroup")
+        if exit_code is not None and exit_code > 128:
+            # bwrap's pid 1 reports a child killed by signal N as 128 + N.
+            return Report(exit_code=None, signal=exit_code - 128)
+        return Report(exit_code=exit_code)

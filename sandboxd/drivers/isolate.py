@@ -1,0 +1,234 @@
+"""The isolate driver: ``isolate -b N --init / --run / --cleanup`` with its ``--meta`` file.
+
+Box N is isolate's box N (its uid is isolate's ``first_uid + N``); a session keeps its isolate
+box between runs.  Without ``--cg`` isolate limits with rlimits; the daemon still puts the whole
+isolate process tree into its own cgroup where the host has one (see ``sandboxd.cgroup``), so
+memory and processes are bounded for the box as a whole.  Builds run with
+``--syscalls=65531``: isolate's default filter makes ``flock`` fail with ENOSYS, which breaks
+``go build`` reading go.mod.  isolate is started in its own process group and stopped with
+SIGTERM (it then kills the box and writes its meta file), then SIGKILL to the group: SIGKILL to
+isolate alone would leave the box running unlimited.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from sandboxd import hostfs
+from sandboxd.box import Box
+from sandboxd.cgroup import CgroupSupport
+from sandboxd.drivers.base import (
+    INODES_PER_MB,
+    LAUNCHER_FAILED,
+    MIB,
+    Driver,
+    DriverError,
+    Report,
+    SandboxRun,
+)
+from sandboxd.status import Phase
+
+log = Logger()
+
+CONFIG = Path("/usr/local/etc/isolate")
+BUILD_SYSCALLS = "65531"  # every restriction but bit 4 (file locks): go build needs flock
+
+
+def read_config(path: Path = CONFIG) -> dict[str, str]:
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return values
+    for line in text.splitlines():
+        m = re.match(r"\s*([a-z_]+)\s*=\s*(\S+)", line)
+        if m:
+            values[m.group(1)] = m.group(2)
+    return values
+
+
+def parse_meta(text: str) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            meta[key.strip()] = value.strip()
+    return meta
+
+
+class IsolateDriver(Driver):
+    name = "isolate"
+    graceful_stop = True
+
+    def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:
+        super().__init__(state_dir, cgroups, first_uid)
+        self.isolate = self.tool("isolate")
+        self.setsid = self.tool("setsid")
+        config = read_config()
+        self.box_root = Path(config.get("box_root", "/var/local/lib/isolate"))
+        self.first_uid = int(config.get("first_uid", "60000"))
+        self.num_boxes = int(config.get("num_boxes", "1000"))
+        self.meta_dir = state_dir / "isolate-meta"
+        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.meta_dir, 0o700)
+        self.prog_dir = state_dir / "isolate-prog"
+        self.prog_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.prog_dir, 0o711)
+
+    @property
+    def warm_box_number(self) -> int:
+        return self.num_boxes - 1
+
+    def describe(self) -> list[str]:
+        return [*super().describe(),
+                "/tmp: a fresh daemon-mounted tmpfs per run (size bounded)",
+                "file size: isolate -f (RLIMIT_FSIZE)", "open files: isolate --open-files"]
+
+    def _tmp_for(self, number: int) -> Path:
+        return self.boxes_dir / f"{number}.tmp"
+
+    def _isolate(self, number: int, *args: str) -> str:
+        proc = subprocess.run(
+            [self.isolate, "-b", str(number), *args], capture_output=True, text=True,
+            stdin=subprocess.DEVNULL, timeout=60,
+        )
+        if proc.returncode != 0:
+            raise DriverError(f"isolate -b {number} {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    # -- boxes: the daemon's tmpfs workspace as /box, isolate's box around it ---------------
+
+    def create_box(self, box: Box, disk_mb: int) -> None:
+        if box.number >= self.num_boxes:
+            raise DriverError(f"isolate has only {self.num_boxes} boxes (num_boxes)")
+        super().create_box(box, disk_mb)
+        self._isolate(box.number, "--init")
+
+    def destroy_box(self, box: Box) -> None:
+        super().destroy_box(box)
+        tmp = self._tmp_for(box.number)
+        while hostfs.is_mountpoint(tmp):
+            hostfs.unmount(tmp)
+        hostfs.remove_tree(tmp)
+        hostfs.remove_tree(self.prog_dir / str(box.number))
+        self._isolate(box.number, "--cleanup")
+
+    def sweep(self) -> None:
+        numbers = {int(e.name.split(".")[0]) for e in self.boxes_dir.iterdir()
+                   if e.name.split(".")[0].isdigit()}
+        super().sweep()
+        for number in numbers:
+            try:
+                self._isolate(number, "--cleanup")
+            except DriverError as e:
+                log.warn("sweeping isolate box {n}: {e}", n=number, e=e)
+        for entry in self.prog_dir.iterdir():
+            hostfs.remove_tree(entry)
+
+    def _fresh_tmp(self, box: Box, disk_mb: int) -> Path:
+        """A new, empty, size-bounded /tmp and /dev/shm for each run.
+
+        isolate's own /tmp would persist between runs, and its /dev/shm is the host's.
+        """
+        tmp = self._tmp_for(box.number)
+        while hostfs.is_mountpoint(tmp):
+            hostfs.unmount(tmp)
+        hostfs.remove_tree(tmp)
+        hostfs.make_private_dir(tmp, 0, 0, 0o711)
+        if self.use_tmpfs:
+            hostfs.mount_tmpfs(tmp, disk_mb * MIB, max(64, disk_mb * INODES_PER_MB), 0, 0)
+            os.chmod(tmp, 0o711)
+        for name in ("tmp", "shm"):
+            hostfs.make_private_dir(tmp / name, box.uid, box.gid, 0o700)
+        return tmp
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _meta(self, run: SandboxRun) -> Path:
+        return self.meta_dir / f"{run.box.number}-{run.phase}.meta"
+
+    def command(self, run: SandboxRun) -> tuple[list[str], dict[str, str]]:
+        lim = run.limits
+        meta = self._meta(run)
+        meta.unlink(missing_ok=True)
+        cpu = lim.cpu_ms / 1000
+        argv = [
+            self.setsid, self.isolate, "-b", str(run.box.number), "-s", f"--meta={meta}",
+            f"--processes={lim.processes}",
+            f"--time={cpu:.3f}", f"--extra-time={cpu + 0.5:.3f}",
+            f"--wall-time={lim.wall_ms / 1000 + 1:.3f}",
+            f"--fsize={lim.file_size_mb * 1024}",
+            f"--open-files={lim.open_files}",
+            f"--chdir={run.cwd}",
+        ]
+        if run.cgroup is None:
+            argv.append(f"--mem={(lim.memory_mb + 1024) * 1024}")
+        if run.phase is Phase.BUILD:
+            argv.append(f"--syscalls={BUILD_SYSCALLS}")
+        tmp = self._fresh_tmp(run.box, lim.disk_mb)
+        argv += [f"--dir=/tmp={tmp}/tmp:rw", f"--dir=/dev/shm={tmp}/shm:rw"]
+        if run.with_workspace:
+            argv.append(f"--dir=/box={run.box.workspace}:rw")
+        for mount in run.mounts:
+            host = mount.host
+            inside = mount.inside
+            if host.is_file():
+                # isolate mounts directories only: give the file a directory of its own.
+                holder = self.prog_dir / str(run.box.number)
+                hostfs.remove_tree(holder)
+                holder.mkdir(mode=0o755)
+                os.link(host, holder / os.path.basename(inside))
+                host, inside = holder, os.path.dirname(inside)
+            argv.append(f"--dir={inside}={host}{':rw' if mount.writable else ''}")
+        for key, value in run.env.items():
+            argv.append(f"--env={key}={value}")
+        argv += ["--run", "--", *run.argv]
+        return [*self.launcher(run), *argv], {"PATH": "/usr/bin:/bin"}
+
+    def report(
+        self, run: SandboxRun, exit_code: int | None, signal: int | None, status: bytes
+    ) -> Report:
+        if exit_code == LAUNCHER_FAILED:
+            return Report(exit_code=exit_code, failed=True,
+                          message="could not place the process in its cgroup")
+        try:
+            meta = parse_meta(self._meta(run).read_text())
+        except OSError:
+            meta = {}
+        finally:
+            self._meta(run).unlink(missing_ok=True)
+        if not meta:
+            # isolate itself was killed (by us, for a limit or a cancel).
+            return Report(signal=signal or 9)
+        report = Report()
+        if "time" in meta:
+            report.cpu_ms = int(float(meta["time"]) * 1000)
+        if "time-wall" in meta:
+            report.wall_ms = int(float(meta["time-wall"]) * 1000)
+        if "cg-mem" in meta:
+            report.memory_kb = int(meta["cg-mem"])
+        elif "max-rss" in meta and run.cgroup is None:
+            report.memory_kb = int(meta["max-rss"])
+        report.memory_exceeded = meta.get("cg-oom-killed") == "1"
+        code = meta.get("status", "")
+        if code == "XX":
+            report.failed = True
+            report.message = meta.get("message", "isolate failed")
+        elif code == "TO":
+            report.timed_out = "wall" if "wall" in meta.get("message", "") else "cpu"
+            if "killed" not in meta and "exitcode" in meta:
+                report.timed_out = None  # over the CPU limit only by isolate's late count
+        if "exitsig" in meta:
+            report.signal = int(meta["exitsig"])
+        elif "exitcode" in meta:
+            report.exit_code = int(meta["exitcode"])
+        elif not report.failed and report.timed_out is None:
+            report.exit_code = 0 if exit_code == 0 else None
+        if report.timed_out is None and run.phase is Phase.BUILD and code == "TO":
+            report.exit_code = 0
+        return report

@@ -1,0 +1,113 @@
+"""Events: what travels back to the client, one JSON object per line.
+
+Output events keep the original service's four fields (``output``, ``exec_err``, ``is_error``,
+``timestamp``) and add ``id``, ``stream`` and ``phase``.  Program output is bytes; JSON carries
+text.  Valid UTF-8 travels as it is (JSON escapes NUL, CR and other control characters).  A chunk
+holding bytes that are not UTF-8 carries them as U+FFFD in ``output`` and exactly, base64, in
+``output_base64``.  A character split across two reads is held back until it is whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+from sandboxd.status import Phase, Status
+
+
+def now_ms() -> str:
+    """Unix milliseconds as a string, as the original service sent them."""
+    return str(time.time_ns() // 1_000_000)
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """One event as one line."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+class StreamDecoder:
+    """Turns one stream's chunks into text without splitting a UTF-8 character."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> tuple[str, bytes | None]:
+        """Text ready to send, and the exact bytes when they were not all valid UTF-8."""
+        data = self._pending + chunk
+        cut = _complete_prefix(data)
+        self._pending = data[cut:]
+        return _decode(data[:cut])
+
+    def flush(self) -> tuple[str, bytes | None]:
+        data, self._pending = self._pending, b""
+        return _decode(data)
+
+
+def _complete_prefix(data: bytes) -> int:
+    """Length of ``data`` without a trailing, still incomplete UTF-8 sequence."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return len(data)
+        if byte >= 0xC0:
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) - back if back < need else len(data)
+    return len(data)
+
+
+def _decode(data: bytes) -> tuple[str, bytes | None]:
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace"), data
+
+
+def output_event(
+    request_id: str,
+    stream: str,
+    phase: Phase,
+    text: str,
+    raw: bytes | None = None,
+    timestamp: str | None = None,
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "id": request_id,
+        "stream": stream,
+        "phase": str(phase),
+        "output": text,
+        "exec_err": "",
+        "is_error": stream == "stderr",
+        "timestamp": timestamp or now_ms(),
+    }
+    if raw is not None:
+        event["output_base64"] = base64.b64encode(raw).decode("ascii")
+    return event
+
+
+def final_event(
+    request_id: str | None,
+    status: Status,
+    message: str,
+    phase: Phase,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The one event that ends a request."""
+    event: dict[str, Any] = {
+        "id": request_id,
+        "done": True,
+        "status": str(status),
+        "message": message,
+        "phase": str(phase),
+        "exit_code": None,
+        "time_ms": None,
+        "wall_ms": None,
+        "memory_kb": None,
+        "output": "",
+        "exec_err": message if status.is_error else "",
+        "is_error": status.is_error,
+        "timestamp": now_ms(),
+    }
+    event.update(fields)
+    return event

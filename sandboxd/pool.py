@@ -1,0 +1,230 @@
+"""The box pool: how many boxes run at once, who waits, which box a request gets.
+
+A ``DeferredSemaphore`` of ``--boxes`` lets that many requests run at once; the rest wait first
+in, first out, up to ``--max-queue``.  A request with a ``session_id`` gets that session's own
+box (same uid, same files) and requests of one session take turns; a request without one gets a
+box that holds no file of any earlier request.  Used anonymous boxes are wiped after their
+request, off the next request's path, and kept ready.  A ``LoopingCall`` expires idle and old
+sessions; one failing step is logged and never stops it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from sandboxd.box import Box
+from sandboxd.drivers.base import Driver
+
+log = Logger()
+
+MAX_BOX_NUMBER = 4000
+
+
+class QueueFull(Exception):
+    """No place to wait: the queue (or the session table) is full."""
+
+
+@dataclass
+class PoolSettings:
+    boxes: int
+    max_queue: int = 100
+    max_sessions: int = 256
+    session_idle_s: float = 20 * 60
+    session_max_age_s: float = 30 * 60
+    cleanup_period_s: float = 5 * 60
+    disk_mb: int = 64
+
+
+class BoxPool:
+    def __init__(
+        self,
+        driver: Driver,
+        settings: PoolSettings,
+        clock: IReactorTime,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.driver = driver
+        self.settings = settings
+        self.clock = clock
+        self.now = now
+        self.slots = defer.DeferredSemaphore(settings.boxes)
+        self.sessions: dict[str, Box] = {}
+        self.session_locks: dict[str, defer.DeferredLock] = {}
+        self.ready: list[Box] = []
+        self.busy: set[int] = set()
+        self.waiting = 0
+        self._numbers_in_use: set[int] = set()
+        self._cleanup = LoopingCall(self.cleanup)
+        self._cleanup.clock = clock
+
+    # -- life ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.driver.sweep()
+        for _ in range(self.settings.boxes):
+            self.ready.append(self._new_box())
+        self._start_cleanup()
+
+    def _start_cleanup(self) -> None:
+        d = self._cleanup.start(self.settings.cleanup_period_s, now=False)
+        d.addErrback(self._cleanup_died)
+
+    def _cleanup_died(self, failure) -> None:
+        log.failure("session cleanup loop stopped; restarting it", failure)
+        self._start_cleanup()
+
+    def stop(self) -> None:
+        if self._cleanup.running:
+            self._cleanup.stop()
+        for box in [*self.ready, *self.sessions.values()]:
+            self._destroy(box)
+        self.ready.clear()
+        self.sessions.clear()
+
+    @property
+    def running(self) -> int:
+        return len(self.busy)
+
+    # -- boxes -----------------------------------------------------------------------------
+
+    def _new_box(self, session_id: str | None = None) -> Box:
+        number = next(n for n in range(MAX_BOX_NUMBER) if n not in self._numbers_in_use)
+        self._numbers_in_use.add(number)
+        uid = self.driver.uid_for(number)
+        box = Box(number, uid, uid, self.driver.workspace_for(number), session_id=session_id)
+        try:
+            self.driver.create_box(box, self.settings.disk_mb)
+        except Exception:
+            self._numbers_in_use.discard(number)
+            raise
+        return box
+
+    def _destroy(self, box: Box) -> None:
+        try:
+            self.driver.destroy_box(box)
+        except Exception:
+            log.failure("destroying {box}", box=box)
+        self._numbers_in_use.discard(box.number)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def acquire(self, session_id: str | None) -> defer.Deferred[Box]:
+        """A box for one request; cancel the Deferred to stop waiting."""
+        if self.waiting >= self.settings.max_queue:
+            return defer.fail(QueueFull(f"the queue is full ({self.settings.max_queue} waiting)"))
+        if (
+            session_id is not None
+            and session_id not in self.sessions
+            and len(self.sessions) >= self.settings.max_sessions
+        ):
+            self.cleanup()
+            if len(self.sessions) >= self.settings.max_sessions:
+                return defer.fail(QueueFull(
+                    f"too many live sessions ({self.settings.max_sessions})"
+                ))
+        self.waiting += 1
+        return defer.ensureDeferred(self._acquire(session_id))
+
+    async def _acquire(self, session_id: str | None) -> Box:
+        lock = None
+        try:
+            if session_id is not None:
+                lock = self.session_locks.setdefault(session_id, defer.DeferredLock())
+                await lock.acquire()
+            try:
+                await self.slots.acquire()
+            except BaseException:
+                if lock is not None:
+                    lock.release()
+                raise
+        finally:
+            self.waiting -= 1
+        try:
+            box = self._take_box(session_id)
+        except BaseException:
+            self.slots.release()
+            if lock is not None:
+                lock.release()
+            raise
+        box.in_use = True
+        box.last_used = self.now()
+        box.runs += 1
+        self.busy.add(box.number)
+        return box
+
+    def _take_box(self, session_id: str | None) -> Box:
+        if session_id is not None:
+            box = self.sessions.get(session_id)
+            if box is None:
+                box = self._new_box(session_id)
+                self.sessions[session_id] = box
+            return box
+        if self.ready:
+            return self.ready.pop()
+        return self._new_box()
+
+    def release(self, box: Box) -> None:
+        """The request is over (its processes are gone): give the box back."""
+        box.in_use = False
+        box.last_used = self.now()
+        self.busy.discard(box.number)
+        self.slots.release()
+        if box.session_id is None:
+            self.clock.callLater(0, self._recycle, box)
+            return
+        lock = self.session_locks.get(box.session_id)
+        if box.expired or self._expired(box):
+            self._end_session(box)
+        if lock is not None:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self.session_locks.pop(box.session_id, None)
+
+    def _recycle(self, box: Box) -> None:
+        """Wipe a used anonymous box and keep it ready (or drop it when enough are)."""
+        if len(self.ready) >= self.settings.boxes:
+            self._destroy(box)
+            return
+        try:
+            self.driver.wipe_box(box, self.settings.disk_mb)
+        except Exception:
+            log.failure("wiping {box}; dropping it", box=box)
+            self._destroy(box)
+            return
+        box.runs = 0
+        self.ready.append(box)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def _expired(self, box: Box) -> bool:
+        now = self.now()
+        return (
+            now - box.last_used > self.settings.session_idle_s
+            or now - box.created > self.settings.session_max_age_s
+        )
+
+    def _end_session(self, box: Box) -> None:
+        if self.sessions.get(box.session_id or "") is box:
+            del self.sessions[box.session_id or ""]
+        self._destroy(box)
+        log.info("session {session} ended; {box} removed", session=box.session_id, box=box)
+
+    def cleanup(self) -> None:
+        """Expire sessions: idle past their time, or alive past their maximum age."""
+        for box in list(self.sessions.values()):
+            try:
+                if not self._expired(box):
+                    continue
+                if box.in_use:
+                    box.expired = True  # ends when its request does
+                else:
+                    self._end_session(box)
+            except Exception:
+                log.failure("expiring {box}", box=box)

