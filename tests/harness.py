@@ -1,0 +1,207 @@
+"""A real daemon on a real socket, for integration tests.
+
+``Daemon`` starts ``twistd -n sandboxd`` from this checkout's virtual environment with its own
+state directory and a Unix socket, and talks to it with plain sockets, as ``socat`` would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = Path(sys.executable).parent / "twistd"
+HANG = 120  # seconds: only to catch hangs, never a performance bound
+
+DRIVERS = ["bubblewrap", "isolate"]
+
+
+def driver_missing(driver: str) -> str | None:
+    """Why ``driver`` cannot be tested here, or None."""
+    if driver == "isolate" and shutil.which("isolate") is None:
+        return "isolate is not installed on this machine: isolate driver not tested"
+    if driver == "bubblewrap" and shutil.which("bwrap") is None:
+        return "bubblewrap is not installed (make setup installs it)"
+    return None
+
+
+class Daemon:
+    """One ``twistd sandboxd`` process with its own state directory."""
+
+    def __init__(self, driver: str = "bubblewrap", *args: str, boxes: int = 2,
+                 listen: Iterable[str] = ()) -> None:
+        self.driver = driver
+        self.dir = Path(tempfile.mkdtemp(prefix="sandboxd-test-"))
+        os.chmod(self.dir, 0o755)
+        self.socket_path = str(self.dir / "sock")
+        self.state_dir = self.dir / "state"
+        self.log_path = self.dir / "twistd.log"
+        self.argv = [
+            str(TWISTD), "-n", "--pidfile=", f"--logfile={self.log_path}", "sandboxd",
+            f"--sandbox={driver}", f"--state-dir={self.state_dir}", f"--boxes={boxes}",
+            f"--listen=unix:{self.socket_path}", *[f"--listen={e}" for e in listen], *args,
+        ]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait_for: str | None = None) -> Daemon:
+        self.proc = subprocess.Popen(
+            self.argv, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + HANG
+        target = wait_for or self.socket_path
+        while not os.path.exists(target):
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{out}\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"daemon did not start:\n{self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        code = self.proc.returncode
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+        return code
+
+    def cleanup(self) -> None:
+        self.stop()
+        # The state directory's box mounts are the daemon's to remove; leftovers mean a leak.
+        subprocess.run(["umount", "-R", "-l", str(self.state_dir)], capture_output=True)
+        for mount in Path("/proc/mounts").read_text().splitlines():
+            point = mount.split()[1]
+            if point.startswith(str(self.state_dir)):
+                subprocess.run(["umount", "-l", point], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def connect(self) -> Client:
+        return Client(self.socket_path)
+
+    def run(self, *requests: dict[str, Any] | bytes | str, timeout: float = HANG) -> list[dict]:
+        """Send requests on one connection, half-close, and read every event until EOF."""
+        with self.connect() as client:
+            for r in requests:
+                client.send(r)
+            client.shutdown_write()
+            return client.read_all(timeout)
+
+
+class Client:
+    """A line-oriented client over a Unix (or TCP) socket."""
+
+    def __init__(self, path: str | None = None, sock: socket.socket | None = None) -> None:
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(HANG)
+            sock.connect(path)
+        self.sock = sock
+        self.buffer = b""
+        self.events: list[dict] = []
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, request: dict[str, Any] | bytes | str) -> None:
+        if isinstance(request, dict):
+            data = json.dumps(request).encode() + b"\n"
+        elif isinstance(request, str):
+            data = request.encode() + b"\n"
+        else:
+            data = request
+        self.sock.sendall(data)
+
+    def shutdown_write(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def read_event(self, timeout: float = HANG) -> dict | None:
+        """The next event, or None at EOF."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no event within {timeout}s; got {self.events[-3:]}")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                if self.buffer.strip():
+                    raise AssertionError(f"partial line at EOF: {self.buffer[:200]!r}")
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        event = json.loads(line)
+        event["_received"] = time.monotonic()
+        self.events.append(event)
+        return event
+
+    def read_all(self, timeout: float = HANG) -> list[dict]:
+        while self.read_event(timeout) is not None:
+            pass
+        return self.events
+
+    def read_until_done(self, request_id: str | None, timeout: float = HANG) -> list[dict]:
+        """Events up to and including the final event of ``request_id``."""
+        out = []
+        while True:
+            event = self.read_event(timeout)
+            if event is None:
+                raise AssertionError(f"connection closed before {request_id} finished: {out}")
+            out.append(event)
+            if event.get("done") and event.get("id") == request_id:
+                return [e for e in out if e.get("id") == request_id]
+
+
+def finals(events: list[dict]) -> dict[str | None, dict]:
+    """The final event of each request id; fails if any id has more than one."""
+    out: dict[str | None, dict] = {}
+    for e in events:
+        if e.get("done"):
+            assert e["id"] not in out or e["id"] is None, f"two final events for {e['id']}"
+            out[e["id"]] = e
+    return out
+
+
+def output(events: list[dict], request_id: str | None = None, stream: str | None = None) -> str:
+    return "".join(
+        e["output"] for e in events
+        if not e.get("done") and (request_id is None or e["id"] == request_id)
+        and (stream is None or e["stream"] == stream)
+    )
+
+
+def go_main(body: str, imports: Iterable[str] = ("fmt",)) -> str:
+    """A Go program: ``body`` is the inside of ``main``."""
+    lines = "\n".join(f'\t"{i}"' for i in imports)
+    return f"package main\n\nimport (\n{lines}\n)\n\nfunc main() {{\n{body}\n}}\n"
