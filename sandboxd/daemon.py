@@ -37,6 +37,7 @@ class SandboxDaemon(service.MultiService):
         max_queue: int = 100,
         max_sessions: int = 256,
         first_uid: int = 60000,
+        first_box: int = 0,
         session_idle: float = 1200,
         session_max_age: float = 1800,
         cleanup_period: float = 300,
@@ -71,6 +72,7 @@ class SandboxDaemon(service.MultiService):
                 session_max_age_s=session_max_age,
                 cleanup_period_s=cleanup_period,
                 disk_mb=policy.defaults.run.disk_mb,
+                first_box=first_box,
             ),
             self.reactor,
         )

@@ -40,6 +40,7 @@ class PoolSettings:
     session_max_age_s: float = 30 * 60
     cleanup_period_s: float = 5 * 60
     disk_mb: int = 64
+    first_box: int = 0  # box numbers start here (isolate's box ids are machine-wide)
 
 
 class BoxPool:
@@ -95,7 +96,9 @@ class BoxPool:
     # -- boxes -----------------------------------------------------------------------------
 
     def _new_box(self, session_id: str | None = None) -> Box:
-        number = next(n for n in range(MAX_BOX_NUMBER) if n not in self._numbers_in_use)
+        first = self.settings.first_box
+        number = next(n for n in range(first, first + MAX_BOX_NUMBER)
+                      if n not in self._numbers_in_use)
         self._numbers_in_use.add(number)
         uid = self.driver.uid_for(number)
         box = Box(number, uid, uid, self.driver.workspace_for(number), session_id=session_id)

@@ -35,6 +35,30 @@ def driver_missing(driver: str) -> str | None:
     return None
 
 
+def _claim_box_range() -> tuple[int, int]:
+    """A box range no other test daemon on this machine holds (isolate ids are global)."""
+    import fcntl
+    import random
+
+    locks = Path(tempfile.gettempdir()) / "sandboxd-test-boxes"
+    locks.mkdir(exist_ok=True)
+    slots = list(range(1, 56))
+    random.shuffle(slots)
+    for slot in slots:
+        fd = os.open(locks / f"{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _held.append(fd)  # held until this test process exits
+        return fd, slot * 16
+    raise RuntimeError("no free box range for a test daemon")
+
+
+_held: list[int] = []
+
+
 class Daemon:
     """One ``twistd sandboxd`` process with its own state directory."""
 
@@ -52,6 +76,9 @@ class Daemon:
             f"--listen=unix:{self.socket_path}", *[f"--listen={e}" for e in listen], *args,
         ]
         self.proc: subprocess.Popen | None = None
+        self._lock_fd, self.first_box = _claim_box_range()
+        self.argv.insert(self.argv.index("sandboxd") + 1, f"--first-box={self.first_box}")
+        self.argv.insert(self.argv.index("sandboxd") + 1, f"--first-uid={100000 + self.first_box}")
 
     def start(self, wait_for: str | None = None) -> Daemon:
         self.proc = subprocess.Popen(
@@ -100,6 +127,9 @@ class Daemon:
             if point.startswith(str(self.state_dir)):
                 subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self._lock_fd in _held:
+            _held.remove(self._lock_fd)
+            os.close(self._lock_fd)
 
     def connect(self) -> Client:
         return Client(self.socket_path)
