@@ -8,8 +8,12 @@ ARGS ?=
 
 .PHONY: setup run test lint bench clean
 
-setup: $(STAMP) sandbox-tools
+setup: system-packages $(STAMP)
 	@$(BIN)/sandboxd-warm
+
+.PHONY: system-packages
+system-packages:
+	@PYTHON=$(PYTHON) bash scripts/sandbox-tools.sh
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "sandboxd needs Python 3.11+"; exit 1; }
@@ -19,14 +23,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -c 'from twisted.plugin import getPlugins, IPlugin; list(getPlugins(IPlugin))'
 	touch $(STAMP)
 
-.PHONY: sandbox-tools
-sandbox-tools:
-	@bash scripts/sandbox-tools.sh
+.PHONY: test-tools
+test-tools:
+	@PYTHON=$(PYTHON) bash scripts/sandbox-tools.sh --test
 
 run: setup
 	$(BIN)/twistd -n sandboxd $(ARGS)
 
-test: setup
+test: setup test-tools
 	$(BIN)/ruff check sandboxd tests twisted bench
 	$(BIN)/python -m pytest -q tests
 

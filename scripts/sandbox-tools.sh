@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# Make sure a sandbox can run here: isolate, or else bubblewrap plus util-linux's setpriv and
-# prlimit. As root on Debian, install what is missing; otherwise say exactly what is missing.
+# Install what sandboxd needs from Debian, when it is missing: a Python that can make a virtual
+# environment, and a sandbox (isolate if present, else bubblewrap plus util-linux's setpriv and
+# prlimit). As root on Debian, install; otherwise say exactly what is missing.
+#   scripts/sandbox-tools.sh           what the daemon needs
+#   scripts/sandbox-tools.sh --test    also what the test suite drives (socat, nc, openssl)
 set -euo pipefail
+PYTHON=${PYTHON:-python3}
 need=()
-command -v isolate >/dev/null 2>&1 && exit 0
-command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
-command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
-command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+"$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+if ! command -v isolate >/dev/null 2>&1; then
+  command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+  command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+  command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+fi
+if [ "${1:-}" = --test ]; then
+  command -v socat >/dev/null 2>&1 || need+=(socat)
+  command -v nc >/dev/null 2>&1 || need+=(netcat-openbsd)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "sandboxd: installing ${need[*]} (no isolate, no bubblewrap found)"
+  echo "sandboxd: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 else
-  echo "sandboxd: neither isolate nor bubblewrap is usable. Missing: ${need[*]}." >&2
-  echo "Install them (Debian: apt-get install ${need[*]}) or install isolate, then run make setup again." >&2
+  echo "sandboxd: missing ${need[*]}." >&2
+  echo "Install them (Debian: apt-get install ${need[*]}), then run make setup again." >&2
   exit 1
 fi
