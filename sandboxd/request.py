@@ -153,7 +153,16 @@ def _files(obj: dict[str, Any], request_id: str, sources: SourceLimits) -> dict[
                 request_id,
             )
         out[name] = data
+    _check_no_clash(out, request_id)
     return out
+
+
+def _check_no_clash(files: dict[str, bytes], request_id: str) -> None:
+    """Refuse ``a`` next to ``a/b.go``: one name cannot be a file and a directory at once."""
+    dirs = {"/".join(name.split("/")[:i]) for name in files for i in range(1, name.count("/") + 1)}
+    for name in files:
+        if name in dirs:
+            raise BadRequest(f"file name {name!r} is both a file and a directory", request_id)
 
 
 def check_file_name(name: Any, request_id: str | None = None) -> None:
