@@ -51,9 +51,11 @@ def _complete_prefix(data: bytes) -> int:
         byte = data[-back]
         if byte < 0x80:
             return len(data)
-        if byte >= 0xC0:
+        if 0xC2 <= byte <= 0xF4:  # a byte that can start a character
             need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
             return len(data) - back if back < need else len(data)
+        if byte >= 0xC0:  # never valid in UTF-8: nothing to wait for
+            return len(data)
     return len(data)
 
 
