@@ -101,7 +101,9 @@ class BoxPool:
                       if n not in self._numbers_in_use)
         self._numbers_in_use.add(number)
         uid = self.driver.uid_for(number)
-        box = Box(number, uid, uid, self.driver.workspace_for(number), session_id=session_id)
+        now = self.now()  # the pool's clock, not the wall: sessions expire by it
+        box = Box(number, uid, uid, self.driver.workspace_for(number), session_id=session_id,
+                  created=now, last_used=now)
         try:
             self.driver.create_box(box, self.settings.disk_mb)
         except Exception:
