@@ -207,9 +207,9 @@ class IsolateDriver(Driver):
             return Report(signal=signal or 9)
         report = Report()
         if "time" in meta:
-            report.cpu_ms = int(float(meta["time"]) * 1000)
+            report.cpu_ms = round(float(meta["time"]) * 1000)
         if "time-wall" in meta:
-            report.wall_ms = int(float(meta["time-wall"]) * 1000)
+            report.wall_ms = round(float(meta["time-wall"]) * 1000)
         if "cg-mem" in meta:
             report.memory_kb = int(meta["cg-mem"])
         elif "max-rss" in meta and run.cgroup is None:
@@ -221,8 +221,11 @@ class IsolateDriver(Driver):
             report.message = meta.get("message", "isolate failed")
         elif code == "TO":
             report.timed_out = "wall" if "wall" in meta.get("message", "") else "cpu"
-            if "killed" not in meta and "exitcode" in meta:
-                report.timed_out = None  # over the CPU limit only by isolate's late count
+            if "killed" not in meta and run.phase is Phase.BUILD:
+                # Over the CPU limit only by isolate's count after the end, which adds the
+                # compile and link children it never watched live (and then writes no
+                # exitcode): the build ran to its end, its output says whether it worked.
+                report.timed_out = None
         if "exitsig" in meta:
             report.signal = int(meta["exitsig"])
         elif "exitcode" in meta:
