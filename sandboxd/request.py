@@ -90,8 +90,6 @@ def parse_line(
     unknown = sorted(set(obj) - allowed)
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r} for a {kind!r} request", request_id)
-    if request_id is None:
-        request_id = new_request_id()
     session_id = obj.get("session_id")
     if session_id is not None:
         if not isinstance(session_id, str):
@@ -107,8 +105,10 @@ def parse_line(
         limits = policy.resolve(obj.get("limits"))
     except LimitError as e:
         raise BadRequest(str(e), request_id) from None
+    # Assigned only now: a refused line never used up an id, and its final event says null.
     return Request(
-        id=request_id, files=files, limits=limits, session_id=session_id, type=kind
+        id=request_id or new_request_id(), files=files, limits=limits, session_id=session_id,
+        type=kind,
     )
 
 
@@ -123,7 +123,9 @@ def _request_id(obj: dict[str, Any]) -> str | None:
     return value
 
 
-def _files(obj: dict[str, Any], request_id: str, sources: SourceLimits) -> dict[str, bytes]:
+def _files(
+    obj: dict[str, Any], request_id: str | None, sources: SourceLimits
+) -> dict[str, bytes]:
     code, files = obj.get("code"), obj.get("files")
     if code is not None and files is not None:
         raise BadRequest("give either 'code' or 'files', not both", request_id)
@@ -157,7 +159,7 @@ def _files(obj: dict[str, Any], request_id: str, sources: SourceLimits) -> dict[
     return out
 
 
-def _check_no_clash(files: dict[str, bytes], request_id: str) -> None:
+def _check_no_clash(files: dict[str, bytes], request_id: str | None) -> None:
     """Refuse ``a`` next to ``a/b.go``: one name cannot be a file and a directory at once."""
     dirs = {"/".join(name.split("/")[:i]) for name in files for i in range(1, name.count("/") + 1)}
     for name in files:

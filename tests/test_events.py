@@ -109,7 +109,8 @@ def test_final_event_for_an_error_has_the_message_in_exec_err_and_nulls():
     assert e["id"] is None and e["status"] == "bad_request" and e["phase"] == "queue"
     assert e["is_error"] is True and e["exec_err"] == "empty line"
     assert e["exit_code"] is None and e["time_ms"] is None and e["wall_ms"] is None
-    assert e["memory_kb"] is None
+    assert e["memory_kb"] is None and e["signal"] is None and e["build_ms"] is None
+    assert e["cached"] is False and e["output_bytes"] == 0
 
 
 def test_every_status_but_ok_is_an_error():
