@@ -122,6 +122,11 @@ class Connection(protocol.Protocol, TimeoutMixin):
                 Phase.QUEUE,
             ))
             return
+        if self.factory.shutting_down:
+            self.send(final_event(request.id, Status.CANCELLED,
+                                  "the server is shutting down; the request was not started",
+                                  Phase.QUEUE))
+            return
         job = Job(self.factory.runtime, request, self.send)
         self.jobs[request.id] = job
         if self.paused:
@@ -173,6 +178,7 @@ class ConnectionFactory(protocol.Factory):
         self.max_line_bytes = max_line_bytes
         self.idle_timeout = idle_timeout
         self.connections: set[Connection] = set()
+        self.shutting_down = False  # set on SIGTERM: new requests are refused
 
     def buildProtocol(self, addr: Any) -> Connection:
         p = Connection(self)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import defer, task
 from twisted.internet import reactor as default_reactor
 from twisted.logger import Logger
 
@@ -15,12 +16,18 @@ from sandboxd import cgroup, hostfs, toolchain
 from sandboxd.bincache import BinaryCache
 from sandboxd.connection import ConnectionFactory
 from sandboxd.drivers import choose
+from sandboxd.health import HealthCheck
 from sandboxd.job import Runtime
 from sandboxd.limits import LimitPolicy
+from sandboxd.metrics import Metrics
 from sandboxd.pool import BoxPool, PoolSettings
 from sandboxd.request import SourceLimits
 
 log = Logger()
+
+SHUTDOWN_POLL_S = 0.05
+SHUTDOWN_KILL_WAIT_S = 10.0  # cancelled requests: their boxes are killed, this is a hang bound
+SHUTDOWN_FLUSH_S = 5.0  # connections get this long to take their last events
 
 
 class SandboxDaemon(service.MultiService):
@@ -46,11 +53,15 @@ class SandboxDaemon(service.MultiService):
         max_source_bytes: int = 512 * 1024,
         max_files: int = 20,
         idle_timeout: float | None = 600,
+        shutdown_grace: float = 10,
         reactor: Any = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor or default_reactor
         self.policy = policy
+        self.shutdown_grace = shutdown_grace
+        self.stopping = False
+        self.listeners: list[service.Service] = []
         _raise_open_files()
         state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state_dir, 0o711)
@@ -84,7 +95,10 @@ class SandboxDaemon(service.MultiService):
             toolchain=self.toolchain,
             binaries=BinaryCache(state_dir / "binaries", binary_cache_mb * 1024 * 1024),
             jobs_dir=jobs_dir,
+            metrics=Metrics(),
         )
+        self.runtime.metrics.watch(self)
+        self.health = HealthCheck(self)
         self.factory = ConnectionFactory(
             self.runtime,
             policy,
@@ -105,13 +119,59 @@ class SandboxDaemon(service.MultiService):
             log.info("limit mechanism: {line}", line=line)
         super().startService()
 
-    def stopService(self) -> Any:
-        d = super().stopService()
+    def stopService(self) -> defer.Deferred[None]:
+        """SIGTERM: stop accepting, let running requests finish within the grace period,
+        cancel the rest (each still gets its final event), close connections, remove boxes."""
+        self.stopping = True
+        self.factory.shutting_down = True
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._drain())
+
+    async def _drain(self) -> None:
+        # Request listeners close first; the rest (metrics: /healthz says 503 meanwhile) last.
+        await self._stop_children([s for s in self.listeners if s.running])
+        waiting = [job for job in self._jobs() if job.box is None]
+        for job in waiting:
+            job.cancel("the server is shutting down; the request had not started")
+        running = len(self._jobs())
+        if running:
+            log.info("shutting down: {n} requests running; waiting up to {s} s",
+                     n=running, s=self.shutdown_grace)
+        if not await self._until(lambda: not self._jobs(), self.shutdown_grace):
+            left = self._jobs()
+            log.info("shutting down: grace period over; cancelling {n} requests", n=len(left))
+            for job in left:
+                job.cancel(f"the server is shutting down (the {self.shutdown_grace:g} s grace "
+                           "period for running requests is over)")
+            if not await self._until(lambda: not self._jobs(), SHUTDOWN_KILL_WAIT_S):
+                log.warn("shutting down: {n} requests did not end", n=len(self._jobs()))
         for conn in list(self.factory.connections):
-            for job in list(conn.jobs.values()):
-                job.cancel("the server is shutting down")
+            conn.transport.loseConnection()  # after every final event is written
+        if not await self._until(lambda: not self.factory.connections, SHUTDOWN_FLUSH_S):
+            for conn in list(self.factory.connections):
+                conn.transport.abortConnection()
         self.pool.stop()
-        return d
+        await self._stop_children([s for s in reversed(list(self)) if s.running])
+        log.info("sandboxd stopped; every box removed")
+
+    async def _stop_children(self, children: list[service.Service]) -> None:
+        results = await defer.DeferredList(
+            [defer.maybeDeferred(child.stopService) for child in children], consumeErrors=True)
+        for ok, failure in results:
+            if not ok:
+                log.failure("stopping a listener", failure)
+
+    def _jobs(self) -> list[Any]:
+        return [job for conn in self.factory.connections for job in conn.jobs.values()]
+
+    async def _until(self, condition: Any, seconds: float) -> bool:
+        """Poll ``condition`` until it holds (True) or ``seconds`` pass (False)."""
+        deadline = self.reactor.seconds() + seconds
+        while not condition():
+            if self.reactor.seconds() >= deadline:
+                return False
+            await task.deferLater(self.reactor, SHUTDOWN_POLL_S, lambda: None)
+        return True
 
 
 def _instance_name(state_dir: Path) -> str:

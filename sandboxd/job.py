@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from sandboxd.cgroup import CgroupSupport
 from sandboxd.child import SIGNAL_NAMES, ChildResult, SandboxChild
 from sandboxd.drivers.base import MIB, RUN_ENV, Driver, Mount, SandboxRun
 from sandboxd.events import StreamDecoder, final_event, output_event
+from sandboxd.metrics import Metrics
 from sandboxd.pool import BoxPool, QueueFull
 from sandboxd.request import Request
 from sandboxd.status import Phase, Status
@@ -52,6 +54,7 @@ class Runtime:
     jobs_dir: Path
     builds_in_flight: dict[str, defer.Deferred] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
@@ -87,6 +90,9 @@ class Job:
         self._decoders = {"stdout": StreamDecoder(), "stderr": StreamDecoder()}
         self.build_ms: int | None = None
         self.cached = False
+        self.created = time.monotonic()
+        self.queue_ms: int | None = None  # waiting for a box
+        self.run_ms: int | None = None
 
     # -- control from the connection -------------------------------------------------------
 
@@ -138,6 +144,7 @@ class Job:
             return
         finally:
             self._waiting = None
+            self.queue_ms = int((time.monotonic() - self.created) * 1000)
         if self.cancel_reason is not None:
             self._finish(Status.CANCELLED, self.cancel_reason)
             return
@@ -223,6 +230,7 @@ class Job:
                 return len(data)
 
             result = await self._child(run, collect)
+            rt.metrics.build_seconds.observe(result.wall_ms / 1000)
             text = b"".join(collected).decode("utf-8", "replace")
             if result.report.failed:
                 return BuildOutcome(None, Status.INTERNAL_ERROR,
@@ -261,6 +269,8 @@ class Job:
             with_workspace=True,
         )
         result = await self._child(run, self._stream)
+        self.run_ms = result.wall_ms
+        rt.metrics.run_seconds.observe(result.wall_ms / 1000)
         self._flush()
         if result.report.failed:
             self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",
@@ -377,12 +387,14 @@ class Job:
             fields["session_id"] = self.request.session_id
         fields.update(extra)
         self.rt.count(f"status_{status}")
+        self.rt.metrics.request_ended(str(status), self.sent_bytes)
         log.info(
             "request {id} session={session} box={box} status={status} phase={phase} "
-            "build_ms={build} wall_ms={wall} bytes={bytes}",
+            "queue_ms={queue_ms} build_ms={build_ms} cached={cached} run_ms={run_ms} "
+            "bytes={bytes}",
             id=self.request.id, session=self.request.session_id,
             box=self.box.number if self.box else None, status=str(status),
-            phase=str(self.phase), build=self.build_ms, wall=fields.get("wall_ms"),
-            bytes=self.sent_bytes,
+            phase=str(self.phase), queue_ms=self.queue_ms, build_ms=self.build_ms,
+            cached=self.cached, run_ms=self.run_ms, bytes=self.sent_bytes,
         )
         self.emit(final_event(self.request.id, status, message, self.phase, **fields))

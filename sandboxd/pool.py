@@ -62,6 +62,7 @@ class BoxPool:
         self.busy: set[int] = set()
         self.waiting = 0
         self._numbers_in_use: set[int] = set()
+        self.stopped = False
         self._cleanup = LoopingCall(self.cleanup)
         self._cleanup.clock = clock
 
@@ -82,6 +83,7 @@ class BoxPool:
         self._start_cleanup()
 
     def stop(self) -> None:
+        self.stopped = True
         if self._cleanup.running:
             self._cleanup.stop()
         for box in [*self.ready, *self.sessions.values()]:
@@ -110,6 +112,13 @@ class BoxPool:
             self._numbers_in_use.discard(number)
             raise
         return box
+
+    def spare_box(self) -> Box:
+        """A fresh box outside the pool's accounting (the health check's); ``drop_box`` it."""
+        return self._new_box()
+
+    def drop_box(self, box: Box) -> None:
+        self._destroy(box)
 
     def _destroy(self, box: Box) -> None:
         try:
@@ -185,7 +194,10 @@ class BoxPool:
             self.clock.callLater(0, self._recycle, box)
             return
         lock = self.session_locks.get(box.session_id)
-        if box.expired or self._expired(box):
+        if self.stopped and self.sessions.get(box.session_id or "") is box:
+            del self.sessions[box.session_id or ""]
+            self._destroy(box)
+        elif box.expired or self._expired(box):
             self._end_session(box)
         if lock is not None:
             lock.release()
@@ -194,7 +206,7 @@ class BoxPool:
 
     def _recycle(self, box: Box) -> None:
         """Wipe a used anonymous box and keep it ready (or drop it when enough are)."""
-        if len(self.ready) >= self.settings.boxes:
+        if self.stopped or len(self.ready) >= self.settings.boxes:
             self._destroy(box)
             return
         try:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.python import usage
 
 from sandboxd.limits import LimitError, LimitPolicy
+from sandboxd.listeners import ListenerError, endpoint_for, load_client_ca
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
@@ -24,6 +26,13 @@ def _seconds(value: str) -> float:
     number = float(value)
     if number <= 0:
         raise ValueError(f"{value} is not a positive number of seconds")
+    return number
+
+
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"{value} is negative")
     return number
 
 
@@ -55,6 +64,12 @@ class Options(usage.Options):
          _positive],
         ["max-files", None, 20, "most files in one request", _positive],
         ["idle-timeout", None, 600.0, "seconds before an idle connection is closed", _seconds],
+        ["client-ca", None, None, "PEM file of CA certificates: every ssl: listener then "
+         "requires a client certificate signed by one of them"],
+        ["metrics", None, None, "an endpoint string to serve Prometheus /metrics and /healthz "
+         "on, e.g. tcp:9100:interface=127.0.0.1"],
+        ["shutdown-grace", None, 10.0, "seconds running requests get to finish after SIGTERM "
+         "before they are cancelled", _non_negative],
     ]
 
     def __init__(self) -> None:
@@ -100,18 +115,27 @@ class Options(usage.Options):
         except LimitError as e:
             raise usage.UsageError(str(e)) from None
         self["policy"] = policy
-
-
-def safe_endpoint(description: str) -> str:
-    """Unix sockets default to owner and group only, not Twisted's world-writable 666."""
-    if description.startswith("unix:") and ":mode=" not in description:
-        return description + ":mode=660"
-    return description
+        if self["client-ca"] is not None:
+            if not any(e.startswith("ssl:") for e in self["listen"]):
+                raise usage.UsageError("--client-ca needs an ssl: listener")
+            try:
+                self["client-ca-certs"] = load_client_ca(self["client-ca"])
+            except ListenerError as e:
+                raise usage.UsageError(str(e)) from None
 
 
 def makeService(options: Options) -> service.MultiService:
+    from twisted.internet import reactor
+
     from sandboxd.daemon import SandboxDaemon
 
+    # Endpoints first: a wrong --listen string ends the start before anything is set up.
+    client_ca = options.get("client-ca-certs")
+    try:
+        listen = [endpoint_for(reactor, e, client_ca) for e in options["listen"]]
+        metrics = endpoint_for(reactor, options["metrics"]) if options["metrics"] else None
+    except ListenerError as e:
+        raise SystemExit(f"sandboxd: {e}") from None
     daemon = SandboxDaemon(
         policy=options["policy"],
         sandbox=options["sandbox"],
@@ -131,9 +155,21 @@ def makeService(options: Options) -> service.MultiService:
         max_source_bytes=options["max-source-bytes"],
         max_files=options["max-files"],
         idle_timeout=options["idle-timeout"],
+        shutdown_grace=options["shutdown-grace"],
     )
-    for description in options["listen"]:
-        listener = strports.service(safe_endpoint(description), daemon.factory)
-        listener._raiseSynchronously = True
-        listener.setServiceParent(daemon)
+    for endpoint in listen:
+        daemon.listeners.append(_listener(endpoint, daemon.factory, daemon))
+    if metrics is not None:
+        from sandboxd.metrics import metrics_site
+
+        _listener(metrics, metrics_site(daemon), daemon)
     return daemon
+
+
+def _listener(endpoint: Any, factory: Any, parent: service.MultiService) -> service.Service:
+    from twisted.application.internet import StreamServerEndpointService
+
+    listener = StreamServerEndpointService(endpoint, factory)
+    listener._raiseSynchronously = True  # a failed listen ends the start, loudly
+    listener.setServiceParent(parent)
+    return listener

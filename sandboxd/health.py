@@ -1,0 +1,96 @@
+"""The health check behind ``/healthz``: can a box run a program right now?
+
+Answered by doing it: a spare box (its own number, outside every request's) runs ``/bin/true``
+through the same driver, launcher, limits and cgroup as a request's run.  That catches what a
+look at the daemon's state cannot: a broken sandbox tool, a full disk, a cgroup that cannot be
+made, isolate's box ids taken by someone else.  The answer is kept for ``TTL_S`` seconds and
+concurrent checks share one probe, so a busy load balancer cannot make the daemon spawn
+processes at will.  While the daemon shuts down the answer is 503 without a probe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sandboxd.child import SandboxChild
+from sandboxd.drivers.base import MIB, RUN_ENV, SandboxRun
+from sandboxd.status import Phase
+
+if TYPE_CHECKING:
+    from sandboxd.daemon import SandboxDaemon
+
+log = Logger()
+
+TTL_S = 5.0
+PROBE_WALL_MS = 10_000
+PROBE_ARGV = ["/bin/true"]
+_probe_numbers = itertools.count(1)
+
+
+class HealthCheck:
+    def __init__(self, daemon: SandboxDaemon, ttl_s: float = TTL_S) -> None:
+        self.daemon = daemon
+        self.ttl_s = ttl_s
+        self._last: tuple[float, tuple[bool, str]] | None = None
+        self._in_flight: list[defer.Deferred] | None = None
+
+    def check(self) -> defer.Deferred[tuple[bool, str]]:
+        """(healthy, why)."""
+        if self.daemon.stopping:
+            return defer.succeed((False, "the server is shutting down"))
+        now = self.daemon.reactor.seconds()
+        if self._last is not None and now - self._last[0] < self.ttl_s:
+            return defer.succeed(self._last[1])
+        waiter: defer.Deferred[tuple[bool, str]] = defer.Deferred()
+        if self._in_flight is not None:
+            self._in_flight.append(waiter)
+            return waiter
+        self._in_flight = [waiter]
+        defer.ensureDeferred(self._probe()).addBoth(self._answer)
+        return waiter
+
+    def _answer(self, verdict: object) -> None:
+        if not isinstance(verdict, tuple):
+            log.failure("health probe", verdict)
+            verdict = (False, "the health probe failed unexpectedly")
+        self._last = (self.daemon.reactor.seconds(), verdict)
+        waiters, self._in_flight = self._in_flight or [], None
+        for waiter in waiters:
+            waiter.callback(verdict)
+
+    async def _probe(self) -> tuple[bool, str]:
+        daemon = self.daemon
+        pool, rt = daemon.pool, daemon.runtime
+        try:
+            box = pool.spare_box()
+        except Exception as e:
+            return False, f"cannot make a box: {e}"
+        cgroup = None
+        try:
+            limits = dataclasses.replace(daemon.policy.defaults.run, wall_ms=PROBE_WALL_MS)
+            if rt.cgroups.version is not None:
+                cgroup = rt.cgroups.create(f"health-{os.getpid()}-{next(_probe_numbers)}")
+                if cgroup is not None:
+                    cgroup.set_limits(limits.memory_mb * MIB, limits.processes)
+            run = SandboxRun(phase=Phase.RUN, box=box, argv=PROBE_ARGV, env=dict(RUN_ENV),
+                             cwd="/box", limits=limits, cgroup=cgroup, with_workspace=True)
+            result = await SandboxChild(daemon.reactor, rt.driver, run,
+                                        lambda stream, data, ts: len(data)).start()
+        except Exception as e:
+            return False, f"cannot start a sandboxed program: {e}"
+        finally:
+            pool.drop_box(box)
+        report = result.report
+        if report.failed:
+            return False, f"the sandbox failed: {report.message}"
+        if report.signal is not None or report.exit_code != 0:
+            tail = result.stderr_tail.decode("utf-8", "replace").strip()[-300:]
+            return False, (f"a sandboxed {PROBE_ARGV[0]} ended with exit code "
+                           f"{report.exit_code}, signal {report.signal}: {tail}")
+        return True, f"a box ran {PROBE_ARGV[0]} in {result.wall_ms} ms ({rt.driver.name})"

@@ -1,0 +1,115 @@
+"""What ``--listen`` strings become: Twisted endpoints, with sandboxd's safe defaults.
+
+Every Twisted server endpoint string works (``tcp:``, ``ssl:``, ``unix:``, ``systemd:``,
+``onion:`` from txtorcon, ...).  On top of Twisted's parsing, sandboxd:
+
+- gives ``unix:`` sockets mode 660 (owner and group) instead of Twisted's world-writable 666,
+  unless the string names a mode;
+- breaks a stale ``.lock`` of a ``unix:`` socket that names *this* process's pid (Twisted
+  treats a lock held by a live pid as taken; in a container the dead daemon may have had the
+  same pid as the new one);
+- with ``--client-ca``, makes every ``ssl:`` listener demand a client certificate signed by
+  one of the CA's certificates, at the handshake (``ssl:`` strings have no option for that).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import endpoints, interfaces
+
+UNIX_DEFAULT_MODE = "660"
+
+
+class ListenerError(ValueError):
+    """An endpoint string or a certificate file that cannot be used; says why."""
+
+
+def with_safe_defaults(description: str) -> str:
+    """``unix:`` sockets default to owner and group only, not Twisted's world-writable 666."""
+    if description.startswith("unix:") and not re.search(r"(?<!\\):mode=", description):
+        return f"{description}:mode={UNIX_DEFAULT_MODE}"
+    return description
+
+
+def load_client_ca(path: str | Path) -> list[Any]:
+    """Every certificate in a PEM file (a CA bundle may hold several)."""
+    from OpenSSL import crypto
+
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as e:
+        raise ListenerError(f"cannot read --client-ca {path}: {e.strerror}") from None
+    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem,
+                        flags=re.DOTALL)
+    if not blocks:
+        raise ListenerError(f"--client-ca {path} holds no PEM certificate")
+    return [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
+
+
+def require_client_certificates(endpoint: Any, ca_certs: list[Any]) -> None:
+    """Make a TLS endpoint refuse, at the handshake, clients without a cert from ``ca_certs``."""
+    from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
+
+    options = getattr(endpoint, "_sslContextFactory", None)
+    if not isinstance(options, CertificateOptions):
+        raise ListenerError("--client-ca applies to ssl: listeners only")
+    if getattr(options, "_context", None) is not None:
+        raise ListenerError("the TLS context was already made; cannot add client certificates")
+    # The attributes CertificateOptions.__init__ sets from trustRoot=...; its context is made
+    # lazily, on first use, from exactly these.
+    options.verify = True
+    options.requireCertificate = True
+    options.caCerts = ca_certs
+    options.trustRoot = trustRootFromCertificates([Certificate(c) for c in ca_certs])
+
+
+def _clear_own_stale_lock(description: str) -> None:
+    """Remove ``PATH.lock`` when it names this very pid: a dead predecessor's, not ours."""
+    if not description.startswith("unix:"):
+        return
+    args = _split_args(description[len("unix:"):])
+    path = args.get("address") or args.get("")
+    if not path or args.get("lockfile", "1") == "0":
+        return
+    lock = f"{path}.lock"
+    try:
+        holder = os.readlink(lock)
+    except OSError:
+        return
+    if holder == str(os.getpid()):
+        os.unlink(lock)
+
+
+def _split_args(rest: str) -> dict[str, str]:
+    """``a:b=c`` → {'': 'a', 'b': 'c'}; enough of Twisted's syntax to find a unix path."""
+    out: dict[str, str] = {}
+    for part in re.split(r"(?<!\\):", rest):
+        part = part.replace("\\:", ":")
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key] = value
+        elif "" not in out:
+            out[""] = part
+    return out
+
+
+def endpoint_for(reactor: Any, description: str,
+                 client_ca: list[Any] | None = None) -> interfaces.IStreamServerEndpoint:
+    """The server endpoint a ``--listen`` string names, with sandboxd's defaults applied."""
+    description = with_safe_defaults(description)
+    _clear_own_stale_lock(description)
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+        if description.startswith("systemd:") and isinstance(e, IndexError):
+            raise ListenerError(
+                f"{description}: no such descriptor was inherited (is LISTEN_FDS/LISTEN_PID "
+                "set, as systemd does?)") from None
+        raise ListenerError(f"cannot listen on {description}: {e}") from None
+    if client_ca and description.startswith("ssl:"):
+        require_client_certificates(endpoint, client_ca)
+    return endpoint

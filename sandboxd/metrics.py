@@ -1,0 +1,133 @@
+"""Prometheus metrics and the health check, served by ``--metrics ENDPOINT``.
+
+``/metrics`` is the Prometheus text format from the daemon's own registry (not the process-wide
+default one, so two daemons in one test process never mix).  It is rendered in the reactor
+thread, not in a thread pool as ``prometheus_client.twisted.MetricsResource`` would: the
+gauges read the pool's live state, which only the reactor thread may touch.
+
+``/healthz`` answers 200 when a box can run a program right now and 503 otherwise; see
+``sandboxd.health`` for what is checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from twisted.web import resource, server
+
+if TYPE_CHECKING:
+    from sandboxd.daemon import SandboxDaemon
+
+# Builds take from ~0.1 s (warm cache) to the build limit; runs from ~2 ms to the run limit.
+BUILD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+RUN_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+class Metrics:
+    """What the request path records; the pool's state is read at scrape time instead."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("sandboxd_requests", "Requests ended, by final status",
+                                ["status"], registry=self.registry)
+        self.build_seconds = Histogram("sandboxd_build_seconds",
+                                       "Wall time of builds run in a box (cache hits excluded)",
+                                       buckets=BUILD_BUCKETS, registry=self.registry)
+        self.run_seconds = Histogram("sandboxd_run_seconds", "Wall time of program runs",
+                                     buckets=RUN_BUCKETS, registry=self.registry)
+        self.output_bytes = Counter("sandboxd_output_bytes",
+                                    "Bytes of program and compiler output streamed to clients",
+                                    registry=self.registry)
+
+    def request_ended(self, status: str, output_bytes: int) -> None:
+        self.requests.labels(status=status).inc()
+        self.output_bytes.inc(output_bytes)
+
+    def watch(self, daemon: SandboxDaemon) -> None:
+        self.registry.register(_DaemonState(daemon))
+
+
+class _DaemonState:
+    """Gauges and counters read from the daemon when scraped."""
+
+    def __init__(self, daemon: SandboxDaemon) -> None:
+        self.daemon = daemon
+
+    def describe(self) -> list[Any]:
+        return []  # no collect() at registration: the daemon is not started yet
+
+    def collect(self) -> Iterator[Any]:
+        pool, stats = self.daemon.pool, self.daemon.runtime.stats
+        yield GaugeMetricFamily("sandboxd_queue_length", "Requests waiting for a box",
+                                value=pool.waiting)
+        yield GaugeMetricFamily("sandboxd_busy_boxes", "Boxes running a request",
+                                value=pool.running)
+        yield GaugeMetricFamily("sandboxd_boxes", "Boxes that may run at once (--boxes)",
+                                value=pool.settings.boxes)
+        yield GaugeMetricFamily("sandboxd_sessions", "Live sessions (each holds a box)",
+                                value=len(pool.sessions))
+        yield GaugeMetricFamily("sandboxd_connections", "Open client connections",
+                                value=len(self.daemon.factory.connections))
+        cache = CounterMetricFamily(
+            "sandboxd_build_cache", "Build lookups in the binary cache: hit (no build), shared "
+            "(waited for an identical build in flight), miss (built)", labels=["result"])
+        for result, key in (("hit", "cache_hits"), ("shared", "cache_shared"),
+                            ("miss", "cache_misses")):
+            cache.add_metric([result], stats.get(key, 0))
+        yield cache
+        binaries = self.daemon.runtime.binaries
+        yield GaugeMetricFamily("sandboxd_binary_cache_bytes", "Size of the binary cache",
+                                value=binaries.total)
+
+
+class _MetricsPage(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.metrics.registry)
+
+
+class _HealthPage(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, daemon: SandboxDaemon) -> None:
+        super().__init__()
+        self.daemon = daemon
+
+    def render_GET(self, request: server.Request) -> Any:
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+
+        def answer(verdict: tuple[bool, str]) -> None:
+            healthy, why = verdict
+            request.setResponseCode(200 if healthy else 503)
+            request.write(f"{'ok' if healthy else 'unhealthy'}: {why}\n".encode())
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            answer((False, f"the health check failed: {failure.getErrorMessage()}"))
+
+        d = self.daemon.health.check()
+        d.addCallback(answer).addErrback(failed)
+        request.notifyFinish().addErrback(lambda _: None)  # the client left: nothing to do
+        return server.NOT_DONE_YET
+
+
+def metrics_site(daemon: SandboxDaemon) -> server.Site:
+    """The HTTP site for ``--metrics``: /metrics and /healthz, nothing else."""
+    root = resource.Resource()
+    root.putChild(b"metrics", _MetricsPage(daemon.runtime.metrics))
+    root.putChild(b"healthz", _HealthPage(daemon))
+    site = server.Site(root)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
