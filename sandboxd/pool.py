@@ -147,16 +147,14 @@ class BoxPool:
         return defer.ensureDeferred(self._acquire(session_id))
 
     async def _acquire(self, session_id: str | None) -> Box:
-        lock = None
         try:
             if session_id is not None:
-                lock = self.session_locks.setdefault(session_id, defer.DeferredLock())
-                await lock.acquire()
+                await self.session_locks.setdefault(session_id, defer.DeferredLock()).acquire()
             try:
                 await self.slots.acquire()
             except BaseException:
-                if lock is not None:
-                    lock.release()
+                if session_id is not None:
+                    self._release_session_lock(session_id)
                 raise
         finally:
             self.waiting -= 1
@@ -164,8 +162,8 @@ class BoxPool:
             box = self._take_box(session_id)
         except BaseException:
             self.slots.release()
-            if lock is not None:
-                lock.release()
+            if session_id is not None:
+                self._release_session_lock(session_id)
             raise
         box.in_use = True
         box.last_used = self.now()
@@ -193,16 +191,21 @@ class BoxPool:
         if box.session_id is None:
             self.clock.callLater(0, self._recycle, box)
             return
-        lock = self.session_locks.get(box.session_id)
         if self.stopped and self.sessions.get(box.session_id or "") is box:
             del self.sessions[box.session_id or ""]
             self._destroy(box)
         elif box.expired or self._expired(box):
             self._end_session(box)
-        if lock is not None:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self.session_locks.pop(box.session_id, None)
+        self._release_session_lock(box.session_id)
+
+    def _release_session_lock(self, session_id: str) -> None:
+        """Let the session's next request go; forget the lock when nobody waits for it."""
+        lock = self.session_locks.get(session_id)
+        if lock is None:
+            return
+        lock.release()
+        if not lock.locked and not lock.waiting:
+            del self.session_locks[session_id]
 
     def _recycle(self, box: Box) -> None:
         """Wipe a used anonymous box and keep it ready (or drop it when enough are)."""

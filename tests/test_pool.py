@@ -197,6 +197,18 @@ def test_cancel_while_waiting_for_the_own_session():
     assert pool.running == 0 and pool.slots.tokens == 2
 
 
+def test_a_session_request_cancelled_while_waiting_for_a_slot_leaves_no_lock_behind():
+    pool, _, _ = make_pool(boxes=1)
+    first = got(pool.acquire(None))
+    waiter = pool.acquire("s")
+    waiter.addErrback(lambda f: f.trap(defer.CancelledError))
+    waiter.cancel()
+    assert pool.session_locks == {} and pool.waiting == 0
+    pool.release(first)
+    pool.release(got(pool.acquire("s")))
+    assert pool.session_locks == {}
+
+
 # -- sessions ----------------------------------------------------------------------------
 
 
