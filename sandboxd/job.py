@@ -237,7 +237,8 @@ class Job:
                                     f"sandbox failure: {result.report.message}", result=result)
             limit = self._limit_status(result, Phase.BUILD)
             if limit is not None:
-                return BuildOutcome(None, limit[0], limit[1], diagnostics=text, result=result)
+                return BuildOutcome(None, limit[0], limit[1], diagnostics=diagnostics.clean(text),
+                                    result=result)
             if result.report.exit_code != 0:
                 cleaned = diagnostics.clean(text)
                 return BuildOutcome(None, Status.COMPILE_ERROR, "the program did not compile",
