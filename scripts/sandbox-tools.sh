@@ -3,7 +3,8 @@
 # environment, and a sandbox (isolate if present, else bubblewrap plus util-linux's setpriv and
 # prlimit). As root on Debian, install; otherwise say exactly what is missing.
 #   scripts/sandbox-tools.sh           what the daemon needs
-#   scripts/sandbox-tools.sh --test    also what the test suite drives (socat, nc, openssl)
+#   scripts/sandbox-tools.sh --test    also what the test suite drives (socat, nc, openssl,
+#                                        systemd-analyze)
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 need=()
@@ -17,6 +18,7 @@ if [ "${1:-}" = --test ]; then
   command -v socat >/dev/null 2>&1 || need+=(socat)
   command -v nc >/dev/null 2>&1 || need+=(netcat-openbsd)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # verifies systemd/*.service
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
