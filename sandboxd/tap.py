@@ -67,9 +67,10 @@ class Options(usage.Options):
         ["max-files", None, 20, "most files in one request", _positive],
         ["idle-timeout", None, 600.0, "seconds before an idle connection is closed", _seconds],
         ["client-ca", None, None, "PEM file of CA certificates: every ssl: listener then "
-         "requires a client certificate signed by one of them"],
+         "requires a client certificate signed by one of them [default: none, no client "
+         "certificates]"],
         ["metrics", None, None, "an endpoint string to serve Prometheus /metrics and /healthz "
-         "on, e.g. tcp:9100:interface=127.0.0.1"],
+         "on, e.g. tcp:9100:interface=127.0.0.1 [default: none, no metrics listener]"],
         ["shutdown-grace", None, 10.0, "seconds running requests get to finish after SIGTERM "
          "before they are cancelled", _non_negative],
     ]
@@ -86,11 +87,11 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def opt_limit(self, setting: str) -> None:
-        """Change a default limit, e.g. run.wall_ms=5000 (see docs/protocol.md); repeatable."""
+        """Change a default limit, e.g. run.wall_ms=5000; repeatable [default: protocol.md]."""
         self["limits"].append(self._limit(setting))
 
     def opt_max_limit(self, setting: str) -> None:
-        """Change a maximum limit, e.g. run.memory_mb=1024; repeatable."""
+        """Change a maximum limit, e.g. run.memory_mb=2048; repeatable [default: protocol.md]."""
         self["max-limits"].append(self._limit(setting))
 
     @staticmethod
