@@ -16,7 +16,8 @@ if ! command -v isolate >/dev/null 2>&1; then
 fi
 if [ "${1:-}" = --test ]; then
   command -v socat >/dev/null 2>&1 || need+=(socat)
-  command -v nc >/dev/null 2>&1 || need+=(netcat-openbsd)
+  # nc -N (shut down writing at end of input) is netcat-openbsd's; netcat-traditional lacks it.
+  { command -v nc && nc -h 2>&1 | grep -qw -- "-N"; } >/dev/null 2>&1 || need+=(netcat-openbsd)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # verifies systemd/*.service
 fi
