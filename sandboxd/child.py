@@ -20,12 +20,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sandboxd import boxprocs
 from sandboxd.drivers.base import STATUS_FD, Driver, Report, SandboxRun
 from sandboxd.events import now_ms
 
 log = Logger()
 
 CPU_POLL_S = 0.05
+UID_POLL_S = 0.1
 GRACE_S = 0.5
 STDERR_TAIL = 4096
 STREAMS = {1: "stdout", 2: "stderr"}
@@ -73,28 +75,41 @@ class SandboxChild(protocol.ProcessProtocol):
         self._started = 0.0
         self._timer = None
         self._cpu_poll: LoopingCall | None = None
+        self._cpu_source: Callable[[], int | None] = lambda: None
+        self._cpu_seen = 0
         self._ended = False
 
     # -- life ------------------------------------------------------------------------------
 
     def start(self) -> defer.Deferred[ChildResult]:
-        argv, env = self.driver.command(self.run)
         self._started = time.monotonic()
         try:
+            argv, env = self.driver.command(self.run)
             self.reactor.spawnProcess(
-                self, argv[0], argv, env=env, childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r"}
+                self, argv[0], argv, env=env,
+                childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r", **self.run.fds},
             )
         except Exception:
+            self.run.close_fds()
             self._finish_cgroup()
             return defer.fail(Failure())
+        self.run.close_fds()
         clock: IReactorTime = self.reactor  # type: ignore[assignment]
         self._timer = clock.callLater(self.run.limits.wall_ms / 1000, self.stop, "wall")
-        if self.run.cgroup is not None and self.run.cgroup.cpu_ns() is not None:
-            self._cpu_poll = LoopingCall(self._check_cpu)
-            self._cpu_poll.clock = clock
-            self._cpu_poll.start(CPU_POLL_S, now=False).addErrback(
-                lambda f: log.failure("cpu poll", f)
-            )
+        cg = self.run.cgroup
+        if cg is not None and cg.cpu_ns() is not None:
+            self._cpu_source = cg.cpu_ns
+            interval = CPU_POLL_S
+        else:
+            # No cgroup: the box's uid finds its processes (see sandboxd.boxprocs).
+            uid = self.run.box.uid
+            self._cpu_source = lambda: boxprocs.cpu_ns(uid)
+            interval = UID_POLL_S
+        self._cpu_poll = LoopingCall(self._check_cpu)
+        self._cpu_poll.clock = clock
+        self._cpu_poll.start(interval, now=False).addErrback(
+            lambda f: log.failure("cpu poll", f)
+        )
         return self._done
 
     def connectionMade(self) -> None:
@@ -126,11 +141,25 @@ class SandboxChild(protocol.ProcessProtocol):
             return
         if not self.driver.graceful_stop:
             self._signal(pid, signals.SIGKILL)
+            self._kill_box_uid()
             return
         # isolate: SIGTERM makes it kill the box and write its meta file; then the group.
         self._signal(pid, signals.SIGTERM)
         clock: IReactorTime = self.reactor  # type: ignore[assignment]
         clock.callLater(GRACE_S, self._signal, -pid, signals.SIGKILL)
+        clock.callLater(GRACE_S, self._kill_box_uid)
+
+    def _kill_box_uid(self, ended: bool = False) -> None:
+        """SIGKILL every process running as the box's uid: the sure way to end a box whose
+        sandbox died half-made (its child then holds our pipes open).  Never once the run
+        has ended (the box may serve the next request by then), but from ``processEnded``."""
+        if self._ended and not ended:
+            return
+        for pid in boxprocs.pids_of(self.run.box.uid):
+            try:
+                os.kill(pid, signals.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def _signal(self, pid: int, sig: int) -> None:
         if self._ended:
@@ -141,10 +170,11 @@ class SandboxChild(protocol.ProcessProtocol):
             pass
 
     def _check_cpu(self) -> None:
-        cg = self.run.cgroup
-        used = cg.cpu_ns() if cg is not None else None
-        if used is not None and used > self.run.limits.cpu_ms * 1_000_000:
-            self.stop("cpu")
+        used = self._cpu_source()
+        if used is not None:
+            self._cpu_seen = max(self._cpu_seen, used)
+            if used > self.run.limits.cpu_ms * 1_000_000:
+                self.stop("cpu")
 
     # -- flow control ----------------------------------------------------------------------
 
@@ -184,7 +214,8 @@ class SandboxChild(protocol.ProcessProtocol):
         wall_ms = int((time.monotonic() - self._started) * 1000)
         exit_code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
-        cpu_ms = memory_kb = None
+        cpu_ms = self._cpu_seen // 1_000_000 if self.run.cgroup is None else None
+        memory_kb = None
         oom = refused = False
         cg = self.run.cgroup
         if cg is not None:
@@ -198,6 +229,8 @@ class SandboxChild(protocol.ProcessProtocol):
             except Exception:
                 log.failure("reading cgroup statistics")
         self._finish_cgroup()
+        if self.run.cgroup is None:
+            self._kill_box_uid(ended=True)  # nothing of the request outlives its final event
         try:
             report = self.driver.report(self.run, exit_code, sig, self.status)
         except Exception as e:

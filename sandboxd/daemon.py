@@ -55,6 +55,7 @@ class SandboxDaemon(service.MultiService):
         idle_timeout: float | None = 600,
         shutdown_grace: float = 10,
         reactor: Any = None,
+        cgroups: str = "auto",
     ) -> None:
         super().__init__()
         self.reactor = reactor or default_reactor
@@ -65,7 +66,10 @@ class SandboxDaemon(service.MultiService):
         _raise_open_files()
         state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state_dir, 0o711)
-        self.cgroups = cgroup.detect(f"sandboxd-{_instance_name(state_dir)}")
+        if cgroups == "off":
+            self.cgroups = cgroup.CgroupSupport(None, {}, "turned off with --cgroups=off")
+        else:
+            self.cgroups = cgroup.detect(f"sandboxd-{_instance_name(state_dir)}")
         self.driver = choose(sandbox, state_dir=state_dir, cgroups=self.cgroups,
                              first_uid=first_uid)
         self.toolchain = toolchain.load(toolchain.find_goroot(go), cache_dir)

@@ -44,6 +44,8 @@ class Options(usage.Options):
     )
     optParameters = [
         ["sandbox", None, "auto", "auto, isolate or bubblewrap (auto: isolate when installed)"],
+        ["cgroups", None, "auto", "auto (use cgroup v2 or v1 where usable) or off (rlimits "
+         "only, as on a host with neither)"],
         ["boxes", None, os.cpu_count() or 1,
          "how many boxes build or run at once (one per CPU by default)", _positive],
         ["max-queue", None, 100, "requests that may wait for a box; past it: queue_full",
@@ -109,6 +111,8 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
         if self["sandbox"] not in ("auto", "isolate", "bubblewrap"):
             raise usage.UsageError("--sandbox is auto, isolate or bubblewrap")
+        if self["cgroups"] not in ("auto", "off"):
+            raise usage.UsageError("--cgroups is auto or off")
         policy = LimitPolicy()
         try:
             for name, value in self["max-limits"]:
@@ -142,6 +146,7 @@ def makeService(options: Options) -> service.MultiService:
     daemon = SandboxDaemon(
         policy=options["policy"],
         sandbox=options["sandbox"],
+        cgroups=options["cgroups"],
         boxes=options["boxes"],
         max_queue=options["max-queue"],
         max_sessions=options["max-sessions"],

@@ -127,6 +127,7 @@ def load(goroot: Path, cache_dir: Path, name: str = "default") -> Toolchain:
 def warm(toolchain: Toolchain, driver, quiet: bool = False) -> bool:
     """Build the standard-library cache once; False when it was already there."""
     from sandboxd.drivers import Mount, SandboxRun
+    from sandboxd.drivers.base import STATUS_FD
     from sandboxd.limits import DEFAULT_LIMITS
     from sandboxd.limits import PhaseLimits as _PL
 
@@ -164,9 +165,23 @@ def warm(toolchain: Toolchain, driver, quiet: bool = False) -> bool:
             print(f"sandboxd: building the Go standard library cache for {toolchain.version} "
                   f"into {target} (once; about 30 s)", file=sys.stderr)
         try:
-            proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=900)
+            # The sandbox may report on STATUS_FD (bwrap dies without it, and its half-made
+            # child then holds our pipes open forever): give it /dev/null.
+            status_sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            fds = {STATUS_FD: status_sink, **run.fds}
+
+            def place_fds() -> None:
+                for child_fd, fd in fds.items():
+                    os.dup2(fd, child_fd)
+
+            try:
+                proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                                      capture_output=True, timeout=900, pass_fds=tuple(fds),
+                                      preexec_fn=place_fds)
+            finally:
+                os.close(status_sink)
         finally:
+            run.close_fds()
             driver.destroy_box(box)
         if proc.returncode != 0:
             raise ToolchainError(

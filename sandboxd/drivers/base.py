@@ -28,6 +28,8 @@ JOIN_SCRIPT = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done;
 LAUNCHER_FAILED = 125
 # A pipe the sandbox may report its own progress on (bwrap's --json-status-fd).
 STATUS_FD = 3
+# Where the sandbox finds its seccomp filter (bwrap's --seccomp).
+SECCOMP_FD = 4
 
 # What a program sees as its whole environment.
 RUN_ENV = {
@@ -66,6 +68,16 @@ class SandboxRun:
     cgroup: RunCgroup | None = None
     with_workspace: bool = True  # the box's files at /box
     scratch: Path | None = None  # a host directory only the daemon writes, for driver files
+    # Extra descriptors for the child: its fd number -> the daemon's fd, closed after spawn.
+    fds: dict[int, int] = field(default_factory=dict)
+
+    def close_fds(self) -> None:
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
 
 
 @dataclass

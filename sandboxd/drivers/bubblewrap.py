@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sandboxd import seccomp
 from sandboxd.cgroup import CgroupSupport
 from sandboxd.drivers.base import (
     LAUNCHER_FAILED,
     MIB,
+    SECCOMP_FD,
     STATUS_FD,
     Driver,
     Report,
@@ -34,10 +36,18 @@ class BubblewrapDriver(Driver):
         self.setpriv = self.tool("setpriv")
         self.prlimit = self.tool("prlimit")
         self.system = self._system_layout()
+        try:
+            seccomp.program()
+            self.seccomp = True
+        except seccomp.UnsupportedArch:
+            self.seccomp = False
 
     def describe(self) -> list[str]:
+        syscalls = ("seccomp filter: mount, ptrace, unshare, bpf, io_uring, keyctl, kexec, "
+                    "modules and new namespaces refused (EPERM)" if self.seccomp
+                    else "no seccomp filter for this architecture (capabilities dropped only)")
         return [*super().describe(), "/tmp and /dev/shm: bwrap tmpfs --size",
-                "file size: RLIMIT_FSIZE", "open files: RLIMIT_NOFILE"]
+                "file size: RLIMIT_FSIZE", "open files: RLIMIT_NOFILE", syscalls]
 
     @staticmethod
     def _system_layout() -> list[str]:
@@ -98,6 +108,9 @@ class BubblewrapDriver(Driver):
             sandbox += ["--bind", str(run.box.workspace), "/box"]
         for mount in run.mounts:
             sandbox += ["--bind" if mount.writable else "--ro-bind", str(mount.host), mount.inside]
+        if self.seccomp:
+            run.fds[SECCOMP_FD] = seccomp.program_fd()
+            sandbox += ["--seccomp", str(SECCOMP_FD)]
         sandbox += ["--chdir", run.cwd, "--clearenv"]
         for key, value in run.env.items():
             sandbox += ["--setenv", key, value]

@@ -171,7 +171,8 @@ class IsolateDriver(Driver):
         if run.phase is Phase.BUILD:
             argv.append(f"--syscalls={BUILD_SYSCALLS}")
         tmp = self._fresh_tmp(run.box, lim.disk_mb)
-        argv += [f"--dir=/tmp={tmp}/tmp:rw", f"--dir=/dev/shm={tmp}/shm:rw"]
+        argv += [f"--dir=/tmp={tmp}/tmp:rw", f"--dir=/dev/shm={tmp}/shm:rw",
+                 f"--dir=/var/tmp={tmp}/tmp:rw"]
         if run.with_workspace:
             argv.append(f"--dir=/box={run.box.workspace}:rw")
         for mount in run.mounts:

@@ -1,0 +1,46 @@
+"""A box's processes found by its uid: CPU accounting on hosts without a usable cgroup.
+
+Every box runs as a uid of its own and one request at a time uses a box, so the processes of
+that uid are exactly the processes of the running request (``setsid`` and double forks
+included).  Summing their CPU time (their own and their reaped children's) lets the daemon stop
+a whole box at its CPU limit even where only per-process ``RLIMIT_CPU`` exists.  A process that
+makes itself non-dumpable shows up as root's and is missed; ``RLIMIT_CPU`` still bounds it.
+"""
+
+from __future__ import annotations
+
+import os
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def pids_of(uid: int) -> list[int]:
+    """The processes whose /proc entry belongs to ``uid``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid == uid:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def cpu_ns(uid: int) -> int:
+    """CPU time used by ``uid``'s live processes and the children they reaped."""
+    total = 0
+    for pid in pids_of(uid):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = text.rpartition(b")")[2].split()
+        try:
+            # utime, stime, cutime, cstime are fields 14-17; [0] here is field 3.
+            total += sum(int(x) for x in fields[11:15])
+        except (ValueError, IndexError):
+            continue
+    return total * 1_000_000_000 // TICKS
