@@ -32,10 +32,12 @@ run: setup
 
 test: setup test-tools
 	$(BIN)/ruff check sandboxd tests twisted bench
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest -q tests
 
 lint: setup
 	$(BIN)/ruff check sandboxd tests twisted bench
+	$(BIN)/hadolint Dockerfile
 
 bench: setup
 	$(BIN)/python bench/bench.py

@@ -122,6 +122,19 @@ class SandboxDaemon(service.MultiService):
         for line in self.driver.describe():
             log.info("limit mechanism: {line}", line=line)
         super().startService()
+        for listener in self.listeners:
+            waiting = getattr(listener, "_waitingForPort", None)
+            if waiting is not None:  # say where: an onion address, a port chosen by the kernel
+                waiting.addCallback(self._listening)
+
+    @staticmethod
+    def _listening(port: Any) -> Any:
+        if port is not None:
+            host = port.getHost()
+            where = getattr(host, "onion_uri", None)
+            where = f"{where}:{host.onion_port}" if where else str(host)
+            log.info("listening on {where}", where=where)
+        return port
 
     def stopService(self) -> defer.Deferred[None]:
         """SIGTERM: stop accepting, let running requests finish within the grace period,

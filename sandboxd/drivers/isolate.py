@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,11 +36,23 @@ from sandboxd.status import Phase
 
 log = Logger()
 
-CONFIG = Path("/usr/local/etc/isolate")
+CONFIG = Path("/usr/local/etc/isolate")  # isolate built from source (make install)
+PACKAGE_CONFIG = Path("/etc/isolate")  # its authors' Debian package (PREFIX=/usr)
 BUILD_SYSCALLS = "65531"  # every restriction but bit 4 (file locks): go build needs flock
 
 
-def read_config(path: Path = CONFIG) -> dict[str, str]:
+def config_path() -> Path:
+    """isolate reads the config its build named: /usr/local/etc/isolate, or /etc/isolate for
+    the Debian package (binary in /usr/bin)."""
+    binary = shutil.which("isolate")
+    if binary is not None and Path(binary).resolve().parent == Path("/usr/bin"):
+        return PACKAGE_CONFIG
+    return CONFIG
+
+
+def read_config(path: Path | None = None) -> dict[str, str]:
+    if path is None:
+        path = config_path()
     values: dict[str, str] = {}
     try:
         text = path.read_text()
