@@ -17,10 +17,11 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from sandboxd import __version__
 from sandboxd.events import encode, final_event
 from sandboxd.job import Job, Runtime
 from sandboxd.limits import LimitPolicy
-from sandboxd.request import BadRequest, SourceLimits, parse_line
+from sandboxd.request import BadRequest, Control, SourceLimits, parse_line
 from sandboxd.status import Phase, Status
 
 log = Logger()
@@ -53,6 +54,8 @@ class Connection(protocol.Protocol, TimeoutMixin):
 
     def readConnectionLost(self) -> None:
         self.input_closed = True
+        for job in self.jobs.values():  # no stdin line can come any more
+            job.close_stdin()
         if self.buffer.strip() and not self.discarding:
             line, self.buffer = self.buffer, b""
             self._line(line)
@@ -110,10 +113,23 @@ class Connection(protocol.Protocol, TimeoutMixin):
     def _line(self, line: bytes) -> None:
         if not line.strip():
             return
+        runtime = self.factory.runtime
         try:
-            request = parse_line(line, self.factory.policy, self.factory.sources)
+            request = parse_line(line, self.factory.policy, self.factory.sources,
+                                 runtime.toolchains)
         except BadRequest as e:
-            self.send(final_event(e.request_id, Status.BAD_REQUEST, e.message, Phase.QUEUE))
+            self.send(final_event(e.request_id, Status.BAD_REQUEST, e.message, Phase.QUEUE,
+                                  **e.fields))
+            return
+        if isinstance(request, Control):
+            self._control(request)
+            return
+        if request.type == "version":
+            self.send(final_event(
+                request.id, Status.OK, "versions", Phase.QUEUE, sandboxd=__version__.public(),
+                go={name: tc.version for name, tc in runtime.toolchains.items()},
+                default_go=runtime.toolchain.name,
+            ))
             return
         if request.id in self.jobs:
             self.send(final_event(
@@ -132,6 +148,24 @@ class Connection(protocol.Protocol, TimeoutMixin):
         if self.paused:
             job.pause()
         job.start().addBoth(self._job_done, request.id, job)
+
+    def _control(self, control: Control) -> None:
+        """stdin and cancel lines act on a running request and are not answered when they
+        work; when they cannot, the answer is a ``bad_request`` with ``id`` null (the named
+        request goes on and still ends with its own final event) naming it in ``for_id``."""
+        job = self.jobs.get(control.target)
+        problem = None
+        if job is None:
+            problem = f"no request with id {control.target!r} is running on this connection"
+        elif control.type == "cancel":
+            job.cancel()
+        elif control.data:
+            problem = job.write_stdin(control.data, self.factory.sources.max_stdin_bytes)
+        if job is not None and control.eof and problem is None:
+            job.close_stdin()
+        if problem is not None:
+            self.send(final_event(None, Status.BAD_REQUEST, problem, Phase.QUEUE,
+                                  for_id=control.target, for_type=control.type))
 
     def _job_done(self, result: Any, request_id: str, job: Job) -> None:
         if self.jobs.get(request_id) is job:

@@ -41,6 +41,7 @@ class SandboxDaemon(service.MultiService):
         state_dir: Path,
         cache_dir: Path,
         go: str | None = None,
+        more_go: dict[str, str] | None = None,
         max_queue: int = 100,
         max_sessions: int = 256,
         first_uid: int = 60000,
@@ -52,6 +53,7 @@ class SandboxDaemon(service.MultiService):
         max_line_bytes: int = 2 * 1024 * 1024,
         max_source_bytes: int = 512 * 1024,
         max_files: int = 20,
+        max_stdin_bytes: int = 1024 * 1024,
         idle_timeout: float | None = 600,
         shutdown_grace: float = 10,
         reactor: Any = None,
@@ -73,7 +75,11 @@ class SandboxDaemon(service.MultiService):
         self.driver = choose(sandbox, state_dir=state_dir, cgroups=self.cgroups,
                              first_uid=first_uid)
         self.toolchain = toolchain.load(toolchain.find_goroot(go), cache_dir)
-        toolchain.warm(self.toolchain, self.driver, quiet=False)
+        self.toolchains = {self.toolchain.name: self.toolchain}
+        for name, path in (more_go or {}).items():
+            self.toolchains[name] = toolchain.load(toolchain.find_goroot(path), cache_dir, name)
+        for tc in self.toolchains.values():  # each has its own standard-library cache
+            toolchain.warm(tc, self.driver, quiet=False)
         jobs_dir = state_dir / "jobs"
         hostfs.remove_tree(jobs_dir)
         jobs_dir.mkdir(mode=0o711)
@@ -100,13 +106,15 @@ class SandboxDaemon(service.MultiService):
             binaries=BinaryCache(state_dir / "binaries", binary_cache_mb * 1024 * 1024),
             jobs_dir=jobs_dir,
             metrics=Metrics(),
+            toolchains=self.toolchains,
         )
         self.runtime.metrics.watch(self)
         self.health = HealthCheck(self)
         self.factory = ConnectionFactory(
             self.runtime,
             policy,
-            SourceLimits(max_bytes=max_source_bytes, max_files=max_files),
+            SourceLimits(max_bytes=max_source_bytes, max_files=max_files,
+                         max_stdin_bytes=max_stdin_bytes),
             max_line_bytes=max_line_bytes,
             idle_timeout=idle_timeout,
         )
@@ -116,8 +124,9 @@ class SandboxDaemon(service.MultiService):
         if swept:
             log.info("removed {n} cgroups a previous daemon left", n=swept)
         self.pool.start()
+        go = ", ".join(f"{n}={tc.version}" for n, tc in self.toolchains.items())
         log.info("sandboxd: {driver} driver, {n} boxes, Go {go}, {cg}", driver=self.driver.name,
-                 n=self.pool.settings.boxes, go=self.toolchain.version,
+                 n=self.pool.settings.boxes, go=go,
                  cg=self.cgroups.describe())
         for line in self.driver.describe():
             log.info("limit mechanism: {line}", line=line)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sandboxd import diagnostics, hostfs
+from sandboxd import diagnostics, gotest, hostfs
 from sandboxd.bincache import BinaryCache
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport
@@ -52,9 +53,13 @@ class Runtime:
     toolchain: Toolchain
     binaries: BinaryCache
     jobs_dir: Path
+    toolchains: dict[str, Toolchain] = field(default_factory=dict)  # by name, default included
     builds_in_flight: dict[str, defer.Deferred] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self) -> None:
+        self.toolchains.setdefault(self.toolchain.name, self.toolchain)
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
@@ -93,6 +98,15 @@ class Job:
         self.created = time.monotonic()
         self.queue_ms: int | None = None  # waiting for a box
         self.run_ms: int | None = None
+        self.extra_fields: dict[str, Any] = {}
+        self.toolchain = runtime.toolchains.get(request.go or "", runtime.toolchain)
+        self.testing = request.type == "run" and gotest.wants_tests(request.files, request.test)
+        self.tests: gotest.Counter | None = None
+        self.renamed: dict[str, str] = {}
+        # Interactive stdin that arrived before the program started, and its end.
+        self.stdin_pending: list[bytes] = []
+        self.stdin_bytes = 0
+        self.stdin_eof = False
 
     # -- control from the connection -------------------------------------------------------
 
@@ -107,6 +121,30 @@ class Job:
             self._waiting.cancel()
         if self.child is not None:
             self.child.stop("cancelled")
+
+    def write_stdin(self, data: bytes, limit: int) -> str | None:
+        """Give the program more input; a reason when it cannot take it, else None."""
+        if not self.request.interactive:
+            return f"request {self.request.id!r} is not interactive (send \"interactive\": true)"
+        if self.stdin_eof:
+            return f"the stdin of request {self.request.id!r} is already closed"
+        if self.stdin_bytes + len(data) > limit:
+            return (f"stdin of request {self.request.id!r} would exceed this server's maximum "
+                    f"({limit} bytes); this data was dropped")
+        self.stdin_bytes += len(data)
+        if self.child is not None and self.phase is Phase.RUN:
+            self.child.write_stdin(data)
+        else:
+            self.stdin_pending.append(data)
+        return None
+
+    def close_stdin(self) -> None:
+        """No more input: the program reads end of file once it has read what came."""
+        if self.stdin_eof:
+            return
+        self.stdin_eof = True
+        if self.child is not None and self.phase is Phase.RUN:
+            self.child.close_stdin()
 
     def pause(self) -> None:
         self.paused = True
@@ -149,6 +187,12 @@ class Job:
             self._finish(Status.CANCELLED, self.cancel_reason)
             return
         self.phase = Phase.BUILD
+        if req.type == "fmt":
+            await self._fmt()
+            return
+        if req.type == "vet":
+            await self._vet()
+            return
         build = await self._build()
         if build.diagnostics:
             self._send("stderr", build.diagnostics.encode())
@@ -162,10 +206,14 @@ class Job:
         await self._run(build.binary)
 
     async def _build(self) -> BuildOutcome:
-        req, rt = self.request, self.rt
+        req, rt, tc = self.request, self.rt, self.toolchain
         files = dict(req.files)
-        files.setdefault("go.mod", rt.toolchain.go_mod())
-        key = BinaryCache.key(files, rt.toolchain.ident, BUILD_FLAGS)
+        files.setdefault("go.mod", tc.go_mod())
+        flags: tuple[str, ...] = BUILD_FLAGS
+        if self.testing:
+            files, self.renamed = gotest.as_test_package(files)
+            flags = (*BUILD_FLAGS, "test")
+        key = BinaryCache.key(files, tc.ident, flags)
         cached = rt.binaries.get(key)
         if cached is not None:
             self.cached = True
@@ -192,33 +240,40 @@ class Job:
             del rt.builds_in_flight[key]
             done.callback(outcome)
 
-    async def _compile(self, files: dict[str, bytes], key: str) -> BuildOutcome:
-        rt, box = self.rt, self.box
+    def _build_run(self, job_dir: Path, files: dict[str, bytes], argv: list[str]) -> SandboxRun:
+        """A build-phase run of the toolchain over ``files`` at /src, /out writable."""
+        box, tc = self.box, self.toolchain
         assert box is not None
-        limits = self.request.limits.build
+        src, out = job_dir / "src", job_dir / "out"
+        hostfs.make_private_dir(src, 0, 0, 0o755)
+        hostfs.write_tree(src, files)
+        hostfs.make_private_dir(out, box.uid, box.gid, 0o700)
+        return SandboxRun(
+            phase=Phase.BUILD,
+            box=box,
+            argv=argv,
+            env=tc.build_env(),
+            cwd=SOURCE_INSIDE,
+            limits=self.request.limits.build,
+            mounts=[
+                Mount(tc.goroot, GOROOT_INSIDE),
+                Mount(tc.std_cache, GOCACHE_INSIDE),
+                Mount(src, SOURCE_INSIDE),
+                Mount(out, OUTPUT_INSIDE, writable=True),
+            ],
+            with_workspace=False,
+            scratch=job_dir,
+        )
+
+    async def _compile(self, files: dict[str, bytes], key: str) -> BuildOutcome:
+        rt = self.rt
         job_dir = rt.jobs_dir / str(self.number)
         hostfs.make_private_dir(job_dir, 0, 0, 0o711)
         try:
-            src, out = job_dir / "src", job_dir / "out"
-            hostfs.make_private_dir(src, 0, 0, 0o755)
-            hostfs.write_tree(src, files)
-            hostfs.make_private_dir(out, box.uid, box.gid, 0o700)
-            run = SandboxRun(
-                phase=Phase.BUILD,
-                box=box,
-                argv=rt.toolchain.build_argv(),
-                env=rt.toolchain.build_env(),
-                cwd=SOURCE_INSIDE,
-                limits=limits,
-                mounts=[
-                    Mount(rt.toolchain.goroot, GOROOT_INSIDE),
-                    Mount(rt.toolchain.std_cache, GOCACHE_INSIDE),
-                    Mount(src, SOURCE_INSIDE),
-                    Mount(out, OUTPUT_INSIDE, writable=True),
-                ],
-                with_workspace=False,
-                scratch=job_dir,
-            )
+            argv = (self.toolchain.test_argv() if self.testing
+                    else self.toolchain.build_argv())
+            run = self._build_run(job_dir, files, argv)
+            out = job_dir / "out"
             collected: list[bytes] = []
             size = [0]
             cap = self.request.limits.output_bytes
@@ -240,7 +295,7 @@ class Job:
                 return BuildOutcome(None, limit[0], limit[1], diagnostics=diagnostics.clean(text),
                                     result=result)
             if result.report.exit_code != 0:
-                cleaned = diagnostics.clean(text)
+                cleaned = diagnostics.clean(text, self.renamed)
                 return BuildOutcome(None, Status.COMPILE_ERROR, "the program did not compile",
                                     diagnostics=cleaned, result=result)
             self.build_ms = result.wall_ms
@@ -254,15 +309,89 @@ class Job:
         finally:
             hostfs.remove_tree(job_dir)
 
+    async def _fmt(self) -> None:
+        """gofmt parses untrusted text, so it runs in the box like a build."""
+        tc, box = self.toolchain, self.box
+        assert box is not None
+        run = SandboxRun(
+            phase=Phase.BUILD, box=box, argv=tc.gofmt_argv(), env=tc.build_env(), cwd="/tmp",
+            limits=self.request.limits.build, mounts=[Mount(tc.goroot, GOROOT_INSIDE)],
+            with_workspace=False,
+        )
+        streams: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        size = [0]
+        cap = self.rt_source_cap()
+
+        def collect(stream: str, data: bytes, timestamp: str) -> int:
+            room = max(0, cap - size[0])
+            streams[stream].append(data[:room])
+            size[0] += len(data)
+            return min(len(data), room)
+
+        result = await self._child(run, collect, self.request.files["main.go"])
+        if result.report.failed:
+            self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",
+                         result)
+            return
+        limit = self._limit_status(result, Phase.BUILD)
+        if limit is not None:
+            self._finish(limit[0], limit[1], result)
+            return
+        if result.report.exit_code != 0:
+            errors = diagnostics.clean(b"".join(streams["stderr"]).decode("utf-8", "replace"))
+            self._send("stderr", errors.encode())
+            self._finish(Status.COMPILE_ERROR, "gofmt found syntax errors", result)
+            return
+        code = b"".join(streams["stdout"]).decode("utf-8", "replace")
+        self._finish(Status.OK, "formatted", result, code=code,
+                     changed=code.encode() != self.request.files["main.go"])
+
+    def rt_source_cap(self) -> int:
+        """Formatted source is about as long as the source; allow generous growth."""
+        return max(self.request.limits.output_bytes, 4 * len(self.request.files["main.go"]))
+
+    async def _vet(self) -> None:
+        """``go vet`` over the sources; findings stream as cleaned stderr lines."""
+        files = dict(self.request.files)
+        files.setdefault("go.mod", self.toolchain.go_mod())
+        job_dir = self.rt.jobs_dir / str(self.number)
+        hostfs.make_private_dir(job_dir, 0, 0, 0o711)
+        lines = _LineCleaner(self)
+        try:
+            run = self._build_run(job_dir, files, self.toolchain.vet_argv())
+            result = await self._child(run, lines.feed)
+        finally:
+            hostfs.remove_tree(job_dir)
+        lines.flush()
+        if result.report.failed:
+            self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",
+                         result)
+            return
+        limit = self._limit_status(result, Phase.BUILD)
+        if limit is not None:
+            self._finish(limit[0], limit[1], result)
+            return
+        if result.report.exit_code == 0:
+            self._finish(Status.OK, "go vet found nothing", result, vet_findings=0)
+        elif lines.type_errors or not lines.findings:
+            self._finish(Status.COMPILE_ERROR, "the program did not compile", result)
+        else:
+            self._finish(Status.VET_ISSUES, f"go vet found {lines.findings} issues", result,
+                         vet_findings=lines.findings)
+
     async def _run(self, binary: Path) -> None:
         rt, box = self.rt, self.box
         assert box is not None
         limits = self.request.limits.run
         rt.driver.resize_box(box, limits.disk_mb)
+        argv = [BINARY_INSIDE]
+        if self.testing:
+            argv += gotest.RUN_FLAGS
+            self.tests = gotest.Counter()
         run = SandboxRun(
             phase=Phase.RUN,
             box=box,
-            argv=[BINARY_INSIDE],
+            argv=argv,
             env=dict(RUN_ENV),
             cwd="/box",
             limits=limits,
@@ -272,6 +401,8 @@ class Job:
         result = await self._child(run, self._stream)
         self.run_ms = result.wall_ms
         rt.metrics.run_seconds.observe(result.wall_ms / 1000)
+        stdin = None if self.request.interactive else self.request.stdin
+        result = await self._child(run, self._stream, stdin)
         self._flush()
         if result.report.failed:
             self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",
@@ -282,6 +413,16 @@ class Job:
             self._finish(limit[0], limit[1], result)
             return
         report = result.report
+        if self.tests is not None:
+            tests = {"tests_passed": self.tests.passed, "tests_failed": self.tests.failed}
+            if report.signal is None and report.exit_code == 0:
+                self._finish(Status.OK, f"{self.tests.passed} tests passed", result, **tests)
+                return
+            if report.signal is None and report.exit_code == 1 and self.tests.failed:
+                self._finish(Status.RUNTIME_ERROR, f"{self.tests.failed} tests failed", result,
+                             **tests)
+                return
+            self.extra_fields.update(tests)
         if report.signal is not None:
             name = SIGNAL_NAMES.get(report.signal, f"signal {report.signal}")
             self._finish(Status.RUNTIME_ERROR, f"the program was killed by {name}", result,
@@ -292,20 +433,27 @@ class Job:
         else:
             self._finish(Status.OK, "the program exited normally", result)
 
-    async def _child(self, run: SandboxRun, sink) -> ChildResult:
+    async def _child(self, run: SandboxRun, sink, stdin: bytes | None = b"") -> ChildResult:
         cgroup = None
         if self.rt.cgroups.version is not None:
             cgroup = self.rt.cgroups.create(f"{run.phase}-{os.getpid()}-{self.number}")
             assert cgroup is not None
             cgroup.set_limits(run.limits.memory_mb * MIB, run.limits.processes)
         run.cgroup = cgroup
-        self.child = SandboxChild(self.rt.reactor, self.rt.driver, run, sink)
+        self.child = SandboxChild(self.rt.reactor, self.rt.driver, run, sink, stdin)
         if self.paused:
             self.child.pauseProducing()
         if self.cancel_reason is not None:
             self.child.stopped_for = "cancelled"
         try:
-            return await self.child.start()
+            started = self.child.start()
+            if stdin is None:
+                for data in self.stdin_pending:
+                    self.child.write_stdin(data)
+                self.stdin_pending.clear()
+                if self.stdin_eof:
+                    self.child.close_stdin()
+            return await started
         finally:
             self.child = None
 
@@ -343,6 +491,8 @@ class Job:
     # -- output ----------------------------------------------------------------------------
 
     def _stream(self, stream: str, data: bytes, timestamp: str) -> int:
+        if self.tests is not None and stream == "stdout":
+            self.tests.feed(data)
         room = self.request.limits.output_bytes - self.sent_bytes
         take = data[: max(0, room)]
         if take:
@@ -384,6 +534,9 @@ class Job:
         fields["build_ms"] = self.build_ms
         fields["cached"] = self.cached
         fields["output_bytes"] = self.sent_bytes
+        if self.request.type in ("run", "vet", "fmt"):
+            fields["go"] = self.toolchain.version
+        fields.update(self.extra_fields)
         if self.request.session_id is not None:
             fields["session_id"] = self.request.session_id
         fields.update(extra)
@@ -399,3 +552,41 @@ class Job:
             cached=self.cached, run_ms=self.run_ms, bytes=self.sent_bytes,
         )
         self.emit(final_event(self.request.id, status, message, self.phase, **fields))
+
+
+class _LineCleaner:
+    """Streams a tool's output line by line, cleaned, and counts the findings."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.partial = b""
+        self.findings = 0
+        self.type_errors = False
+
+    def feed(self, stream: str, data: bytes, timestamp: str) -> int:
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > 65536:
+            lines.append(self.partial)
+            self.partial = b""
+        for line in lines:
+            self._line(line.decode("utf-8", "replace"))
+        return len(data) if self.job.sent_bytes < self.job.request.limits.output_bytes else 0
+
+    def flush(self) -> None:
+        if self.partial:
+            self._line(self.partial.decode("utf-8", "replace"))
+            self.partial = b""
+
+    def _line(self, line: str) -> None:
+        if diagnostics.is_type_error(line):
+            self.type_errors = True
+        cleaned = diagnostics.clean(line)
+        if not cleaned:
+            return
+        if _FINDING.match(cleaned):
+            self.findings += 1
+        self.job._send("stderr", cleaned.encode())
+
+
+_FINDING = re.compile(r"^[\w./+-]+\.go:\d+:\d+: ")

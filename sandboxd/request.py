@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandboxd import txtar
 from sandboxd.limits import LimitError, LimitPolicy, Limits
 
 MAX_ID_LENGTH = 128
@@ -17,8 +19,16 @@ MAX_FILE_DEPTH = 4
 MAX_NESTING = 16
 
 REQUEST_FIELDS = {
-    "run": {"type", "id", "code", "files", "session_id", "limits"},
+    "run": {"type", "id", "code", "files", "session_id", "limits", "stdin", "interactive",
+            "go", "test"},
+    "fmt": {"type", "id", "code", "go"},
+    "vet": {"type", "id", "code", "files", "limits", "go"},
+    "version": {"type", "id"},
+    # Control lines: ``id`` names a request already running on this connection.
+    "stdin": {"type", "id", "data", "eof"},
+    "cancel": {"type", "id"},
 }
+CONTROL_TYPES = ("stdin", "cancel")
 
 _counter = itertools.count(1)
 
@@ -26,10 +36,11 @@ _counter = itertools.count(1)
 class BadRequest(ValueError):
     """The line cannot be served; ``id`` is the client's id when one could be read."""
 
-    def __init__(self, message: str, request_id: str | None = None) -> None:
+    def __init__(self, message: str, request_id: str | None = None, **fields: Any) -> None:
         super().__init__(message)
         self.message = message
         self.request_id = request_id
+        self.fields = fields  # more fields for the final event
 
 
 @dataclass
@@ -38,6 +49,7 @@ class SourceLimits:
 
     max_bytes: int = 512 * 1024
     max_files: int = 20
+    max_stdin_bytes: int = 1024 * 1024  # a run's whole stdin, given at once or interactively
 
 
 @dataclass
@@ -49,7 +61,21 @@ class Request:
     limits: Limits
     session_id: str | None = None
     type: str = "run"
+    stdin: bytes = b""
+    interactive: bool = False
+    go: str | None = None  # a toolchain name; None: the default one
+    test: bool = False  # run the package's tests even when it has a main
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Control:
+    """A line about a running request: more stdin, end of stdin, or cancel."""
+
+    type: str  # "stdin" or "cancel"
+    target: str  # the id of the running request
+    data: bytes = b""
+    eof: bool = False
 
 
 def new_request_id() -> str:
@@ -58,9 +84,12 @@ def new_request_id() -> str:
 
 
 def parse_line(
-    line: bytes, policy: LimitPolicy, sources: SourceLimits | None = None
-) -> Request:
-    """Turn one line into a ``Request`` or raise ``BadRequest`` saying what is wrong."""
+    line: bytes,
+    policy: LimitPolicy,
+    sources: SourceLimits | None = None,
+    toolchains: Collection[str] = (),
+) -> Request | Control:
+    """Turn one line into a ``Request`` or ``Control``, or raise ``BadRequest`` saying why."""
     sources = sources or SourceLimits()
     try:
         text = line.decode("utf-8")
@@ -87,9 +116,18 @@ def parse_line(
     if allowed is None:
         known = ", ".join(sorted(REQUEST_FIELDS))
         raise BadRequest(f"unknown request type {kind!r} (known: {known})", request_id)
+    if kind in CONTROL_TYPES:
+        return _control(obj, kind, request_id, allowed)
     unknown = sorted(set(obj) - allowed)
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r} for a {kind!r} request", request_id)
+    go = obj.get("go")
+    if go is not None and (not isinstance(go, str) or go not in toolchains):
+        known = ", ".join(sorted(toolchains)) or "none"
+        raise BadRequest(f"unknown Go toolchain {go!r} (this server has: {known})", request_id)
+    if kind == "version":
+        return Request(id=request_id or new_request_id(), files={},
+                       limits=policy.resolve(None), type=kind)
     session_id = obj.get("session_id")
     if session_id is not None:
         if not isinstance(session_id, str):
@@ -100,16 +138,76 @@ def parse_line(
                 "starting with a letter or digit",
                 request_id,
             )
-    files = _files(obj, request_id, sources)
+    if kind == "fmt":
+        code = obj.get("code")
+        if not isinstance(code, str):
+            raise BadRequest("field 'code' (a string) is required for 'fmt'", request_id)
+        files = {"main.go": _encode(code)}
+        if len(files["main.go"]) > sources.max_bytes:
+            raise BadRequest(
+                f"the source is larger than this server's maximum ({sources.max_bytes} bytes)",
+                request_id,
+            )
+    else:
+        files = _files(obj, request_id, sources)
     try:
         limits = policy.resolve(obj.get("limits"))
     except LimitError as e:
         raise BadRequest(str(e), request_id) from None
+    stdin = obj.get("stdin", "")
+    if not isinstance(stdin, str):
+        raise BadRequest("field 'stdin' must be a string", request_id)
+    stdin_bytes = _encode(stdin)
+    if len(stdin_bytes) > sources.max_stdin_bytes:
+        raise BadRequest(
+            f"stdin is larger than this server's maximum ({sources.max_stdin_bytes} bytes)",
+            request_id,
+        )
+    interactive = _flag(obj, "interactive", request_id)
+    if interactive and stdin:
+        raise BadRequest("give either 'stdin' or 'interactive', not both", request_id)
     # Assigned only now: a refused line never used up an id, and its final event says null.
     return Request(
         id=request_id or new_request_id(), files=files, limits=limits, session_id=session_id,
-        type=kind,
+        type=kind, stdin=stdin_bytes, interactive=interactive, go=go,
+        test=_flag(obj, "test", request_id),
     )
+
+
+def _control(obj: dict[str, Any], kind: str, target: str | None, allowed: set[str]) -> Control:
+    """A stdin or cancel line.  Its errors carry ``id`` null and the target in ``for_id``:
+    the named request is still running and must not look finished."""
+    if target is None:
+        raise BadRequest(f"a {kind!r} line needs the 'id' of a running request")
+
+    def refuse(message: str) -> BadRequest:
+        return BadRequest(message, None, for_id=target, for_type=kind)
+
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise refuse(f"unknown field {unknown[0]!r} for a {kind!r} line")
+    if kind == "cancel":
+        return Control(kind, target)
+    data = obj.get("data", "")
+    if not isinstance(data, str):
+        raise refuse("field 'data' must be a string")
+    eof = obj.get("eof", False)
+    if not isinstance(eof, bool):
+        raise refuse("field 'eof' must be true or false")
+    if not data and not eof:
+        raise refuse("a 'stdin' line needs 'data' or \"eof\": true")
+    return Control(kind, target, _encode(data), eof)
+
+
+def _flag(obj: dict[str, Any], name: str, request_id: str | None) -> bool:
+    value = obj.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"field {name!r} must be true or false", request_id)
+    return value
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _request_id(obj: dict[str, Any]) -> str | None:
@@ -134,7 +232,10 @@ def _files(
     if code is not None:
         if not isinstance(code, str):
             raise BadRequest("field 'code' must be a string", request_id)
-        files = {"main.go": code}
+        try:
+            files = txtar.split(code) if txtar.is_archive(code) else {"main.go": code}
+        except txtar.TxtarError as e:
+            raise BadRequest(str(e), request_id) from None
     if not isinstance(files, dict) or not files:
         raise BadRequest("field 'files' must be a non-empty object of name: text", request_id)
     if len(files) > sources.max_files:
@@ -147,7 +248,7 @@ def _files(
         check_file_name(name, request_id)
         if not isinstance(text, str):
             raise BadRequest(f"file {name!r} must be a string", request_id)
-        data = text.encode("utf-8", "surrogatepass")
+        data = _encode(text)
         total += len(data)
         if total > sources.max_bytes:
             raise BadRequest(

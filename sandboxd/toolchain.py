@@ -81,6 +81,18 @@ class Toolchain:
         output = f"{OUTPUT_INSIDE}/main"
         return [f"{GOROOT_INSIDE}/bin/go", "build", *BUILD_FLAGS, "-o", output, "."]
 
+    def test_argv(self) -> list[str]:
+        """The package's tests as one binary, run later like a program (``-test.v``)."""
+        output = f"{OUTPUT_INSIDE}/main"
+        return [f"{GOROOT_INSIDE}/bin/go", "test", "-c", "-vet=off", *BUILD_FLAGS, "-o", output,
+                "."]
+
+    def vet_argv(self) -> list[str]:
+        return [f"{GOROOT_INSIDE}/bin/go", "vet", "./..."]
+
+    def gofmt_argv(self) -> list[str]:
+        return [f"{GOROOT_INSIDE}/bin/gofmt"]
+
     def go_mod(self) -> bytes:
         return f"module sandbox\n\ngo {self.go_directive}\n".encode()
 
