@@ -116,7 +116,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
         runtime = self.factory.runtime
         try:
             request = parse_line(line, self.factory.policy, self.factory.sources,
-                                 runtime.toolchains)
+                                 runtime.toolchains if runtime is not None else ())
         except BadRequest as e:
             self.send(final_event(e.request_id, Status.BAD_REQUEST, e.message, Phase.QUEUE,
                                   **e.fields))

@@ -398,11 +398,10 @@ class Job:
             mounts=[Mount(binary, BINARY_INSIDE)],
             with_workspace=True,
         )
-        result = await self._child(run, self._stream)
-        self.run_ms = result.wall_ms
-        rt.metrics.run_seconds.observe(result.wall_ms / 1000)
         stdin = None if self.request.interactive else self.request.stdin
         result = await self._child(run, self._stream, stdin)
+        self.run_ms = result.wall_ms
+        rt.metrics.run_seconds.observe(result.wall_ms / 1000)
         self._flush()
         if result.report.failed:
             self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",

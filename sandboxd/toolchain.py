@@ -30,6 +30,16 @@ OUTPUT_INSIDE = "/out"
 BINARY_INSIDE = "/prog/main"
 BUILD_FLAGS = ("-trimpath",)
 DEFAULT_CACHE_DIR = Path("/var/cache/sandboxd")
+# What warm() puts into the cache; part of the ident, so a change builds a new cache.
+CACHE_CONTENT = "std + vet facts of common packages"
+# Packages whose vet facts are computed once while warming: without them ``go vet`` of a
+# fmt program analyses fmt's dependencies each time (7 s) instead of reading facts (0.2 s).
+VET_WARM_IMPORTS = (
+    "bufio", "bytes", "container/heap", "container/list", "context", "crypto/sha256",
+    "encoding/binary", "encoding/json", "errors", "flag", "fmt", "io", "log", "math",
+    "math/big", "math/rand", "net/http", "os", "regexp", "slices", "sort", "strconv",
+    "strings", "sync", "testing", "text/tabwriter", "time", "unicode",
+)
 
 
 class ToolchainError(RuntimeError):
@@ -88,7 +98,8 @@ class Toolchain:
                 "."]
 
     def vet_argv(self) -> list[str]:
-        return [f"{GOROOT_INSIDE}/bin/go", "vet", "./..."]
+        # -trimpath: vet reads the standard library compiled exactly as warm() compiled it.
+        return [f"{GOROOT_INSIDE}/bin/go", "vet", *BUILD_FLAGS, "./..."]
 
     def gofmt_argv(self) -> list[str]:
         return [f"{GOROOT_INSIDE}/bin/gofmt"]
@@ -128,6 +139,7 @@ def load(goroot: Path, cache_dir: Path, name: str = "default") -> Toolchain:
         ).stdout.strip()
     digest = hashlib.sha256(version.encode())
     digest.update(" ".join(BUILD_FLAGS).encode())
+    digest.update(CACHE_CONTENT.encode())
     tools = sorted((goroot / "pkg" / "tool").glob("*/*")) if (goroot / "pkg").is_dir() else []
     for path in [goroot / "bin" / "go", *tools]:
         if path.name in ("go", "compile", "link", "asm", "vet", "cover"):
@@ -156,17 +168,20 @@ def warm(toolchain: Toolchain, driver, quiet: bool = False) -> bool:
         os.chown(cache, uid, uid)
         src.mkdir()
         (src / "go.mod").write_bytes(toolchain.go_mod())
-        (src / "main.go").write_text("package main\n\nfunc main() {}\n")
+        imports = "".join(f'\t_ "{name}"\n' for name in VET_WARM_IMPORTS)
+        (src / "main.go").write_text(f"package main\n\nimport (\n{imports})\n\nfunc main() {{}}\n")
         os.chmod(work, 0o755)
         number = driver.warm_box_number
         box = Box(number, uid, uid, driver.workspace_for(number))
         driver.create_box(box, 64)
         lim = DEFAULT_LIMITS.build
+        flags = " ".join(BUILD_FLAGS)
         limits = _PL(**{**lim.as_dict(), "wall_ms": 600_000, "cpu_ms": 1_200_000,
                         "memory_mb": 4096, "disk_mb": 1024, "file_size_mb": 512})
         run = SandboxRun(
             phase=Phase.BUILD, box=box,
-            argv=[f"{GOROOT_INSIDE}/bin/go", "build", *BUILD_FLAGS, "std"],
+            argv=["/bin/sh", "-c", f"go build {flags} std && go vet {flags} .",
+                  "sandboxd-warm"],
             env=toolchain.build_env(), cwd=SOURCE_INSIDE, limits=limits,
             mounts=[Mount(toolchain.goroot, GOROOT_INSIDE), Mount(cache, GOCACHE_INSIDE, True),
                     Mount(src, SOURCE_INSIDE)],
@@ -175,7 +190,7 @@ def warm(toolchain: Toolchain, driver, quiet: bool = False) -> bool:
         argv, env = driver.command(run)
         if not quiet:
             print(f"sandboxd: building the Go standard library cache for {toolchain.version} "
-                  f"into {target} (once; about 30 s)", file=sys.stderr)
+                  f"into {target} (once; about 40 s)", file=sys.stderr)
         try:
             # The sandbox may report on STATUS_FD (bwrap dies without it, and its half-made
             # child then holds our pipes open forever): give it /dev/null.

@@ -26,7 +26,18 @@ class FakeJob:
         self.done: defer.Deferred = defer.Deferred()
         self.paused = False
         self.cancelled: str | None = None
+        self.stdin: list[bytes] = []
+        self.stdin_closed = False
         FakeJob.made.append(self)
+
+    def write_stdin(self, data: bytes, limit: int) -> str | None:
+        if sum(map(len, self.stdin)) + len(data) > limit:
+            return "too much stdin"
+        self.stdin.append(data)
+        return None
+
+    def close_stdin(self) -> None:
+        self.stdin_closed = True
 
     def start(self) -> defer.Deferred:
         return self.done
@@ -199,3 +210,36 @@ def test_server_ids_are_distinct(conn):
     proto.dataReceived(line({"code": "x"}) + line({"code": "x"}))
     ids = [j.request.id for j in FakeJob.made]
     assert len(set(ids)) == 2 and all(i.startswith("req-") for i in ids)
+
+
+def test_stdin_and_cancel_lines_reach_the_running_request_unanswered(conn):
+    proto, transport = conn
+    proto.dataReceived(line({"code": "x", "id": "a", "interactive": True}))
+    proto.dataReceived(line({"type": "stdin", "id": "a", "data": "one\n"}))
+    proto.dataReceived(line({"type": "stdin", "id": "a", "data": "two", "eof": True}))
+    job = FakeJob.made[0]
+    assert job.stdin == [b"one\n", b"two"] and job.stdin_closed
+    proto.dataReceived(line({"type": "cancel", "id": "a"}))
+    assert job.cancelled is not None
+    assert transport.value() == b""  # control lines that work are not answered
+
+
+def test_control_lines_for_unknown_ids_get_bad_request_with_null_id(conn):
+    proto, transport = conn
+    proto.dataReceived(line({"type": "stdin", "id": "ghost", "data": "x"}))
+    proto.dataReceived(line({"type": "cancel", "id": "ghost"}))
+    proto.dataReceived(line({"type": "stdin", "id": "ghost", "data": 5}))
+    proto.dataReceived(line({"type": "cancel"}))
+    got = events(transport)
+    assert [e["status"] for e in got] == ["bad_request"] * 4
+    assert all(e["id"] is None for e in got)
+    assert [e.get("for_id") for e in got] == ["ghost", "ghost", "ghost", None]
+    assert [e.get("for_type") for e in got[:2]] == ["stdin", "cancel"]
+    assert "no request with id 'ghost'" in got[0]["message"]
+
+
+def test_half_close_ends_the_stdin_of_running_requests(conn):
+    proto, _transport = conn
+    proto.dataReceived(line({"code": "x", "id": "a", "interactive": True}))
+    proto.readConnectionLost()
+    assert FakeJob.made[0].stdin_closed

@@ -1,0 +1,327 @@
+"""``sandboxd-client``: run, test, vet and format Go code on a sandboxd, like the go command.
+
+``run`` behaves like ``go run``: output appears live on the matching stream, this process's
+stdin is forwarded to the program, Ctrl-C cancels the request, and the exit status is the
+program's.  When the program did not get to exit by itself (a limit, a compile error, a bad
+request) one line on stderr says why and the status is non-zero (see ``EXIT_CODES``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import codecs
+import difflib
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+
+from sandboxd import api
+
+# Exit status when the program did not exit by itself.
+EXIT_CODES = {
+    "compile_error": 1,
+    "vet_issues": 1,
+    "bad_request": 2,
+    "timeout": 124,
+    "cancelled": 130,
+}
+EXIT_OTHER = 1  # memory_limit, output_limit, queue_full, internal_error, ...
+STDIN_CHUNK = 64 * 1024
+SOURCE_SUFFIXES = (".go", ".mod", ".sum", ".txt", ".json", ".s")
+
+
+class UsageError(Exception):
+    """Bad arguments or files; the message is printed as it is."""
+
+
+def read_sources(paths: list[str]) -> dict[str, str]:
+    """The files to send: one directory (its tree), or files (by their base names)."""
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        root = Path(paths[0])
+        files = {}
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if any(part.startswith((".", "_")) for part in rel.parts) or not path.is_file():
+                continue
+            if path.suffix in SOURCE_SUFFIXES:
+                files[rel.as_posix()] = _read_text(path)
+        if not files:
+            raise UsageError(f"no Go files in {root}")
+        return files
+    files = {}
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            raise UsageError(f"{p}: give one directory, or files")
+        if path.name in files:
+            raise UsageError(f"two files are named {path.name}")
+        files[path.name] = _read_text(path)
+    return files
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+
+
+def _write(stream: str, event: dict[str, Any]) -> None:
+    out = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+    raw = event.get("output_base64")
+    out.write(base64.b64decode(raw) if raw else event.get("output", "").encode("utf-8"))
+    out.flush()
+
+
+def _reason(final: dict[str, Any]) -> int:
+    """Print why a request failed (when it did not just exit) and return the exit status."""
+    status = final.get("status")
+    code = final.get("exit_code")
+    if status == "ok":
+        return 0
+    if status == "runtime_error" and isinstance(code, int):
+        return code
+    if status == "runtime_error" and final.get("signal"):
+        name = final["signal"]
+        print(f"sandboxd: {final.get('message', name)}", file=sys.stderr)
+        num = getattr(signal.Signals, name, None)
+        return 128 + int(num) if num is not None else EXIT_OTHER
+    print(f"sandboxd: {status}: {final.get('message', '')}", file=sys.stderr)
+    return EXIT_CODES.get(str(status), EXIT_OTHER)
+
+
+class StdinForwarder:
+    """Reads this process's stdin in a thread (works for a tty, a pipe and a file alike)
+    and sends it to the running request."""
+
+    def __init__(self, reactor: Any, conn: api.SandboxdProtocol, request_id: str) -> None:
+        self.reactor = reactor
+        self.conn = conn
+        self.request_id = request_id
+        self.stopped = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, name="stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        fd = sys.stdin.fileno()
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")  # keeps split characters
+        while not self.stopped:
+            try:
+                chunk = os.read(fd, STDIN_CHUNK)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.reactor.callFromThread(self._send, decoder.decode(b"", True), True)
+                return
+            text = decoder.decode(chunk)
+            if text:
+                self.reactor.callFromThread(self._send, text, False)
+
+    def _send(self, text: str, eof: bool) -> None:
+        if not self.stopped and self.conn.transport is not None:
+            self.conn.stdin(self.request_id, text, eof)
+
+
+@defer.inlineCallbacks
+def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
+    files = read_sources(args.paths)
+    conn = yield api.connect(reactor, args.connect)
+    request: dict[str, Any] = {"type": "run", "id": "run", "files": files, "interactive": True}
+    if test:
+        request["test"] = True
+    _common(request, args)
+    forwarder = StdinForwarder(reactor, conn, "run")
+    cancelled = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if cancelled:
+            os._exit(EXIT_CODES["cancelled"])
+        cancelled.append(True)
+        reactor.callFromThread(conn.cancel, "run")
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("done"):
+            if event.get("id") is None and event.get("for_type") == "stdin":
+                if not forwarder.stopped:
+                    print(f"sandboxd: stdin: {event.get('message')}", file=sys.stderr)
+                    forwarder.stopped = True
+            elif event.get("id") is None:
+                print(f"sandboxd: {event.get('message')}", file=sys.stderr)
+                os._exit(EXIT_CODES["bad_request"])
+            return
+        _write(event.get("stream", "stdout"), event)
+
+    done = conn.request(request, on_event)
+    forwarder.start()
+    final = yield done
+    forwarder.stopped = True
+    conn.close()
+    return _reason(final)
+
+
+def _common(request: dict[str, Any], args: argparse.Namespace) -> None:
+    if getattr(args, "go", None):
+        request["go"] = args.go
+    if getattr(args, "session", None):
+        request["session_id"] = args.session
+    limits: dict[str, Any] = {}
+    for setting in getattr(args, "limit", None) or []:
+        name, _, value = setting.partition("=")
+        section, _, field = name.partition(".")
+        try:
+            number = int(value)
+        except ValueError:
+            raise UsageError(f"--limit {setting}: the value must be a whole number") from None
+        if field:
+            limits.setdefault(section, {})[field] = number
+        else:
+            limits[section] = number
+    if limits:
+        request["limits"] = limits
+
+
+@defer.inlineCallbacks
+def _vet(reactor: Any, args: argparse.Namespace):
+    files = read_sources(args.paths)
+    conn = yield api.connect(reactor, args.connect)
+    request: dict[str, Any] = {"type": "vet", "files": files}
+    _common(request, args)
+    final = yield conn.request(
+        request, lambda e: None if e.get("done") else _write(e.get("stream", "stderr"), e))
+    conn.close()
+    if final.get("status") == "vet_issues":
+        return 1
+    return _reason(final)
+
+
+@defer.inlineCallbacks
+def _fmt(reactor: Any, args: argparse.Namespace):
+    conn = yield api.connect(reactor, args.connect)
+    status = 0
+    for name in args.paths:
+        path = Path(name)
+        paths = sorted(path.rglob("*.go")) if path.is_dir() else [path]
+        for p in paths:
+            source = _read_text(p)
+            request: dict[str, Any] = {"type": "fmt", "code": source}
+            _common(request, args)
+            errors: list[str] = []
+
+            def collect(e: dict[str, Any], errors: list[str] = errors) -> None:
+                if not e.get("done"):
+                    errors.append(e.get("output", ""))
+
+            final = yield conn.request(request, collect)
+            if final.get("status") != "ok":
+                text = "".join(errors) or f"{final.get('status')}: {final.get('message')}\n"
+                sys.stderr.write(text.replace("main.go:", f"{p}:"))
+                status = 2 if final.get("status") == "compile_error" else _reason(final)
+                continue
+            formatted = final["code"]
+            if formatted == source:
+                continue
+            if args.diff:
+                sys.stdout.writelines(difflib.unified_diff(
+                    source.splitlines(keepends=True), formatted.splitlines(keepends=True),
+                    f"{p}.orig", str(p)))
+            else:
+                p.write_text(formatted, encoding="utf-8")
+    conn.close()
+    return status
+
+
+@defer.inlineCallbacks
+def _version(reactor: Any, args: argparse.Namespace):
+    conn = yield api.connect(reactor, args.connect)
+    final = yield conn.request({"type": "version"})
+    conn.close()
+    if final.get("status") != "ok":
+        return _reason(final)
+    print(f"sandboxd {final.get('sandboxd')}")
+    default = final.get("default_go")
+    for name, version in sorted((final.get("go") or {}).items()):
+        mark = " (default)" if name == default else ""
+        print(f"go {name}: {version}{mark}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sandboxd-client", description="Run Go code on a sandboxd server.")
+    p.add_argument("--connect", default=os.environ.get(api.ENV_CONNECT, api.DEFAULT_CONNECT),
+                   help="a Twisted client endpoint: unix:PATH, tcp:HOST:PORT, "
+                        "tls:HOST:PORT:trustRoots=DIR:certificate=PEM:privateKey=PEM "
+                        f"(default: ${api.ENV_CONNECT} or {api.DEFAULT_CONNECT})")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, helptext in (("run", "build and run, like go run"),
+                           ("test", "run the tests (Test…, Example…) verbosely"),
+                           ("vet", "report go vet's findings")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--go", help="toolchain name (see: version)")
+        s.add_argument("--limit", action="append", metavar="PHASE.NAME=N",
+                       help="lower a limit, e.g. run.wall_ms=2000; repeatable")
+        if name != "vet":
+            s.add_argument("--session", help="a session id: the box and its files persist")
+        s.add_argument("paths", nargs="+", metavar="FILE|DIR")
+    f = sub.add_parser("fmt", help="gofmt files in place (or -d: print a diff)")
+    f.add_argument("-d", dest="diff", action="store_true", help="print diffs, change nothing")
+    f.add_argument("--go", help="toolchain name")
+    f.add_argument("paths", nargs="+", metavar="FILE|DIR")
+    sub.add_parser("version", help="sandboxd's version and its Go toolchains")
+    return p
+
+
+COMMANDS = {
+    "run": _run,
+    "test": lambda r, a: _run(r, a, test=True),
+    "vet": _vet,
+    "fmt": _fmt,
+    "version": _version,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGINT, lambda *a: os._exit(EXIT_CODES["cancelled"]))
+    from twisted.internet import reactor
+
+    result: list[int] = []
+
+    def finish(value: Any) -> None:
+        if isinstance(value, int):
+            result.append(value)
+        else:
+            error = value.value if hasattr(value, "value") else value
+            if isinstance(error, UsageError):
+                print(f"sandboxd-client: {error}", file=sys.stderr)
+                result.append(2)
+            else:
+                print(f"sandboxd-client: {type(error).__name__}: {error}", file=sys.stderr)
+                result.append(EXIT_OTHER)
+        if reactor.running:
+            reactor.stop()
+
+    def start() -> None:
+        d = defer.maybeDeferred(COMMANDS[args.command], reactor, args)
+        d.addBoth(finish)
+
+    reactor.callWhenRunning(start)
+    reactor.run(installSignalHandlers=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return result[0] if result else EXIT_OTHER
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""``sandboxd-client`` as a user runs it: a subprocess against a real daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import HANG, go_main
+
+CLIENT = Path(sys.executable).parent / "sandboxd-client"
+
+ECHO = go_main(
+    '\tin := bufio.NewScanner(os.Stdin)\n'
+    '\tfor in.Scan() {\n\t\tfmt.Println("got", strings.ToUpper(in.Text()))\n\t}\n'
+    '\tfmt.Fprintln(os.Stderr, "bye")\n\tos.Exit(3)',
+    imports=("bufio", "fmt", "os", "strings"),
+)
+
+
+def client(daemon, *args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SANDBOXD_CONNECT": f"unix:{daemon.socket_path}"}
+    return subprocess.run([str(CLIENT), *args], env=env, capture_output=True, timeout=HANG, **kw)
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_run_forwards_stdin_splits_streams_and_exits_with_the_programs_status(daemon, src):
+    (src / "main.go").write_text(ECHO)
+    done = client(daemon, "run", str(src / "main.go"), input=b"one\ntwo\n")
+    assert done.stdout == b"got ONE\ngot TWO\n"
+    assert done.stderr == b"bye\n"
+    assert done.returncode == 3
+
+
+def test_run_a_directory_with_a_package(daemon, src):
+    (src / "main.go").write_text(
+        'package main\n\nimport "sandbox/greet"\n\nfunc main() { greet.Hi("dir") }\n')
+    (src / "greet").mkdir()
+    (src / "greet" / "greet.go").write_text(
+        'package greet\n\nimport "fmt"\n\nfunc Hi(s string) { fmt.Println("hi", s) }\n')
+    done = client(daemon, "run", str(src), stdin=subprocess.DEVNULL)
+    assert (done.stdout, done.returncode) == (b"hi dir\n", 0), done.stderr
+
+
+def test_limits_and_compile_errors_give_one_line_and_non_zero(daemon, src):
+    (src / "bad.go").write_text(go_main("\tundefinedThing()"))
+    done = client(daemon, "run", str(src / "bad.go"), stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert b"main.go:" in done.stderr or b"bad.go:" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(b"sandboxd: compile_error:")
+    (src / "slow.go").write_text(go_main("\ttime.Sleep(time.Minute)", imports=("time",)))
+    done = client(daemon, "run", "--limit", "run.wall_ms=500", str(src / "slow.go"),
+                  stdin=subprocess.DEVNULL)
+    assert done.returncode == 124
+    assert done.stderr.startswith(b"sandboxd: timeout:") and done.stderr.count(b"\n") == 1
+
+
+def test_ctrl_c_cancels_the_program(daemon, src):
+    (src / "main.go").write_text(go_main(
+        '\tfor i := 0; ; i++ {\n\t\tfmt.Println("tick", i)\n'
+        '\t\ttime.Sleep(100 * time.Millisecond)\n\t}', imports=("fmt", "time")))
+    env = {**os.environ, "SANDBOXD_CONNECT": f"unix:{daemon.socket_path}"}
+    proc = subprocess.Popen([str(CLIENT), "run", str(src / "main.go")], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"tick 0\n"  # it runs, live
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        _out, err = proc.communicate(timeout=HANG)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert b"sandboxd: cancelled" in err
+    assert time.monotonic() - start < 5  # at once, not at the 10 s wall limit
+
+
+def test_fmt_rewrites_files_and_d_prints_a_diff(daemon, src):
+    ugly = "package main\nfunc main(){\nprintln( 1 )}\n"
+    (src / "a.go").write_text(ugly)
+    done = client(daemon, "fmt", "-d", str(src / "a.go"))
+    assert done.returncode == 0 and b"+\tprintln(1)" in done.stdout
+    assert (src / "a.go").read_text() == ugly
+    done = client(daemon, "fmt", str(src / "a.go"))
+    assert done.returncode == 0
+    assert (src / "a.go").read_text() == "package main\n\nfunc main() {\n\tprintln(1)\n}\n"
+    (src / "b.go").write_text("package main\nfunc main( {\n")
+    done = client(daemon, "fmt", str(src / "b.go"))
+    assert done.returncode == 2 and done.stderr.startswith(f"{src / 'b.go'}:2:".encode())
+
+
+def test_vet_test_and_version(daemon, src):
+    (src / "main.go").write_text(go_main('\tfmt.Printf("%d\\n", "x")'))
+    done = client(daemon, "vet", str(src / "main.go"))
+    assert done.returncode == 1 and b"main.go:8:" in done.stderr and b"wrong type" in done.stderr
+    t = src / "t"
+    t.mkdir()
+    (t / "x_test.go").write_text(
+        'package main\n\nimport "testing"\n\nfunc TestOK(t *testing.T) {}\n'
+        'func TestBad(t *testing.T) { t.Error("bad") }\n')
+    done = client(daemon, "test", str(t), stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert b"--- PASS: TestOK" in done.stdout and b"--- FAIL: TestBad" in done.stdout
+    done = client(daemon, "version")
+    assert done.returncode == 0
+    assert done.stdout.startswith(b"sandboxd ") and b"go default: go1." in done.stdout
+
+
+def test_unreachable_server_is_one_line(tmp_path):
+    env = {**os.environ, "SANDBOXD_CONNECT": f"unix:{tmp_path / 'nothing'}"}
+    done = subprocess.run([str(CLIENT), "version"], env=env, capture_output=True, timeout=HANG)
+    assert done.returncode == 1 and done.stderr.count(b"\n") == 1
+    assert b"Traceback" not in done.stderr
