@@ -128,6 +128,19 @@ def find_goroot(path: str | None) -> Path:
     return root
 
 
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """A tool's content hash: two installs of the same Go share one std cache and binaries."""
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo not in _digests:
+        with open(path, "rb") as f:
+            _digests[memo] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _digests[memo]
+
+
 def load(goroot: Path, cache_dir: Path, name: str = "default") -> Toolchain:
     version_file = goroot / "VERSION"
     if version_file.is_file():
@@ -143,8 +156,7 @@ def load(goroot: Path, cache_dir: Path, name: str = "default") -> Toolchain:
     tools = sorted((goroot / "pkg" / "tool").glob("*/*")) if (goroot / "pkg").is_dir() else []
     for path in [goroot / "bin" / "go", *tools]:
         if path.name in ("go", "compile", "link", "asm", "vet", "cover"):
-            st = path.stat()
-            digest.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+            digest.update(f"{path.name}:{_file_digest(path)}".encode())
     return Toolchain(name, goroot, version, digest.hexdigest()[:16], cache_dir)
 
 
