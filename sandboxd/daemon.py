@@ -20,6 +20,7 @@ from sandboxd.health import HealthCheck
 from sandboxd.job import Runtime
 from sandboxd.limits import LimitPolicy
 from sandboxd.metrics import Metrics
+from sandboxd.modules import ModuleSource
 from sandboxd.pool import BoxPool, PoolSettings
 from sandboxd.request import SourceLimits
 
@@ -54,6 +55,8 @@ class SandboxDaemon(service.MultiService):
         max_source_bytes: int = 512 * 1024,
         max_files: int = 20,
         max_stdin_bytes: int = 1024 * 1024,
+        gomodcache: str | None = None,
+        goproxy: str | None = None,
         idle_timeout: float | None = 600,
         shutdown_grace: float = 10,
         reactor: Any = None,
@@ -107,6 +110,8 @@ class SandboxDaemon(service.MultiService):
             jobs_dir=jobs_dir,
             metrics=Metrics(),
             toolchains=self.toolchains,
+            modules=(ModuleSource(cache=Path(gomodcache).resolve()) if gomodcache
+                     else ModuleSource(proxy=goproxy) if goproxy else None),
         )
         self.runtime.metrics.watch(self)
         self.health = HealthCheck(self)
@@ -130,6 +135,8 @@ class SandboxDaemon(service.MultiService):
                  cg=self.cgroups.describe())
         for line in self.driver.describe():
             log.info("limit mechanism: {line}", line=line)
+        if self.runtime.modules is not None:
+            log.info("{modules}", modules=self.runtime.modules.describe())
         super().startService()
         for listener in self.listeners:
             waiting = getattr(listener, "_waitingForPort", None)

@@ -22,6 +22,7 @@ from sandboxd.child import SIGNAL_NAMES, ChildResult, SandboxChild
 from sandboxd.drivers.base import MIB, RUN_ENV, Driver, Mount, SandboxRun
 from sandboxd.events import StreamDecoder, final_event, output_event
 from sandboxd.metrics import Metrics
+from sandboxd.modules import MODCACHE_INSIDE, PROXY_INSIDE, ModuleSource
 from sandboxd.pool import BoxPool, QueueFull
 from sandboxd.request import Request
 from sandboxd.status import Phase, Status
@@ -54,6 +55,7 @@ class Runtime:
     binaries: BinaryCache
     jobs_dir: Path
     toolchains: dict[str, Toolchain] = field(default_factory=dict)  # by name, default included
+    modules: ModuleSource | None = None  # None: no third-party modules (the default)
     builds_in_flight: dict[str, defer.Deferred] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
@@ -240,30 +242,75 @@ class Job:
             del rt.builds_in_flight[key]
             done.callback(outcome)
 
-    def _build_run(self, job_dir: Path, files: dict[str, bytes], argv: list[str]) -> SandboxRun:
-        """A build-phase run of the toolchain over ``files`` at /src, /out writable."""
-        box, tc = self.box, self.toolchain
+    def _build_run(self, job_dir: Path, files: dict[str, bytes], argv: list[str],
+                   download: bool = False) -> SandboxRun:
+        """A build-phase run of the toolchain over ``files`` at /src, /out writable.
+
+        With modules allowed, the module cache is mounted too (writable only for the
+        ``download`` step) and the go command works on a copy of go.mod in /out.
+        """
+        box, tc, modules = self.box, self.toolchain, self.rt.modules
         assert box is not None
         src, out = job_dir / "src", job_dir / "out"
-        hostfs.make_private_dir(src, 0, 0, 0o755)
-        hostfs.write_tree(src, files)
-        hostfs.make_private_dir(out, box.uid, box.gid, 0o700)
+        if not src.exists():
+            hostfs.make_private_dir(src, 0, 0, 0o755)
+            hostfs.write_tree(src, files)
+            hostfs.make_private_dir(out, box.uid, box.gid, 0o700)
+        env = tc.build_env()
+        mounts = [
+            Mount(tc.goroot, GOROOT_INSIDE),
+            Mount(tc.std_cache, GOCACHE_INSIDE),
+            Mount(src, SOURCE_INSIDE),
+            Mount(out, OUTPUT_INSIDE, writable=True),
+        ]
+        if modules is not None:
+            if not (out / "go.mod").exists():
+                for name in ("go.mod", "go.sum"):  # before any box process ran in /out
+                    if name in files:
+                        hostfs.write_tree(out, {name: files[name]})
+                        os.chown(out / name, box.uid, box.gid)
+            if modules.cache is not None:
+                mounts.append(Mount(modules.cache, MODCACHE_INSIDE))
+            else:
+                mods = job_dir / "mods"
+                if not mods.exists():
+                    hostfs.make_private_dir(mods, box.uid, box.gid, 0o700)
+                mounts.append(Mount(mods, MODCACHE_INSIDE, writable=download))
+                if download and modules.proxy_dir is not None:
+                    mounts.append(Mount(modules.proxy_dir, PROXY_INSIDE))
+            env.update(modules.download_env() if download else modules.build_env())
         return SandboxRun(
             phase=Phase.BUILD,
             box=box,
             argv=argv,
-            env=tc.build_env(),
+            env=env,
             cwd=SOURCE_INSIDE,
             limits=self.request.limits.build,
-            mounts=[
-                Mount(tc.goroot, GOROOT_INSIDE),
-                Mount(tc.std_cache, GOCACHE_INSIDE),
-                Mount(src, SOURCE_INSIDE),
-                Mount(out, OUTPUT_INSIDE, writable=True),
-            ],
+            mounts=mounts,
             with_workspace=False,
             scratch=job_dir,
+            network=download and modules is not None and modules.network,
         )
+
+    async def _download(self, job_dir: Path, files: dict[str, bytes]) -> BuildOutcome | None:
+        """The module download step (``--goproxy``); an outcome only when it failed."""
+        if self.rt.modules is None or not self.rt.modules.downloads:
+            return None
+        run = self._build_run(job_dir, files, self.toolchain.download_argv(), download=True)
+        collected, collect = _collector(self.request.limits.output_bytes)
+        result = await self._child(run, collect)
+        text = b"".join(collected).decode("utf-8", "replace")
+        if result.report.failed:
+            return BuildOutcome(None, Status.INTERNAL_ERROR,
+                                f"sandbox failure: {result.report.message}", result=result)
+        limit = self._limit_status(result, Phase.BUILD)
+        if limit is not None:
+            return BuildOutcome(None, limit[0], limit[1], diagnostics=diagnostics.clean(text),
+                                result=result)
+        if result.report.exit_code != 0:
+            return BuildOutcome(None, Status.COMPILE_ERROR, "the modules could not be downloaded",
+                                diagnostics=diagnostics.clean(text, self.renamed), result=result)
+        return None
 
     async def _compile(self, files: dict[str, bytes], key: str) -> BuildOutcome:
         rt = self.rt
@@ -272,18 +319,12 @@ class Job:
         try:
             argv = (self.toolchain.test_argv() if self.testing
                     else self.toolchain.build_argv())
+            failed = await self._download(job_dir, files)
+            if failed is not None:
+                return failed
             run = self._build_run(job_dir, files, argv)
             out = job_dir / "out"
-            collected: list[bytes] = []
-            size = [0]
-            cap = self.request.limits.output_bytes
-
-            def collect(stream: str, data: bytes, timestamp: str) -> int:
-                room = max(0, cap - size[0])
-                collected.append(data[:room])
-                size[0] += len(data)
-                return len(data)
-
+            collected, collect = _collector(self.request.limits.output_bytes)
             result = await self._child(run, collect)
             rt.metrics.build_seconds.observe(result.wall_ms / 1000)
             text = b"".join(collected).decode("utf-8", "replace")
@@ -358,6 +399,12 @@ class Job:
         hostfs.make_private_dir(job_dir, 0, 0, 0o711)
         lines = _LineCleaner(self)
         try:
+            failed = await self._download(job_dir, files)
+            if failed is not None:
+                if failed.diagnostics:
+                    self._send("stderr", failed.diagnostics.encode())
+                self._finish(failed.status, failed.message, failed.result)
+                return
             run = self._build_run(job_dir, files, self.toolchain.vet_argv())
             result = await self._child(run, lines.feed)
         finally:
@@ -551,6 +598,20 @@ class Job:
             cached=self.cached, run_ms=self.run_ms, bytes=self.sent_bytes,
         )
         self.emit(final_event(self.request.id, status, message, self.phase, **fields))
+
+
+def _collector(cap: int) -> tuple[list[bytes], Callable[[str, bytes, str], int]]:
+    """A sink that keeps up to ``cap`` bytes of a tool's output (the rest is dropped)."""
+    collected: list[bytes] = []
+    size = [0]
+
+    def collect(stream: str, data: bytes, timestamp: str) -> int:
+        room = max(0, cap - size[0])
+        collected.append(data[:room])
+        size[0] += len(data)
+        return len(data)
+
+    return collected, collect
 
 
 class _LineCleaner:

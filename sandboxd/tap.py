@@ -68,6 +68,11 @@ class Options(usage.Options):
          _positive],
         ["max-files", None, 20, "most files in one request", _positive],
         ["max-stdin-bytes", None, 1024 * 1024, "most stdin one run may get", _positive],
+        ["gomodcache", None, None, "allow third-party modules from this read-only module cache "
+         "(GOMODCACHE layout, filled by the operator) [default: none, no modules]"],
+        ["goproxy", None, None, "allow third-party modules downloaded through this GOPROXY "
+         "(file://DIR, http://, https://) in a step before each build [default: none, no "
+         "modules]"],
         ["idle-timeout", None, 600.0, "seconds before an idle connection is closed", _seconds],
         ["client-ca", None, None, "PEM file of CA certificates: every ssl: listener then "
          "requires a client certificate signed by one of them [default: none, no client "
@@ -127,6 +132,13 @@ class Options(usage.Options):
             raise usage.UsageError(f"limit {name} must be a whole number") from None
 
     def postOptions(self) -> None:
+        if self["gomodcache"] and self["goproxy"]:
+            raise usage.UsageError("give --gomodcache or --goproxy, not both")
+        if self["gomodcache"] and not os.path.isdir(self["gomodcache"]):
+            raise usage.UsageError(f"--gomodcache {self['gomodcache']} is not a directory")
+        if self["goproxy"] and not self["goproxy"].startswith(("file:///", "http://",
+                                                                "https://")):
+            raise usage.UsageError("--goproxy takes file:///DIR, http://… or https://…")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         if self["sandbox"] not in ("auto", "isolate", "bubblewrap"):
@@ -184,6 +196,8 @@ def makeService(options: Options) -> service.MultiService:
         max_source_bytes=options["max-source-bytes"],
         max_files=options["max-files"],
         max_stdin_bytes=options["max-stdin-bytes"],
+        gomodcache=options["gomodcache"],
+        goproxy=options["goproxy"],
         idle_timeout=options["idle-timeout"],
         shutdown_grace=options["shutdown-grace"],
     )

@@ -97,6 +97,11 @@ class Toolchain:
         return [f"{GOROOT_INSIDE}/bin/go", "test", "-c", "-vet=off", *BUILD_FLAGS, "-o", output,
                 "."]
 
+    def download_argv(self) -> list[str]:
+        """Resolves and downloads every module the package and its tests import; compiles
+        nothing and runs nothing of the request."""
+        return [f"{GOROOT_INSIDE}/bin/go", "list", "-e", "-deps", "-test", "./..."]
+
     def vet_argv(self) -> list[str]:
         # -trimpath: vet reads the standard library compiled exactly as warm() compiled it.
         return [f"{GOROOT_INSIDE}/bin/go", "vet", *BUILD_FLAGS, "./..."]

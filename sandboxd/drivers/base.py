@@ -67,6 +67,7 @@ class SandboxRun:
     mounts: list[Mount] = field(default_factory=list)
     cgroup: RunCgroup | None = None
     with_workspace: bool = True  # the box's files at /box
+    network: bool = False  # the host's network (only a module download step, never a program)
     scratch: Path | None = None  # a host directory only the daemon writes, for driver files
     # Extra descriptors for the child: its fd number -> the daemon's fd, closed after spawn.
     fds: dict[int, int] = field(default_factory=dict)

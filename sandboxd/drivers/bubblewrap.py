@@ -27,6 +27,9 @@ from sandboxd.drivers.base import (
 SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/sbin")
 
 
+# What a download step with network needs to resolve names and check TLS certificates.
+NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl")
+
 class BubblewrapDriver(Driver):
     name = "bubblewrap"
 
@@ -104,6 +107,11 @@ class BubblewrapDriver(Driver):
             "--dir", "/var",
             "--symlink", "../tmp", "/var/tmp",
         ]
+        if run.network:
+            sandbox.insert(sandbox.index("--unshare-all") + 1, "--share-net")
+            for path in NETWORK_FILES:
+                if os.path.exists(path):
+                    sandbox += ["--ro-bind", path, path]
         if run.with_workspace:
             sandbox += ["--bind", str(run.box.workspace), "/box"]
         for mount in run.mounts:

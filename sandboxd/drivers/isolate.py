@@ -186,6 +186,8 @@ class IsolateDriver(Driver):
         tmp = self._fresh_tmp(run.box, lim.disk_mb)
         argv += [f"--dir=/tmp={tmp}/tmp:rw", f"--dir=/dev/shm={tmp}/shm:rw",
                  f"--dir=/var/tmp={tmp}/tmp:rw"]
+        if run.network:
+            argv += ["--share-net", "--dir=/etc=/etc"]
         if run.with_workspace:
             argv.append(f"--dir=/box={run.box.workspace}:rw")
         for mount in run.mounts:
