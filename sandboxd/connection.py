@@ -10,9 +10,11 @@ requests are cancelled.  When the client reads slowly, every child of the connec
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 from twisted.internet import interfaces, protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
@@ -26,6 +28,9 @@ from sandboxd.status import Phase, Status
 
 log = Logger()
 
+# After the client's end-of-input: how often to look whether it has gone altogether.
+HANGUP_POLL_S = 0.2
+
 
 @implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
 class Connection(protocol.Protocol, TimeoutMixin):
@@ -37,6 +42,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.input_closed = False
         self.lost = False
         self.paused = False
+        self._hangup_watch: LoopingCall | None = None
 
     # -- connection life -------------------------------------------------------------------
 
@@ -48,6 +54,8 @@ class Connection(protocol.Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
         self.setTimeout(None)
+        if self._hangup_watch is not None and self._hangup_watch.running:
+            self._hangup_watch.stop()
         self.factory.connections.discard(self)
         for job in list(self.jobs.values()):
             job.cancel("the client disconnected")
@@ -60,6 +68,50 @@ class Connection(protocol.Protocol, TimeoutMixin):
             line, self.buffer = self.buffer, b""
             self._line(line)
         self._close_if_done()
+        if self.jobs and not self.lost:
+            self._watch_hangup()
+
+    def _watch_hangup(self) -> None:
+        """End of input is a half-close or a client that went away; only the second cancels.
+
+        A Unix socket whose peer closed (or a TCP socket that got a reset) polls as HUP/ERR,
+        while a half-closed one does not, so look now and every ``HANGUP_POLL_S`` while the
+        requests run.  (A TCP peer that closed shows only once a write to it fails.)
+        """
+        gone = self._peer_gone()
+        if gone is None:
+            return  # not a socket we can look at
+        if gone:
+            self._hang_up()
+            return
+        self._hangup_watch = LoopingCall(self._check_hangup)
+        self._hangup_watch.clock = self.factory.runtime.reactor
+        self._hangup_watch.start(HANGUP_POLL_S, now=False).addErrback(
+            lambda f: log.failure("watching for a hang-up", f))
+
+    def _check_hangup(self) -> None:
+        if self.lost or not self.jobs:
+            if self._hangup_watch is not None and self._hangup_watch.running:
+                self._hangup_watch.stop()
+            return
+        if self._peer_gone():
+            self._hang_up()
+
+    def _hang_up(self) -> None:
+        log.info("the client went away; cancelling its requests")
+        self.connectionLost()
+        self.transport.abortConnection()
+
+    def _peer_gone(self) -> bool | None:
+        for transport in (self.transport, getattr(self.transport, "transport", None)):
+            try:
+                fd = transport.getHandle().fileno()
+            except Exception:
+                continue
+            poller = select.poll()
+            poller.register(fd, select.POLLHUP | select.POLLERR)
+            return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+        return None
 
     def writeConnectionLost(self) -> None:
         self.connectionLost()
