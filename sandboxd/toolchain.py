@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -218,19 +219,23 @@ def warm(toolchain: Toolchain, driver, quiet: bool = False) -> bool:
                 for child_fd, fd in fds.items():
                     os.dup2(fd, child_fd)
 
-            try:
-                proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
-                                      capture_output=True, timeout=900, pass_fds=tuple(fds),
-                                      preexec_fn=place_fds)
-            finally:
-                os.close(status_sink)
+            # Output goes to a file, not a pipe: a sandbox that dies half-made can leave a
+            # process holding a pipe open, and the warm must not wait on it for ever.
+            with tempfile.TemporaryFile() as output:
+                try:
+                    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                                          stdout=output, stderr=subprocess.STDOUT, timeout=900,
+                                          pass_fds=tuple(fds), preexec_fn=place_fds)
+                finally:
+                    os.close(status_sink)
+                    _kill_uid(uid)
+                output.seek(0)
+                log_text = output.read().decode(errors="replace")
         finally:
             run.close_fds()
             driver.destroy_box(box)
         if proc.returncode != 0:
-            raise ToolchainError(
-                "building the standard library failed:\n" + proc.stderr.decode(errors="replace")
-            )
+            raise ToolchainError("building the standard library failed:\n" + log_text)
         for root, dirs, files in os.walk(cache, followlinks=False):
             os.chown(root, 0, 0, follow_symlinks=False)
             os.chmod(root, 0o755)
@@ -257,6 +262,17 @@ def warm(toolchain: Toolchain, driver, quiet: bool = False) -> bool:
         return True
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _kill_uid(uid: int) -> None:
+    """End whatever still runs as the warm box's uid (it belongs to no one else)."""
+    from sandboxd import boxprocs
+
+    for pid in boxprocs.pids_of(uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
