@@ -3,11 +3,14 @@ tests, several files, versions.  Real Go in real boxes through a real daemon (bo
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.harness import finals, go_main, output
+from tests.harness import Daemon, finals, go_main, output
 
 READ_ALL = go_main('\tb, _ := io.ReadAll(os.Stdin)\n\tfmt.Printf("%q\\n", b)',
                    imports=("fmt", "io", "os"))
@@ -232,3 +235,21 @@ def test_version_and_unknown_toolchain(daemon):
     assert done["v"]["status"] == "ok" and done["v"]["sandboxd"]
     assert done["v"]["go"]["default"].startswith("go1.") and done["v"]["default_go"] == "default"
     assert done["g"]["status"] == "bad_request" and "go0.1" in done["g"]["message"]
+
+
+def test_named_toolchains_are_listed_and_picked(driver):
+    goroot = subprocess.run([str(Path(sys.executable).parent / "go"), "env", "GOROOT"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    d = Daemon(driver, f"--go=alt={goroot}").start()
+    try:
+        events = d.run({"type": "version", "id": "v"},
+                       {"id": "alt", "code": go_main('\tfmt.Println(runtime.Version())',
+                                                     imports=("fmt", "runtime")), "go": "alt"},
+                       {"id": "fmt", "type": "fmt", "code": "package main\n", "go": "alt"})
+    finally:
+        d.cleanup()
+    done = finals(events)
+    assert set(done["v"]["go"]) == {"default", "alt"} and done["v"]["default_go"] == "default"
+    assert done["alt"]["status"] == "ok" and done["alt"]["go"] == done["v"]["go"]["alt"]
+    assert output(events, "alt") == done["v"]["go"]["alt"] + "\n"
+    assert done["fmt"]["status"] == "ok"
