@@ -84,7 +84,10 @@ def leftovers(d: Daemon) -> dict[str, list[str]]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("State", "").split()[:1] == ["Z"]:
+            continue  # dead, waiting to be reaped by whoever adopted it: holds nothing
+        uid = int(fields["Uid"].split()[0])
         if uid in uids or (state in cmdline and "twistd" not in cmdline):
             procs.append(f"{pid} uid={uid} {cmdline[:120]}")
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
@@ -245,6 +248,8 @@ def test_restart_after_sigkill_cleans_what_the_dead_daemon_left(driver: str):
 
         d.start()  # the same state directory, the same socket path
         wait_for(lambda: not _refused(d.socket_path), "the new daemon to listen")
+        # A killed box's processes take a moment to exit (on a busy machine, seconds).
+        wait_for(lambda: not leftovers(d)["processes"], "the old boxes' processes to end", 15)
         after = leftovers(d)
         assert after["processes"] == [] and after["cgroups"] == [], after
         # Only the new daemon's own boxes are mounted, each once.
