@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import HANG, go_main
+from tests.harness import HANG, Daemon, go_main
 
 CLIENT = Path(sys.executable).parent / "sandboxd-client"
 
@@ -119,3 +121,60 @@ def test_unreachable_server_is_one_line(tmp_path):
     done = subprocess.run([str(CLIENT), "version"], env=env, capture_output=True, timeout=HANG)
     assert done.returncode == 1 and done.stderr.count(b"\n") == 1
     assert b"Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def tls_daemon(driver, tmp_path_factory):
+    from tests.certs import make_certs
+    from tests.test_listeners import free_port, wait_port
+
+    certs = make_certs(tmp_path_factory.mktemp("certs"))
+    port = free_port()
+    d = Daemon(driver, f"--client-ca={certs.ca}", listen=[
+        f"ssl:{port}:interface=127.0.0.1:privateKey={certs.server_key}:certKey={certs.server}"])
+    try:
+        d.start()
+        wait_port(port)
+        yield d, port, certs
+    finally:
+        d.cleanup()
+
+
+def test_tls_with_a_client_certificate_and_the_servers_name_checked(tls_daemon, tmp_path):
+    _, port, certs = tls_daemon
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    shutil.copy(certs.ca, roots / "ca.pem")
+    others = tmp_path / "others"
+    others.mkdir()
+    shutil.copy(certs.ca.parent / "other-ca.pem", others / "ca.pem")
+    mine = f"certificate={certs.client}:privateKey={certs.client_key}"
+
+    def version(endpoint: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(CLIENT), "--connect", endpoint, "version"],
+                              capture_output=True, timeout=HANG)
+
+    good = version(f"tls:localhost:{port}:trustRoots={roots}:{mine}")
+    assert good.returncode == 0 and good.stdout.startswith(b"sandboxd "), good.stderr
+    (tmp_path / "main.go").write_text(go_main('\tfmt.Println("over tls")'))
+    ran = subprocess.run([str(CLIENT), "--connect",
+                          f"tls:localhost:{port}:trustRoots={roots}:{mine}", "run",
+                          str(tmp_path / "main.go")], stdin=subprocess.DEVNULL,
+                         capture_output=True, timeout=HANG)
+    assert (ran.returncode, ran.stdout) == (0, b"over tls\n"), ran.stderr
+    bad_ones = [f"tls:localhost:{port}:trustRoots={others}:{mine}",  # unknown server CA
+                f"tls:localhost:{port}:trustRoots={roots}"]  # no client certificate
+    other_name = socket.gethostname()  # reaches the server, but is not a name in its cert
+    if other_name != "localhost" and _resolves_to_loopback(other_name):
+        bad_ones.append(f"tls:{other_name}:{port}:trustRoots={roots}:{mine}")
+    for endpoint in bad_ones:
+        bad = version(endpoint)
+        assert bad.returncode != 0 and b"sandboxd 0" not in bad.stdout, endpoint
+        assert b"Traceback" not in bad.stderr and bad.stderr.count(b"\n") == 1, bad.stderr
+
+
+def _resolves_to_loopback(name: str) -> bool:
+    try:
+        return socket.gethostbyname(name) == "127.0.0.1"
+    except OSError:
+        return False
