@@ -31,6 +31,10 @@ UID_POLL_S = 0.1
 GRACE_S = 0.5
 STDERR_TAIL = 4096
 STREAMS = {1: "stdout", 2: "stderr"}
+# What the Go runtime prints when an allocation fails (under RLIMIT_AS, with no cgroup); its
+# goroutine dump follows, so this is looked for as the output passes, not in the tail.
+OUT_OF_MEMORY = (b"fatal error: out of memory", b"runtime: out of memory",
+                 b"failed to reserve page summary memory")
 
 # Called with (stream, bytes, timestamp); returns how many of the bytes may be sent.  Fewer
 # than given means the output limit was reached.
@@ -49,6 +53,7 @@ class ChildResult:
     oom_killed: bool
     pids_refused: bool
     stderr_tail: bytes
+    out_of_memory: bool = False
 
 
 class SandboxChild(protocol.ProcessProtocol):
@@ -70,6 +75,7 @@ class SandboxChild(protocol.ProcessProtocol):
         self.stopped_for: str | None = None
         self.status = b""
         self.stderr_tail = b""
+        self.out_of_memory = False  # the Go runtime said so on stderr (rlimit hosts)
         self.paused = False
         self._done: defer.Deferred[ChildResult] = defer.Deferred()
         self._started = 0.0
@@ -198,7 +204,10 @@ class SandboxChild(protocol.ProcessProtocol):
         if stream is None:
             return
         if fd == 2:
+            window = self.stderr_tail[-64:] + data
             self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL:]
+            if not self.out_of_memory and any(m in window for m in OUT_OF_MEMORY):
+                self.out_of_memory = True
         if self.stopped_for is not None:
             return  # killed: what is still in the pipe after the limit is not sent
         sent = self.sink(stream, data, now_ms())
@@ -245,6 +254,7 @@ class SandboxChild(protocol.ProcessProtocol):
             oom_killed=oom or report.memory_exceeded,
             pids_refused=refused,
             stderr_tail=self.stderr_tail,
+            out_of_memory=self.out_of_memory,
         )
         self._done.callback(result)
 

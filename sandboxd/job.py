@@ -530,7 +530,7 @@ class Job:
             return (Status.TIMEOUT,
                     f"{what} used more than {lim.cpu_ms} ms of CPU time (timeout: cpu)")
         if (self.rt.cgroups.version is None and result.report.exit_code == 2
-                and b"out of memory" in result.stderr_tail):
+                and result.out_of_memory):
             return Status.MEMORY_LIMIT, f"{what} used more than {lim.memory_mb} MiB of memory"
         return None
 

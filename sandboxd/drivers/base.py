@@ -143,19 +143,25 @@ class Driver(ABC):
             else "a plain directory; only RLIMIT_FSIZE bounds it (mounting a tmpfs failed)"
         )
         if cg:
-            memory = f"cgroup v{self.cgroups.version} memory controller"
-            processes = "cgroup pids controller + RLIMIT_NPROC"
-            cpu = f"{how} CPU accounting, polled, + RLIMIT_CPU"
+            memory = (f"cgroup v{self.cgroups.version} memory controller, the whole box "
+                      "(OOM kill counted: memory_limit)")
+            processes = "cgroup pids controller for the whole box, + RLIMIT_NPROC per box uid"
+            cpu = (f"{how} CPU accounting of the whole box, polled every 50 ms "
+                   "(+ RLIMIT_CPU per process as a backstop)")
         else:
-            memory = "RLIMIT_AS (memory + 1 GiB headroom)"
+            memory = ("RLIMIT_AS per process (memory + 1 GiB headroom, which Go needs to "
+                      "start); the Go runtime's 'out of memory' is reported as memory_limit")
             processes = "RLIMIT_NPROC per box uid"
-            cpu = "RLIMIT_CPU per process"
+            cpu = ("CPU time of the box uid's processes, polled every 100 ms "
+                   "(+ RLIMIT_CPU per process as a backstop)")
         return [
             f"box disk: {disk}",
             f"memory: {memory}",
             f"processes: {processes}",
             f"cpu time: {cpu}",
-            "wall time: daemon timer, SIGKILL of the whole box",
+            "wall time: daemon timer, then SIGKILL of the whole box (its pid namespace"
+            + (", its cgroup" if cg else ", every process of its uid") + ")",
+            "output: counted by the daemon per request; the box is killed at the limit",
         ]
 
     # -- boxes: a tmpfs per box, mounted by the daemon ---------------------------------

@@ -99,7 +99,9 @@ class IsolateDriver(Driver):
 
     def describe(self) -> list[str]:
         return [*super().describe(),
-                "/tmp: a fresh daemon-mounted tmpfs per run (size bounded)",
+                "/tmp, /var/tmp and /dev/shm: a fresh daemon-mounted tmpfs per run "
+                "(size bounded)",
+                "cpu time, also: isolate --time/--extra-time on the program's main process",
                 "file size: isolate -f (RLIMIT_FSIZE)", "open files: isolate --open-files"]
 
     def _tmp_for(self, number: int) -> Path:
