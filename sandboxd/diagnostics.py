@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_PACKAGE_HEADER = re.compile(r"^# \S+$")
+_PACKAGE_HEADER = re.compile(r"^# \S+( \[\S+\])?$")
 _SOURCE_PREFIXES = ("/src/", "./")
 _GOFMT_INPUT = "<standard input>:"
 _NOISE = (

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 
 FUNC_MAIN = re.compile(rb"^func\s+main\s*\(\s*\)", re.MULTILINE)
-TEST_FUNC = re.compile(rb"^func\s+(Test|Example|Benchmark|Fuzz)[A-Z0-9_]?\w*\s*\(",
+# As ``go test`` has it: TestXxx where Xxx does not start with a lower-case letter.
+TEST_FUNC = re.compile(rb"^func\s+(Test|Example|Benchmark|Fuzz)(?:[A-Z0-9_]\w*)?\s*\(",
                        re.MULTILINE)
 RESULT_LINE = re.compile(rb"^--- (PASS|FAIL|SKIP): ")
 RUN_FLAGS = ("-test.v",)
