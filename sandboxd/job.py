@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import signal as signal_numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -469,13 +470,14 @@ class Job:
                              **tests)
                 return
             self.extra_fields.update(tests)
+        note = self._limit_note(result, Phase.RUN)
         if report.signal is not None:
             name = SIGNAL_NAMES.get(report.signal, f"signal {report.signal}")
-            self._finish(Status.RUNTIME_ERROR, f"the program was killed by {name}", result,
-                         signal=name)
+            self._finish(Status.RUNTIME_ERROR, f"the program was killed by {name}{note}",
+                         result, signal=name)
         elif report.exit_code:
             self._finish(Status.RUNTIME_ERROR,
-                         f"the program exited with status {report.exit_code}", result)
+                         f"the program exited with status {report.exit_code}{note}", result)
         else:
             self._finish(Status.OK, "the program exited normally", result)
 
@@ -503,6 +505,15 @@ class Job:
         finally:
             self.child = None
 
+    def _limit_note(self, result: ChildResult, phase: Phase) -> str:
+        """Why a program may have failed on its own: a limit that refused it something."""
+        lim = self.request.limits.phase(phase)
+        if result.report.signal == signal_numbers.SIGXFSZ:
+            return f" (it wrote past its file size limit of {lim.file_size_mb} MiB)"
+        if result.pids_refused:
+            return f" (it reached its process limit of {lim.processes})"
+        return ""
+
     def _limit_status(self, result: ChildResult, phase: Phase) -> tuple[Status, str] | None:
         """The status when a limit (or a cancel) ended the phase, else None."""
         lim = self.request.limits.phase(phase)
@@ -516,8 +527,10 @@ class Job:
         if result.oom_killed:
             return Status.MEMORY_LIMIT, f"{what} used more than {lim.memory_mb} MiB of memory"
         if stopped == "wall":
-            return (Status.TIMEOUT,
-                    f"{what} ran longer than {lim.wall_ms} ms of wall time (timeout: wall)")
+            processes = (f"; it reached its process limit of {lim.processes}"
+                         if result.pids_refused else "")
+            return (Status.TIMEOUT, f"{what} ran longer than {lim.wall_ms} ms of wall time"
+                    f"{processes} (timeout: wall)")
         if stopped == "cpu" or (result.report.timed_out == "cpu"):
             return (Status.TIMEOUT,
                     f"{what} used more than {lim.cpu_ms} ms of CPU time (timeout: cpu)")

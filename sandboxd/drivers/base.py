@@ -20,6 +20,9 @@ from sandboxd.status import Phase
 log = Logger()
 
 MIB = 1024 * 1024
+# Where a cgroup counts processes, the per-uid RLIMIT_NPROC is only a backstop set this much
+# higher, so the cgroup refuses first and its count says the process limit was reached.
+NPROC_BACKSTOP = 16
 INODES_PER_MB = 256
 
 # The launcher: join the run's cgroups, then become the sandbox.  Runs before anything of the
@@ -132,6 +135,11 @@ class Driver(ABC):
         if run.cgroup is None:
             return []
         return ["/bin/sh", "-c", JOIN_SCRIPT, "sandboxd-join", *run.cgroup.procs_files, "--"]
+
+    @staticmethod
+    def nproc(run: SandboxRun) -> int:
+        """RLIMIT_NPROC for ``run``: the limit itself, or a backstop above the cgroup's."""
+        return run.limits.processes + (NPROC_BACKSTOP if run.cgroup is not None else 0)
 
     def describe(self) -> list[str]:
         """One line per limit: which mechanism enforces it on this host."""

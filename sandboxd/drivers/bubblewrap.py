@@ -70,7 +70,7 @@ class BubblewrapDriver(Driver):
         cpu_s = (lim.cpu_ms + 999) // 1000 + 1
         rlimits = [
             self.prlimit,
-            f"--nproc={lim.processes}",
+            f"--nproc={self.nproc(run)}",
             f"--nofile={lim.open_files}",
             f"--fsize={lim.file_size_mb * MIB}",
             f"--cpu={cpu_s}:{cpu_s + 1}",

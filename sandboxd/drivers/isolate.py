@@ -174,7 +174,7 @@ class IsolateDriver(Driver):
         cpu = lim.cpu_ms / 1000
         argv = [
             self.setsid, self.isolate, "-b", str(run.box.number), "-s", f"--meta={meta}",
-            f"--processes={lim.processes}",
+            f"--processes={self.nproc(run)}",
             f"--time={cpu:.3f}", f"--extra-time={cpu + 0.5:.3f}",
             f"--wall-time={lim.wall_ms / 1000 + 1:.3f}",
             f"--fsize={lim.file_size_mb * 1024}",
