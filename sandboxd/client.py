@@ -156,6 +156,7 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
                 if not forwarder.stopped:
                     print(f"sandboxd: stdin: {event.get('message')}", file=sys.stderr)
                     forwarder.stopped = True
+                    conn.stdin("run", eof=True)  # the program gets what came, then the end
             elif event.get("id") is None:
                 print(f"sandboxd: {event.get('message')}", file=sys.stderr)
                 os._exit(EXIT_CODES["bad_request"])
