@@ -63,21 +63,9 @@ def read_until_output(client: Client, request_id: str) -> None:
 
 # -- what a daemon leaves behind -------------------------------------------------------------
 
-def box_uids(d: Daemon) -> set[int]:
-    """Every uid a box of this daemon may run as, under either driver."""
-    first_uids = [100000 + d.first_box]  # the harness's --first-uid (bubblewrap)
-    isolate_cf = Path("/usr/local/etc/isolate")
-    if isolate_cf.exists():
-        for line in isolate_cf.read_text().splitlines():
-            if line.split("=")[0].strip() == "first_uid":
-                first_uids.append(int(line.split("=")[1]) + d.first_box)
-    return {base + n for base in first_uids for n in range(16)}
-
-
-def leftovers(d: Daemon) -> dict[str, list[str]]:
-    uids = box_uids(d)
-    state = str(d.state_dir)
-    procs = []
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, uid, command line) of every live (not zombie) process."""
+    out = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
@@ -87,9 +75,29 @@ def leftovers(d: Daemon) -> dict[str, list[str]]:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         if fields.get("State", "").split()[:1] == ["Z"]:
             continue  # dead, waiting to be reaped by whoever adopted it: holds nothing
-        uid = int(fields["Uid"].split()[0])
-        if uid in uids or (state in cmdline and "twistd" not in cmdline):
-            procs.append(f"{pid} uid={uid} {cmdline[:120]}")
+        out[int(pid)] = (int(fields["PPid"]), int(fields["Uid"].split()[0]), cmdline)
+    return out
+
+
+def leftovers(d: Daemon) -> dict[str, list[str]]:
+    """What of this daemon is still there: box processes (a sandbox tool whose command line
+    names the state directory, and everything under it), mounts, cgroups. Other daemons on
+    the machine (other test runs) have other state directories and are not counted."""
+    state = str(d.state_dir)
+    table = _processes()
+
+    def ours(pid: int) -> bool:
+        for _ in range(16):  # a box's program is a child or grandchild of its sandbox tool
+            if pid not in table:
+                return False
+            ppid, _, cmdline = table[pid]
+            if state in cmdline:
+                return "twistd" not in cmdline
+            pid = ppid
+        return False
+
+    procs = [f"{pid} ppid={table[pid][0]} uid={table[pid][1]} {table[pid][2][:160]}"
+             for pid in table if ours(pid)]
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
               if line.split()[1].startswith(state)]
     from sandboxd.daemon import _instance_name
@@ -244,6 +252,8 @@ def test_restart_after_sigkill_cleans_what_the_dead_daemon_left(driver: str):
                 pass
         left = leftovers(d)
         assert left["mounts"], "a killed daemon leaves its box mounts behind"
+        if driver == "isolate":  # isolate outlives its parent (bwrap has --die-with-parent)
+            assert left["processes"], "the killed request's isolate should still be running"
         assert os.path.exists(d.socket_path)  # and its socket, and the socket's lock
 
         d.start()  # the same state directory, the same socket path
