@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -73,12 +74,15 @@ def test_ctrl_c_cancels_the_program(daemon, src):
     env = {**os.environ, "SANDBOXD_CONNECT": f"unix:{daemon.socket_path}"}
     proc = subprocess.Popen([str(CLIENT), "run", str(src / "main.go")], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    guard = threading.Timer(HANG, proc.kill)  # a hang fails the test instead of blocking it
+    guard.start()
     try:
         assert proc.stdout.readline() == b"tick 0\n"  # it runs, live
         proc.send_signal(signal.SIGINT)
         start = time.monotonic()
         _out, err = proc.communicate(timeout=HANG)
     finally:
+        guard.cancel()
         proc.kill()
     assert proc.returncode == 130
     assert b"sandboxd: cancelled" in err
