@@ -141,15 +141,23 @@ class SandboxDaemon(service.MultiService):
         for listener in self.listeners:
             waiting = getattr(listener, "_waitingForPort", None)
             if waiting is not None:  # say where: an onion address, a port chosen by the kernel
-                waiting.addCallback(self._listening)
+                waiting.addCallback(self._listening, listener)
 
-    @staticmethod
-    def _listening(port: Any) -> Any:
-        if port is not None:
-            host = port.getHost()
-            where = getattr(host, "onion_uri", None)
-            where = f"{where}:{host.onion_port}" if where else str(host)
-            log.info("listening on {where}", where=where)
+    def _listening(self, port: Any, listener: Any) -> Any:
+        if port is None:
+            # Twisted logged why (an onion service tor could not publish, say). A listener the
+            # operator asked for and cannot have is a failed start: stop, exit 1, and let the
+            # service manager retry (Restart=on-failure), rather than run without it.
+            if not self.stopping:
+                log.critical("--listen {what} failed; stopping",
+                             what=getattr(listener, "description", "?"))
+                self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+                self.reactor.stop()
+            return port
+        host = port.getHost()
+        where = getattr(host, "onion_uri", None)
+        where = f"{where}:{host.onion_port}" if where else str(host)
+        log.info("listening on {where}", where=where)
         return port
 
     def stopService(self) -> defer.Deferred[None]:
@@ -205,6 +213,11 @@ class SandboxDaemon(service.MultiService):
                 return False
             await task.deferLater(self.reactor, SHUTDOWN_POLL_S, lambda: None)
         return True
+
+
+def _exit_failed() -> None:
+    """After a clean shutdown (boxes removed), end with status 1: twistd has no exit code."""
+    os._exit(1)
 
 
 def _instance_name(state_dir: Path) -> str:

@@ -201,8 +201,10 @@ def makeService(options: Options) -> service.MultiService:
         idle_timeout=options["idle-timeout"],
         shutdown_grace=options["shutdown-grace"],
     )
-    for endpoint in listen:
-        daemon.listeners.append(_listener(endpoint, daemon.factory, daemon))
+    for description, endpoint in zip(options["listen"], listen, strict=True):
+        listener = _listener(endpoint, daemon.factory, daemon)
+        listener.description = description  # type: ignore[attr-defined]
+        daemon.listeners.append(listener)
     if metrics is not None:
         from sandboxd.metrics import metrics_site
 

@@ -100,3 +100,26 @@ class OnionServiceTests(unittest.TestCase):
         event = json.loads(line.split(b"\n")[0])
         self.assertEqual(event["status"], "bad_request")
         self.assertTrue(event["done"])
+
+
+def test_daemon_with_an_unreachable_tor_stops_with_status_1():
+    """The whole way: twistd sandboxd --listen onion:…; the control port refuses, so the
+    onion listener fails; the daemon says so, removes its boxes and exits 1 (systemd's
+    Restart=on-failure then retries)."""
+    import subprocess
+
+    from tests.harness import HANG, Daemon
+    from tests.test_listeners import first_driver, free_port
+    from tests.test_operations import leftovers
+
+    d = Daemon(first_driver(), listen=[f"onion:80:controlPort={free_port()}"])
+    try:
+        done = subprocess.run(d.argv, cwd=d.dir, capture_output=True, timeout=HANG)
+        log = d.log()
+        assert done.returncode == 1, log[-2000:]
+        assert "ConnectionRefusedError" in log
+        assert "--listen onion:80:controlPort=" in log and "failed; stopping" in log
+        assert "every box removed" in log
+        assert leftovers(d) == {"processes": [], "mounts": [], "cgroups": []}
+    finally:
+        d.cleanup()
