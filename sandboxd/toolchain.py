@@ -163,7 +163,39 @@ def load(goroot: Path, cache_dir: Path, name: str = "default") -> Toolchain:
     for path in [goroot / "bin" / "go", *tools]:
         if path.name in ("go", "compile", "link", "asm", "vet", "cover"):
             digest.update(f"{path.name}:{_file_digest(path)}".encode())
-    return Toolchain(name, goroot, version, digest.hexdigest()[:16], cache_dir)
+    ident = digest.hexdigest()[:16]
+    return Toolchain(name, _installed_copy(goroot, cache_dir / f"go-{ident}"), version, ident,
+                     cache_dir)
+
+
+def _installed_copy(goroot: Path, target: Path) -> Path:
+    """The toolchain as boxes see it: a root-owned, world-readable copy under the cache dir.
+
+    A box's uid must be able to reach the toolchain, and a checkout under /root or a venv in
+    a private home is not reachable; a copy also cannot change under a running daemon.
+    """
+    if (target / "bin" / "go").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(target.parent, 0o755)
+    work = Path(tempfile.mkdtemp(prefix="go-copy-", dir=target.parent))
+    try:
+        shutil.copytree(goroot, work / "go", symlinks=True)
+        for root, dirs, files in os.walk(work / "go"):
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    mode = os.stat(path).st_mode & 0o7777
+                    os.chmod(path, (mode | 0o444 | (0o111 if mode & 0o100 else 0)) & ~0o022)
+        os.chmod(work / "go", 0o755)
+        try:
+            os.rename(work / "go", target)
+        except OSError:
+            if not (target / "bin" / "go").is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
 
 
 def warm(toolchain: Toolchain, driver, quiet: bool = False) -> bool:
