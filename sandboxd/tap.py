@@ -85,6 +85,9 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        # Method docstrings keep their indentation in --help; make each one flowing text.
+        self.docs = {name: " ".join(doc.split()) if doc else doc
+                     for name, doc in self.docs.items()}
         self["listen"] = []
         self["limits"] = []
         self["max-limits"] = []

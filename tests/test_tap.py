@@ -33,6 +33,8 @@ def test_every_option_says_its_default():
     missing = [n for n, text in entries.items()
                if n not in ("help", "version") and "[default:" not in text]
     assert missing == []
+    ragged = [n for n, text in entries.items() if "   " in text]
+    assert ragged == []  # no docstring indentation in the middle of a sentence
 
 
 def test_defaults_of_the_issue():
