@@ -5,6 +5,8 @@ Every Twisted server endpoint string works (``tcp:``, ``ssl:``, ``unix:``, ``sys
 
 - gives ``unix:`` sockets mode 660 (owner and group) instead of Twisted's world-writable 666,
   unless the string names a mode;
+- listens with a backlog of 1024 (Twisted's is 50) on ``tcp:``, ``ssl:`` and ``unix:``, so
+  hundreds of idle connections do not keep a real client from connecting;
 - breaks a stale ``.lock`` of a ``unix:`` socket that names *this* process's pid (Twisted
   treats a lock held by a live pid as taken; in a container the dead daemon may have had the
   same pid as the new one);
@@ -22,6 +24,9 @@ from typing import Any
 from twisted.internet import endpoints, interfaces
 
 UNIX_DEFAULT_MODE = "660"
+# Twisted listens with a backlog of 50: a burst of idle connections then makes a real client's
+# connect fail (EAGAIN on a Unix socket) before the daemon has accepted them.
+DEFAULT_BACKLOG = "1024"
 
 
 class ListenerError(ValueError):
@@ -32,6 +37,14 @@ def with_safe_defaults(description: str) -> str:
     """``unix:`` sockets default to owner and group only, not Twisted's world-writable 666."""
     if description.startswith("unix:") and not re.search(r"(?<!\\):mode=", description):
         return f"{description}:mode={UNIX_DEFAULT_MODE}"
+    return description
+
+
+def with_backlog(description: str) -> str:
+    """``tcp:``, ``ssl:`` and ``unix:`` listen with a deep backlog unless the string names one."""
+    if (description.split(":", 1)[0] in ("tcp", "ssl", "unix")
+            and not re.search(r"(?<!\\):backlog=", description)):
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
     return description
 
 
@@ -100,7 +113,7 @@ def _split_args(rest: str) -> dict[str, str]:
 def endpoint_for(reactor: Any, description: str,
                  client_ca: list[Any] | None = None) -> interfaces.IStreamServerEndpoint:
     """The server endpoint a ``--listen`` string names, with sandboxd's defaults applied."""
-    description = with_safe_defaults(description)
+    description = with_backlog(with_safe_defaults(description))
     _clear_own_stale_lock(description)
     try:
         endpoint = endpoints.serverFromString(reactor, description)

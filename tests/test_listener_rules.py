@@ -15,6 +15,7 @@ from sandboxd.listeners import (
     _clear_own_stale_lock,
     endpoint_for,
     load_client_ca,
+    with_backlog,
     with_safe_defaults,
 )
 
@@ -28,6 +29,16 @@ from sandboxd.listeners import (
 ])
 def test_unix_sockets_default_to_owner_and_group(given: str, made: str):
     assert with_safe_defaults(given) == made
+
+
+@pytest.mark.parametrize(("given", "made"), [
+    ("unix:/run/s.sock:mode=660", "unix:/run/s.sock:mode=660:backlog=1024"),
+    ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=1024"),
+    ("ssl:8443:backlog=7", "ssl:8443:backlog=7"),
+    ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+])
+def test_listeners_get_a_deep_backlog(given: str, made: str):
+    assert with_backlog(given) == made
 
 
 def test_a_lock_naming_our_own_pid_is_stale(tmp_path):
