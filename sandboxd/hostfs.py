@@ -122,3 +122,22 @@ def make_private_dir(path: Path, uid: int = 0, gid: int = 0, mode: int = 0o755) 
     os.chmod(path, mode)
     if uid or gid:
         os.chown(path, uid, gid)
+
+
+def make_scratch_dir(path: Path, size_bytes: int, inodes: int) -> bool:
+    """A fresh root-owned (0711) directory for one build's files, on a tmpfs of its own
+    where the host allows: what a build writes (its binary, downloaded modules) is then
+    bounded by ``size_bytes`` and never reaches the host's disk.  False: a plain directory."""
+    make_private_dir(path, 0, 0, 0o711)
+    try:
+        mount_tmpfs(path, size_bytes, inodes, 0, 0)
+    except OSError:
+        return False
+    os.chmod(path, 0o711)
+    return True
+
+
+def remove_scratch_dir(path: Path) -> None:
+    while is_mountpoint(path):
+        unmount(path)
+    remove_tree(path)

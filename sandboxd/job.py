@@ -20,7 +20,7 @@ from sandboxd.bincache import BinaryCache
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport
 from sandboxd.child import SIGNAL_NAMES, ChildResult, SandboxChild
-from sandboxd.drivers.base import MIB, RUN_ENV, Driver, Mount, SandboxRun
+from sandboxd.drivers.base import INODES_PER_MB, MIB, RUN_ENV, Driver, Mount, SandboxRun
 from sandboxd.events import StreamDecoder, final_event, output_event
 from sandboxd.metrics import Metrics
 from sandboxd.modules import MODCACHE_INSIDE, PROXY_INSIDE, ModuleSource
@@ -243,6 +243,13 @@ class Job:
             del rt.builds_in_flight[key]
             done.callback(outcome)
 
+    def _make_job_dir(self) -> Path:
+        """The build's own directory (src, out, mods), a tmpfs of the build's ``disk_mb``."""
+        job_dir = self.rt.jobs_dir / str(self.number)
+        disk_mb = self.request.limits.build.disk_mb
+        hostfs.make_scratch_dir(job_dir, disk_mb * MIB, max(256, disk_mb * INODES_PER_MB))
+        return job_dir
+
     def _build_run(self, job_dir: Path, files: dict[str, bytes], argv: list[str],
                    download: bool = False) -> SandboxRun:
         """A build-phase run of the toolchain over ``files`` at /src, /out writable.
@@ -315,8 +322,7 @@ class Job:
 
     async def _compile(self, files: dict[str, bytes], key: str) -> BuildOutcome:
         rt = self.rt
-        job_dir = rt.jobs_dir / str(self.number)
-        hostfs.make_private_dir(job_dir, 0, 0, 0o711)
+        job_dir = self._make_job_dir()
         try:
             argv = (self.toolchain.test_argv() if self.testing
                     else self.toolchain.build_argv())
@@ -349,7 +355,7 @@ class Job:
                                     result=result)
             return BuildOutcome(rt.binaries.put(key, data), Status.OK, "", result=result)
         finally:
-            hostfs.remove_tree(job_dir)
+            hostfs.remove_scratch_dir(job_dir)
 
     async def _fmt(self) -> None:
         """gofmt parses untrusted text, so it runs in the box like a build."""
@@ -396,8 +402,7 @@ class Job:
         """``go vet`` over the sources; findings stream as cleaned stderr lines."""
         files = dict(self.request.files)
         files.setdefault("go.mod", self.toolchain.go_mod())
-        job_dir = self.rt.jobs_dir / str(self.number)
-        hostfs.make_private_dir(job_dir, 0, 0, 0o711)
+        job_dir = self._make_job_dir()
         lines = _LineCleaner(self)
         try:
             failed = await self._download(job_dir, files)
@@ -409,7 +414,7 @@ class Job:
             run = self._build_run(job_dir, files, self.toolchain.vet_argv())
             result = await self._child(run, lines.feed)
         finally:
-            hostfs.remove_tree(job_dir)
+            hostfs.remove_scratch_dir(job_dir)
         lines.flush()
         if result.report.failed:
             self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",

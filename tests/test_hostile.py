@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, finals, output
+from tests.harness import Daemon, finals, go_main, output
 from tests.hostile import beside, box_uids, program, strict_end
 
 CANARY_VAR = "SANDBOXD_TEST_CANARY"
@@ -117,6 +117,16 @@ def test_file_size_limit(daemon):
     assert final["status"] == "runtime_error", final
     first = output(events, "hostile", "stdout").splitlines()[1].split(" ", 2)
     assert int(first[1]) <= 2 * 1024 * 1024 and "file too large" in first[2], first
+
+
+def test_build_files_are_bounded_by_the_build_disk_limit(daemon):
+    # The build's own directory (source, binary, modules) is a tmpfs of build.disk_mb.
+    events = daemon.run({"code": go_main('\tfmt.Println("tiny disk")'), "id": "b",
+                         "limits": {"build": {"disk_mb": 1}}})
+    final = finals(events)["b"]
+    assert final["status"] == "compile_error" and final["phase"] == "build", final
+    assert "no space left on device" in output(events, "b")
+    assert str(daemon.state_dir) not in output(events, "b")
 
 
 def test_no_network(daemon):

@@ -164,6 +164,8 @@ class Driver(ABC):
                    "(+ RLIMIT_CPU per process as a backstop)")
         return [
             f"box disk: {disk}",
+            "build disk: the build's /tmp and its own directory (source, binary, modules) are "
+            "tmpfs of build.disk_mb each",
             f"memory: {memory}",
             f"processes: {processes}",
             f"cpu time: {cpu}",
