@@ -191,6 +191,8 @@ class SandboxDaemon(service.MultiService):
         if not await self._until(lambda: not self.factory.connections, SHUTDOWN_FLUSH_S):
             for conn in list(self.factory.connections):
                 conn.transport.abortConnection()
+        # A health probe in flight uses a spare box of its own: let it finish and remove it.
+        await self._until(lambda: not self.health.probing, SHUTDOWN_FLUSH_S)
         self.pool.stop()
         await self._stop_children([s for s in reversed(list(self)) if s.running])
         log.info("sandboxd stopped; every box removed")
@@ -217,6 +219,13 @@ class SandboxDaemon(service.MultiService):
 
 def _exit_failed() -> None:
     """After a clean shutdown (boxes removed), end with status 1: twistd has no exit code."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:
+            pass
     os._exit(1)
 
 

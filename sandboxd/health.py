@@ -40,6 +40,10 @@ class HealthCheck:
         self._last: tuple[float, tuple[bool, str]] | None = None
         self._in_flight: list[defer.Deferred] | None = None
 
+    @property
+    def probing(self) -> bool:
+        return self._in_flight is not None
+
     def check(self) -> defer.Deferred[tuple[bool, str]]:
         """(healthy, why)."""
         if self.daemon.stopping:
