@@ -142,6 +142,11 @@ class SandboxChild(protocol.ProcessProtocol):
             self.stopped_for = reason
         if self.run.cgroup is not None:
             self.run.cgroup.kill_all()
+        if self.transport is not None and self.paused:
+            # A paused child's pipes are not read, so they would never reach end-of-file
+            # and the run would never end (its box held for as long as the client does not
+            # read).  What is left in them is bounded by the pipe buffers: drain it.
+            self.transport.resumeProducing()
         pid = getattr(self.transport, "pid", None)
         if pid is None:
             return
@@ -186,7 +191,7 @@ class SandboxChild(protocol.ProcessProtocol):
 
     def pauseProducing(self) -> None:
         self.paused = True
-        if self.transport is not None and not self._ended:
+        if self.transport is not None and not self._ended and self.stopped_for is None:
             self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
@@ -208,10 +213,12 @@ class SandboxChild(protocol.ProcessProtocol):
             self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL:]
             if not self.out_of_memory and any(m in window for m in OUT_OF_MEMORY):
                 self.out_of_memory = True
-        if self.stopped_for is not None:
-            return  # killed: what is still in the pipe after the limit is not sent
+        if self.stopped_for == "output":
+            return  # past the output limit: nothing more is sent
+        # Also after a wall, CPU or memory limit: what is still in the pipes was written
+        # before the limit struck, and is delivered (up to the output limit).
         sent = self.sink(stream, data, now_ms())
-        if sent < len(data):
+        if sent < len(data) and self.stopped_for is None:
             self.stop("output")
 
     def processEnded(self, reason: Failure) -> None:

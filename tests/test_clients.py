@@ -78,6 +78,9 @@ def test_non_reading_client_does_not_grow_the_daemon(daemon):
         peak = max(peak, rss_kb(pid))
     # The flooder is paused, so unsent output stays small; 64 MiB would have been possible.
     grown = peak - idle
+    # Its wall time ran out while it was paused, and the request ended (its box freed)
+    # although the client still has not read a byte.
+    assert "request flood " in daemon.log() and "status=timeout" in daemon.log()
     print(f"daemon RSS idle {idle} kB, peak while flooded {peak} kB (+{grown} kB)")
     assert grown < 32 * 1024, (idle, peak)
     sock.setblocking(True)
