@@ -7,9 +7,7 @@ Every Twisted server endpoint string works (``tcp:``, ``ssl:``, ``unix:``, ``sys
   unless the string names a mode;
 - listens with a backlog of 1024 (Twisted's is 50) on ``tcp:``, ``ssl:`` and ``unix:``, so
   hundreds of idle connections do not keep a real client from connecting;
-- breaks a stale ``.lock`` of a ``unix:`` socket that names *this* process's pid (Twisted
-  treats a lock held by a live pid as taken; in a container the dead daemon may have had the
-  same pid as the new one);
+- takes over a ``unix:`` socket a killed daemon left (see ``_clear_stale_unix_socket``);
 - with ``--client-ca``, makes every ``ssl:`` listener demand a client certificate signed by
   one of the CA's certificates, at the handshake (``ssl:`` strings have no option for that).
 """
@@ -18,6 +16,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -80,21 +80,42 @@ def require_client_certificates(endpoint: Any, ca_certs: list[Any]) -> None:
     options.trustRoot = trustRootFromCertificates([Certificate(c) for c in ca_certs])
 
 
-def _clear_own_stale_lock(description: str) -> None:
-    """Remove ``PATH.lock`` when it names this very pid: a dead predecessor's, not ours."""
+def _clear_stale_unix_socket(description: str) -> None:
+    """Take over what a killed daemon left at a ``unix:`` path.
+
+    Twisted removes a stale socket only when it finds a stale lock (``lockfile=1``, a dead
+    pid). Two cases it misses: a lock that names *this* pid (a container restarted with the
+    same pid: Twisted would think the lock is held), and a socket with no lock to go by
+    (``lockfile=0``, or the lock removed). A socket nobody listens on refuses connections:
+    then it is stale, and removed. A live daemon's socket accepts, and is left alone.
+    """
     if not description.startswith("unix:"):
         return
     args = _split_args(description[len("unix:"):])
     path = args.get("address") or args.get("")
-    if not path or args.get("lockfile", "1") == "0":
+    if not path:
         return
     lock = f"{path}.lock"
     try:
-        holder = os.readlink(lock)
+        if os.readlink(lock) == str(os.getpid()):
+            os.unlink(lock)
+    except OSError:
+        pass
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return  # not ours to remove; the listen fails and says why
     except OSError:
         return
-    if holder == str(os.getpid()):
-        os.unlink(lock)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        probe.close()
 
 
 def _split_args(rest: str) -> dict[str, str]:
@@ -114,7 +135,7 @@ def endpoint_for(reactor: Any, description: str,
                  client_ca: list[Any] | None = None) -> interfaces.IStreamServerEndpoint:
     """The server endpoint a ``--listen`` string names, with sandboxd's defaults applied."""
     description = with_backlog(with_safe_defaults(description))
-    _clear_own_stale_lock(description)
+    _clear_stale_unix_socket(description)
     try:
         endpoint = endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError, IndexError, OSError) as e:

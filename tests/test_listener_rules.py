@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,7 @@ from twisted.internet.task import Clock
 from sandboxd.health import HealthCheck
 from sandboxd.listeners import (
     ListenerError,
-    _clear_own_stale_lock,
+    _clear_stale_unix_socket,
     endpoint_for,
     load_client_ca,
     with_backlog,
@@ -44,11 +45,24 @@ def test_listeners_get_a_deep_backlog(given: str, made: str):
 def test_a_lock_naming_our_own_pid_is_stale(tmp_path):
     sock = tmp_path / "s.sock"
     os.symlink(str(os.getpid()), f"{sock}.lock")
-    _clear_own_stale_lock(f"unix:{sock}")
+    _clear_stale_unix_socket(f"unix:{sock}")
     assert not os.path.lexists(f"{sock}.lock")
     os.symlink("1", f"{sock}.lock")  # another live process's: left for Twisted to refuse
-    _clear_own_stale_lock(f"unix:address={sock}")
+    _clear_stale_unix_socket(f"unix:address={sock}")
     assert os.path.lexists(f"{sock}.lock")
+
+
+def test_a_socket_nobody_listens_on_is_removed_a_live_one_kept(tmp_path):
+    dead, live, plain = tmp_path / "dead.sock", tmp_path / "live.sock", tmp_path / "file"
+    with socket.socket(socket.AF_UNIX) as a, socket.socket(socket.AF_UNIX) as b:
+        a.bind(str(dead))  # bound, never listening: connections are refused, as after a kill
+        b.bind(str(live))
+        b.listen(1)
+        plain.write_text("not a socket")
+        for path in (dead, live, plain):
+            _clear_stale_unix_socket(f"unix:{path}:lockfile=0")
+        assert not dead.exists()
+        assert live.exists() and plain.exists()
 
 
 def test_bad_strings_and_files_say_what_is_wrong(tmp_path):

@@ -240,8 +240,9 @@ def _refused(path: str) -> bool:
         s.close()
 
 
-def test_restart_after_sigkill_cleans_what_the_dead_daemon_left(driver: str):
-    d = Daemon(driver)
+def test_restart_after_sigkill_cleans_what_the_dead_daemon_left(driver: str, tmp_path: Path):
+    unlocked = tmp_path / "unlocked.sock"  # no lock file to tell that it is stale
+    d = Daemon(driver, listen=[f"unix:{unlocked}:lockfile=0"])
     try:
         d.start()
         with d.connect() as client:
@@ -255,6 +256,7 @@ def test_restart_after_sigkill_cleans_what_the_dead_daemon_left(driver: str):
         if driver == "isolate":  # isolate outlives its parent (bwrap has --die-with-parent)
             assert left["processes"], "the killed request's isolate should still be running"
         assert os.path.exists(d.socket_path)  # and its socket, and the socket's lock
+        assert os.path.lexists(f"{d.socket_path}.lock") and unlocked.exists()
 
         d.start()  # the same state directory, the same socket path
         wait_for(lambda: not _refused(d.socket_path), "the new daemon to listen")
@@ -266,6 +268,9 @@ def test_restart_after_sigkill_cleans_what_the_dead_daemon_left(driver: str):
         assert len(after["mounts"]) == len(set(after["mounts"])), after["mounts"]
         events = d.run({"id": "alive", "code": HELLO, "session_id": "kill-s"})
         assert output(events, "alive") == "hello\n"
+        with Client(str(unlocked)) as client:
+            client.send({"id": "unlocked", "code": HELLO})
+            assert output(client.read_until_done("unlocked"), "unlocked") == "hello\n"
         assert d.stop() in (0, -signal.SIGTERM)
         assert_clean(d)
     finally:
