@@ -46,11 +46,16 @@ ENV PATH=/opt/sandboxd/bin:$PATH
 # The standard-library build cache is made on the first start (about 30 s; it needs a working
 # sandbox, which `docker build` has not): keep /var/cache/sandboxd in a volume.
 VOLUME ["/var/cache/sandboxd"]
-EXPOSE 8080
+EXPOSE 8080 9100
 
 # SIGTERM (docker stop): running requests get --shutdown-grace seconds, then are cancelled;
 # give docker stop a longer timeout than that (docker stop -t 30).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["twistd", "-n", "--pidfile=", "--logfile=-", "sandboxd"]
-# All interfaces inside the container; publish the port only where clients should reach it.
-CMD ["--listen", "tcp:8080"]
+# The protocol on all interfaces inside the container (publish the port only where clients
+# should reach it); metrics and /healthz on the container's loopback, for HEALTHCHECK (use
+# tcp:9100 and publish it to let Prometheus scrape).
+CMD ["--listen", "tcp:8080", "--metrics", "tcp:9100:interface=127.0.0.1"]
+# Healthy when a box can run a program right now (the first start builds the Go cache).
+HEALTHCHECK --interval=30s --timeout=15s --start-period=120s \
+  CMD ["curl", "-fsS", "http://127.0.0.1:9100/healthz"]
