@@ -20,6 +20,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sandboxd.box import Box
 from sandboxd.status import Phase
@@ -198,8 +199,23 @@ def _installed_copy(goroot: Path, target: Path) -> Path:
     return target
 
 
-def warm(toolchain: Toolchain, driver, quiet: bool = False) -> bool:
-    """Build the standard-library cache once; False when it was already there."""
+def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
+    """Build the standard-library cache once; False when it was already there.
+
+    Warms on one machine take turns (a lock file): they share the warm box and its uid.
+    """
+    import fcntl
+
+    if (toolchain.std_cache / "README").is_file():
+        return False
+    toolchain.cache_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(toolchain.cache_dir, 0o755)
+    with open(toolchain.cache_dir / ".warm.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _warm(toolchain, driver, quiet)
+
+
+def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
     from sandboxd.drivers import Mount, SandboxRun
     from sandboxd.drivers.base import STATUS_FD
     from sandboxd.limits import DEFAULT_LIMITS
