@@ -236,11 +236,26 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.paused = True
         for job in self.jobs.values():
             job.pause()
+        # Stop reading the client's lines too: each would be answered (a bad_request, a
+        # final event) into a buffer the client is not emptying.
+        self._reading(False)
 
     def resumeProducing(self) -> None:
         self.paused = False
+        self._reading(True)
         for job in list(self.jobs.values()):
             job.resume()
+
+    def _reading(self, on: bool) -> None:
+        if self.lost or self.input_closed:
+            return
+        try:
+            if on:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
+        except Exception:  # a transport that cannot pause its reading
+            log.failure("pausing the reading of a connection")
 
     def stopProducing(self) -> None:
         for job in list(self.jobs.values()):

@@ -216,3 +216,27 @@ def test_over_long_line_and_oversized_code_are_refused_clearly(daemon):
     assert "longer than" in bad[0]["message"] and str(MAX_LINE) in bad[0]["message"]
     assert bad[1]["id"] == "big" and "larger than" in bad[1]["message"]
     assert finals(events)["after"]["status"] == "ok"
+
+
+def test_a_client_that_sends_but_never_reads_does_not_grow_the_daemon(daemon):
+    pid = daemon.proc.pid
+    idle = rss_kb(pid)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(daemon.socket_path)
+    sock.settimeout(0.5)
+    line = b'{"id": "' + b"x" * 100 + b'", "oops": 1}\n'  # each answered with bad_request
+    sent = 0
+    try:
+        for _ in range(200_000):  # ~25 MB of answers if the daemon kept reading
+            sock.sendall(line * 10)
+            sent += 10
+    except (TimeoutError, BlockingIOError):
+        pass  # the daemon stopped reading: what we want
+    time.sleep(0.5)
+    grown = rss_kb(pid) - idle
+    print(f"sent {sent} lines without reading; daemon RSS +{grown} kB")
+    sock.close()
+    assert grown < 16 * 1024, grown
+    events = daemon.run({"code": HELLO, "id": "after"})
+    assert finals(events)["after"]["status"] == "ok"
