@@ -129,6 +129,24 @@ def test_build_files_are_bounded_by_the_build_disk_limit(daemon):
     assert str(daemon.state_dir) not in output(events, "b")
 
 
+BUILD_BOMB = ("package main\n\nimport \"fmt\"\n\nvar x = [1 << 26]int{"
+              + ", ".join(f"{i * 7919 % (1 << 26)}: {i}" for i in range(1, 2000))
+              + "}\n\nfunc main() { fmt.Println(len(x)) }\n")
+
+
+def test_build_bombs_end_in_the_build_phase(daemon):
+    # A 512 MiB array literal: the compiler's memory, then its time, run out.
+    events = beside(daemon, {"code": BUILD_BOMB, "limits": {"build": {"memory_mb": 128}}})
+    final = final_of(events)
+    assert final["status"] == "memory_limit" and final["phase"] == "build", final
+    assert "128 MiB" in final["message"]
+    slow = BUILD_BOMB.replace("len(x)", "len(x), 1")
+    events = daemon.run({"code": slow, "id": "t", "limits": {"build": {"wall_ms": 300}}})
+    final = finals(events)["t"]
+    assert final["status"] == "timeout" and final["phase"] == "build", final
+    assert "(timeout: wall)" in final["message"] and final["wall_ms"] < 5000
+
+
 def test_no_network(daemon):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
