@@ -136,15 +136,20 @@ class BoxPool:
         if (
             session_id is not None
             and session_id not in self.sessions
-            and len(self.sessions) >= self.settings.max_sessions
+            and session_id not in self.session_locks
+            and self._session_count() >= self.settings.max_sessions
         ):
             self.cleanup()
-            if len(self.sessions) >= self.settings.max_sessions:
+            if self._session_count() >= self.settings.max_sessions:
                 return defer.fail(QueueFull(
                     f"too many live sessions ({self.settings.max_sessions})"
                 ))
         self.waiting += 1
         return defer.ensureDeferred(self._acquire(session_id))
+
+    def _session_count(self) -> int:
+        """Live sessions, and new ones whose first request still waits: each will hold a box."""
+        return len(self.sessions.keys() | self.session_locks.keys())
 
     async def _acquire(self, session_id: str | None) -> Box:
         try:

@@ -256,6 +256,20 @@ def test_too_many_sessions_is_queue_full_until_one_expires():
     assert got(pool.acquire("b")).session_id == "b"
 
 
+def test_new_sessions_still_waiting_count_against_max_sessions():
+    pool, _, _ = make_pool(boxes=1, max_sessions=2)
+    busy = got(pool.acquire(None))
+    first, second = pool.acquire("a"), pool.acquire("b")  # both wait: no box is free
+    errors: list = []
+    pool.acquire("c").addErrback(errors.append)
+    assert errors and errors[0].check(QueueFull)
+    assert waiting(pool.acquire("a"))  # a session already counted is not refused
+    pool.release(busy)
+    pool.release(got(first))
+    pool.release(got(second))
+    assert len(pool.sessions) == 2
+
+
 # -- anonymous boxes ---------------------------------------------------------------------
 
 
