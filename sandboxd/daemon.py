@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from sandboxd import cgroup, hostfs, toolchain
 from sandboxd.bincache import BinaryCache
 from sandboxd.connection import ConnectionFactory
-from sandboxd.drivers import choose
+from sandboxd.drivers import DriverError, choose
 from sandboxd.health import HealthCheck
 from sandboxd.job import Runtime
 from sandboxd.limits import LimitPolicy
@@ -73,10 +73,16 @@ class SandboxDaemon(service.MultiService):
         os.chmod(state_dir, 0o711)
         if cgroups == "off":
             self.cgroups = cgroup.CgroupSupport(None, {}, "turned off with --cgroups=off")
+        elif cgroups == "isolate":
+            self.cgroups = cgroup.CgroupSupport(None, {}, "isolate --cg makes the cgroups")
         else:
             self.cgroups = cgroup.detect(f"sandboxd-{_instance_name(state_dir)}")
         self.driver = choose(sandbox, state_dir=state_dir, cgroups=self.cgroups,
                              first_uid=first_uid)
+        if cgroups == "isolate":
+            if self.driver.name != "isolate":
+                raise DriverError("--cgroups=isolate needs the isolate driver")
+            self.driver.own_cgroups = True
         self.toolchain = toolchain.load(toolchain.find_goroot(go), cache_dir)
         self.toolchains = {self.toolchain.name: self.toolchain}
         for name, path in (more_go or {}).items():

@@ -488,7 +488,7 @@ class Job:
 
     async def _child(self, run: SandboxRun, sink, stdin: bytes | None = b"") -> ChildResult:
         cgroup = None
-        if self.rt.cgroups.version is not None:
+        if self.rt.cgroups.version is not None and not self.rt.driver.own_cgroups:
             cgroup = self.rt.cgroups.create(f"{run.phase}-{os.getpid()}-{self.number}")
             assert cgroup is not None
             cgroup.set_limits(run.limits.memory_mb * MIB, run.limits.processes)

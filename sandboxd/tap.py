@@ -46,8 +46,8 @@ class Options(usage.Options):
     )
     optParameters = [
         ["sandbox", None, "auto", "auto, isolate or bubblewrap (auto: isolate when installed)"],
-        ["cgroups", None, "auto", "auto (use cgroup v2 or v1 where usable) or off (rlimits "
-         "only, as on a host with neither)"],
+        ["cgroups", None, "auto", "auto (use cgroup v2 or v1 where usable), off (rlimits "
+         "only, as on a host with neither) or isolate (isolate's own --cg, cgroup v2)"],
         ["boxes", None, os.cpu_count() or 1,
          "how many boxes build or run at once (one per CPU by default)", _positive],
         ["max-queue", None, 100, "requests that may wait for a box; past it: queue_full",
@@ -146,7 +146,7 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
         if self["sandbox"] not in ("auto", "isolate", "bubblewrap"):
             raise usage.UsageError("--sandbox is auto, isolate or bubblewrap")
-        if self["cgroups"] not in ("auto", "off"):
+        if self["cgroups"] not in ("auto", "off", "isolate"):
             raise usage.UsageError("--cgroups is auto or off")
         policy = LimitPolicy()
         try:

@@ -206,6 +206,25 @@ def test_isolate_with_a_cgroup_has_no_address_space_limit(iso, tmp_path):
     assert argv[0] == "/bin/sh" and argv.index("/usr/bin/isolate") > argv.index("--")
 
 
+def test_isolate_own_cgroups_passes_cg_and_no_address_space_limit(iso, tmp_path):
+    iso.own_cgroups = True  # --cgroups=isolate: cgroup v2 hosts with isolate's cg_root
+    argv, _ = iso.command(run_run(make_box(tmp_path), tmp_path))
+    lim = DEFAULT_LIMITS.run
+    assert "--cg" in argv and f"--cg-mem={lim.memory_mb * 1024}" in argv
+    assert not any(a.startswith("--mem=") for a in argv)
+    assert argv[0] == "/usr/bin/setsid"  # no daemon cgroup to join first
+    assert any(line.startswith("memory: isolate --cg") for line in iso.describe())
+
+
+def test_isolate_own_cgroups_reports_cgroup_memory_and_oom(iso, tmp_path):
+    iso.own_cgroups = True
+    run = run_run(make_box(tmp_path), tmp_path / "main")
+    write_meta(iso, run, "time:0.400\ntime-wall:0.410\nmax-rss:300000\ncg-mem:262144\n"
+                         "cg-oom-killed:1\nexitsig:9\nstatus:SG\nmessage:Caught fatal signal 9\n")
+    report = iso.report(run, 1, None, b"")
+    assert report.memory_exceeded and report.memory_kb == 262144 and report.signal == 9
+
+
 # The meta files of /work/isolate-lab/FINDINGS.md, exactly as isolate wrote them.
 META = {
     "normal": "time:0.002\ntime-wall:0.002\nmax-rss:2224\ncsw-voluntary:15\ncsw-forced:4\n"

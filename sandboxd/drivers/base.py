@@ -105,6 +105,8 @@ class Driver(ABC):
     name = "driver"
     # True: stop with SIGTERM to the launcher, then SIGKILL to its process group (isolate).
     graceful_stop = False
+    # True: the sandbox makes and enforces its own cgroup (isolate --cg); the daemon makes none.
+    own_cgroups = False
     warm_box_number = 4095
 
     def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:

@@ -98,7 +98,14 @@ class IsolateDriver(Driver):
         return self.num_boxes - 1
 
     def describe(self) -> list[str]:
-        return [*super().describe(),
+        lines = super().describe()
+        if self.own_cgroups:
+            lines = [line for line in lines
+                     if not line.startswith(("memory:", "processes:", "cpu time:"))]
+            lines += ["memory: isolate --cg --cg-mem (cgroup v2, the whole box)",
+                      "processes: isolate --cg --processes (cgroup v2 pids)",
+                      "cpu time: isolate --cg --time (the whole box's cgroup)"]
+        return [*lines,
                 "/tmp, /var/tmp and /dev/shm: a fresh daemon-mounted tmpfs per run "
                 "(size bounded)",
                 "cpu time, also: isolate --time/--extra-time on the program's main process",
@@ -181,7 +188,9 @@ class IsolateDriver(Driver):
             f"--open-files={lim.open_files}",
             f"--chdir={run.cwd}",
         ]
-        if run.cgroup is None:
+        if self.own_cgroups:
+            argv += ["--cg", f"--cg-mem={lim.memory_mb * 1024}"]
+        elif run.cgroup is None:
             argv.append(f"--mem={(lim.memory_mb + 1024) * 1024}")
         if run.phase is Phase.BUILD:
             argv.append(f"--syscalls={BUILD_SYSCALLS}")
