@@ -30,6 +30,8 @@ log = Logger()
 
 # After the client's end-of-input: how often to look whether it has gone altogether.
 HANGUP_POLL_S = 0.2
+# Unfinished lines up to this size never count against the pending-input budget.
+SMALL_LINE = 16 * 1024
 
 
 @implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
@@ -43,6 +45,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.lost = False
         self.paused = False
         self._hangup_watch: LoopingCall | None = None
+        self._pending_counted = 0  # this connection's share of factory.pending_input
 
     # -- connection life -------------------------------------------------------------------
 
@@ -52,6 +55,8 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.setTimeout(self.factory.idle_timeout)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.buffer = b""
+        self._count_pending()
         self.lost = True
         self.setTimeout(None)
         if self._hangup_watch is not None and self._hangup_watch.running:
@@ -133,6 +138,23 @@ class Connection(protocol.Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         self.buffer += data
+        try:
+            self._split_lines()
+        finally:
+            self._count_pending()
+
+    def _count_pending(self) -> None:
+        """Keep the factory's total of unfinished input of all connections up to date."""
+        self.factory.pending_input += len(self.buffer) - self._pending_counted
+        self._pending_counted = len(self.buffer)
+
+    def _over_pending_budget(self) -> bool:
+        """Hundreds of connections each holding most of a maximum-length line would hold
+        gigabytes; past the budget, the big unfinished line that pushes over it is refused."""
+        total = self.factory.pending_input + len(self.buffer) - self._pending_counted
+        return len(self.buffer) > SMALL_LINE and total > self.factory.max_pending_input
+
+    def _split_lines(self) -> None:
         limit = self.factory.max_line_bytes
         while True:
             end = self.buffer.find(b"\n")
@@ -141,6 +163,15 @@ class Connection(protocol.Protocol, TimeoutMixin):
                     if not self.discarding:
                         self._refuse_long_line()
                     self.discarding = True
+                    self.buffer = b""
+                elif not self.discarding and self._over_pending_budget():
+                    self.send(final_event(
+                        None, Status.BAD_REQUEST,
+                        "the server holds too much unfinished input from its clients; this "
+                        "line was skipped (send it again later)", Phase.QUEUE))
+                    self.discarding = True
+                    self.buffer = b""
+                elif self.discarding:
                     self.buffer = b""
                 return
             line, self.buffer = self.buffer[:end], self.buffer[end + 1:]
@@ -272,8 +303,11 @@ class ConnectionFactory(protocol.Factory):
         sources: SourceLimits | None = None,
         max_line_bytes: int = 2 * 1024 * 1024,
         idle_timeout: float | None = 600,
+        max_pending_input: int = 128 * 1024 * 1024,
     ) -> None:
         self.runtime = runtime
+        self.max_pending_input = max_pending_input
+        self.pending_input = 0  # bytes of unfinished lines held, all connections together
         self.policy = policy
         self.sources = sources or SourceLimits()
         self.max_line_bytes = max_line_bytes

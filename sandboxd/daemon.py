@@ -52,6 +52,7 @@ class SandboxDaemon(service.MultiService):
         cleanup_period: float = 300,
         binary_cache_mb: int = 512,
         max_line_bytes: int = 2 * 1024 * 1024,
+        max_pending_input: int = 128 * 1024 * 1024,
         max_source_bytes: int = 512 * 1024,
         max_files: int = 20,
         max_stdin_bytes: int = 1024 * 1024,
@@ -128,6 +129,7 @@ class SandboxDaemon(service.MultiService):
                          max_stdin_bytes=max_stdin_bytes),
             max_line_bytes=max_line_bytes,
             idle_timeout=idle_timeout,
+            max_pending_input=max_pending_input,
         )
 
     def startService(self) -> None:

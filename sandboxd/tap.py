@@ -64,6 +64,8 @@ class Options(usage.Options):
         ["cleanup-period", None, 300.0, "seconds between session cleanups", _seconds],
         ["binary-cache-mb", None, 512, "size bound of the built-program cache (MiB)", _positive],
         ["max-line-bytes", None, 2 * 1024 * 1024, "longest request line", _positive],
+        ["max-pending-input-mb", None, 128, "unfinished request lines held, all connections "
+         "together (MiB); a big line past it is refused", _positive],
         ["max-source-bytes", None, 512 * 1024, "largest source, all files together",
          _positive],
         ["max-files", None, 20, "most files in one request", _positive],
@@ -196,6 +198,7 @@ def makeService(options: Options) -> service.MultiService:
         cleanup_period=options["cleanup-period"],
         binary_cache_mb=options["binary-cache-mb"],
         max_line_bytes=options["max-line-bytes"],
+        max_pending_input=options["max-pending-input-mb"] * 1024 * 1024,
         max_source_bytes=options["max-source-bytes"],
         max_files=options["max-files"],
         max_stdin_bytes=options["max-stdin-bytes"],

@@ -21,7 +21,7 @@ MAX_SOURCE = 16 * 1024
 @pytest.fixture(scope="module")
 def daemon(driver: str):
     d = Daemon(driver, f"--max-line-bytes={MAX_LINE}", f"--max-source-bytes={MAX_SOURCE}",
-               "--max-queue=3", boxes=2).start()
+               "--max-queue=3", "--max-pending-input-mb=1", boxes=2).start()
     try:
         yield d
     finally:
@@ -240,3 +240,29 @@ def test_a_client_that_sends_but_never_reads_does_not_grow_the_daemon(daemon):
     assert grown < 16 * 1024, grown
     events = daemon.run({"code": HELLO, "id": "after"})
     assert finals(events)["after"]["status"] == "ok"
+
+
+def test_unfinished_lines_of_all_connections_are_bounded(daemon):
+    # 1 MiB of unfinished input at most (--max-pending-input-mb=1), lines up to 64 KiB.
+    part = b'{"id": "slow", "code": "' + b"x" * (MAX_LINE - 1000)
+    holders = [daemon.connect() for _ in range(24)]
+    try:
+        for c in holders:
+            c.send(part)
+        time.sleep(0.5)
+        refused = []
+        for c in holders:
+            c.sock.settimeout(0.2)
+            try:
+                refused.append(c.read_event(timeout=0.2))
+            except (TimeoutError, OSError):
+                pass
+        # Some unfinished lines were refused with a clear message; the rest wait, held.
+        assert refused and all(e["status"] == "bad_request" and "unfinished input"
+                                in e["message"] for e in refused), refused
+        assert len(refused) < len(holders)
+        events = daemon.run({"code": HELLO, "id": "real"})
+        assert finals(events)["real"]["status"] == "ok"
+    finally:
+        for c in holders:
+            c.close()
