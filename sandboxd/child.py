@@ -90,15 +90,18 @@ class SandboxChild(protocol.ProcessProtocol):
     def start(self) -> defer.Deferred[ChildResult]:
         self._started = time.monotonic()
         try:
+            self.driver.prepare(self.run)
             argv, env = self.driver.command(self.run)
             self.reactor.spawnProcess(
                 self, argv[0], argv, env=env,
                 childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r", **self.run.fds},
             )
         except Exception:
+            failure = Failure()
             self.run.close_fds()
             self._finish_cgroup()
-            return defer.fail(Failure())
+            self._finish_driver()
+            return defer.fail(failure)
         self.run.close_fds()
         clock: IReactorTime = self.reactor  # type: ignore[assignment]
         self._timer = clock.callLater(self.run.limits.wall_ms / 1000, self.stop, "wall")
@@ -247,6 +250,7 @@ class SandboxChild(protocol.ProcessProtocol):
         self._finish_cgroup()
         if self.run.cgroup is None:
             self._kill_box_uid(ended=True)  # nothing of the request outlives its final event
+        self._finish_driver()
         try:
             report = self.driver.report(self.run, exit_code, sig, self.status)
         except Exception as e:
@@ -264,6 +268,12 @@ class SandboxChild(protocol.ProcessProtocol):
             out_of_memory=self.out_of_memory,
         )
         self._done.callback(result)
+
+    def _finish_driver(self) -> None:
+        try:
+            self.driver.finish(self.run)
+        except Exception:
+            log.failure("cleaning up after a run")
 
     def _finish_cgroup(self) -> None:
         if self.run.cgroup is not None:

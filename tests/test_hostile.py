@@ -110,6 +110,15 @@ def test_disk_fill_stays_in_the_box(daemon):
     assert free_before - shutil.disk_usage(daemon.state_dir).free < 256 * 1024 * 1024
 
 
+def test_inode_bomb_is_bounded(daemon):
+    events = beside(daemon, {"files": program("inodes"),
+                             "limits": {"disk_mb": 8, "memory_mb": 256, "wall_ms": 20000}})
+    assert final_of(events)["status"] == "ok", final_of(events)
+    counts = [int(line.rsplit(" ", 1)[1]) for line in output(events, "hostile").splitlines()
+              if " files " in line]
+    assert len(counts) == 3 and all(n <= 8 * 256 for n in counts), counts
+
+
 def test_file_size_limit(daemon):
     events = beside(daemon, {"files": program("diskfill"),
                              "limits": {"disk_mb": 64, "file_size_mb": 2}})

@@ -72,6 +72,7 @@ class SandboxRun:
     with_workspace: bool = True  # the box's files at /box
     network: bool = False  # the host's network (only a module download step, never a program)
     scratch: Path | None = None  # a host directory only the daemon writes, for driver files
+    tmp: Path | None = None  # the run's own /tmp and /dev/shm (a daemon-mounted tmpfs)
     # Extra descriptors for the child: its fd number -> the daemon's fd, closed after spawn.
     fds: dict[int, int] = field(default_factory=dict)
 
@@ -206,6 +207,43 @@ class Driver(ABC):
         while hostfs.is_mountpoint(path):
             hostfs.unmount(path)
         hostfs.remove_tree(path)
+        self._remove_tmp(box.number)
+
+    def _tmp_for(self, number: int) -> Path:
+        return self.boxes_dir / f"{number}.tmp"
+
+    def _remove_tmp(self, number: int) -> None:
+        tmp = self._tmp_for(number)
+        while hostfs.is_mountpoint(tmp):
+            hostfs.unmount(tmp)
+        hostfs.remove_tree(tmp)
+
+    def _fresh_tmp(self, box: Box, disk_mb: int) -> Path:
+        """A new, empty /tmp and /dev/shm for each run: one daemon-mounted tmpfs bounded in
+        size and inodes (a tmpfs without an inode bound lets a box fill the host's kernel
+        memory with empty files where no cgroup counts it).  isolate's own /tmp would persist
+        between runs, and its /dev/shm is the host's."""
+        tmp = self._tmp_for(box.number)
+        while hostfs.is_mountpoint(tmp):
+            hostfs.unmount(tmp)
+        hostfs.remove_tree(tmp)
+        hostfs.make_private_dir(tmp, 0, 0, 0o711)
+        if self.use_tmpfs:
+            hostfs.mount_tmpfs(tmp, disk_mb * MIB, max(64, disk_mb * INODES_PER_MB), 0, 0)
+            os.chmod(tmp, 0o711)
+        for name in ("tmp", "shm"):
+            hostfs.make_private_dir(tmp / name, box.uid, box.gid, 0o700)
+        return tmp
+
+    def prepare(self, run: SandboxRun) -> None:  # noqa: B027 (most drivers need nothing)
+        """Host-side set-up for ``run`` just before its command is made and started."""
+
+    def finish(self, run: SandboxRun) -> None:
+        """Host-side clean-up once every process of ``run`` has ended: its /tmp goes at once
+        (its pages are memory) rather than at the box's next run."""
+        if run.tmp is not None:
+            self._remove_tmp(run.box.number)
+            run.tmp = None
 
     def resize_box(self, box: Box, disk_mb: int) -> None:
         if self.use_tmpfs and hostfs.is_mountpoint(box.workspace):

@@ -45,11 +45,19 @@ class BubblewrapDriver(Driver):
         except seccomp.UnsupportedArch:
             self.seccomp = False
 
+    def prepare(self, run: SandboxRun) -> None:
+        if self.use_tmpfs:
+            # /tmp and /dev/shm bounded in inodes too, which bwrap's --tmpfs cannot do.
+            run.tmp = self._fresh_tmp(run.box, run.limits.disk_mb)
+
     def describe(self) -> list[str]:
         syscalls = ("seccomp filter: mount, ptrace, unshare, bpf, io_uring, keyctl, kexec, "
                     "modules and new namespaces refused (EPERM)" if self.seccomp
                     else "no seccomp filter for this architecture (capabilities dropped only)")
-        return [*super().describe(), "/tmp and /dev/shm: bwrap tmpfs --size",
+        tmp = ("/tmp, /var/tmp and /dev/shm: a fresh daemon-mounted tmpfs per run (size and "
+               "inodes bounded)" if self.use_tmpfs else
+               "/tmp and /dev/shm: bwrap tmpfs --size (no inode bound)")
+        return [*super().describe(), tmp,
                 "file size: RLIMIT_FSIZE", "open files: RLIMIT_NOFILE", syscalls]
 
     @staticmethod
@@ -102,8 +110,10 @@ class BubblewrapDriver(Driver):
             *self.system,
             "--proc", "/proc",
             "--dev", "/dev",
-            "--size", tmp_bytes, "--tmpfs", "/tmp",
-            "--size", tmp_bytes, "--tmpfs", "/dev/shm",
+            *(["--bind", f"{run.tmp}/tmp", "/tmp", "--bind", f"{run.tmp}/shm", "/dev/shm"]
+              if run.tmp is not None else
+              ["--size", tmp_bytes, "--tmpfs", "/tmp", "--size", tmp_bytes, "--tmpfs",
+               "/dev/shm"]),
             "--dir", "/var",
             "--symlink", "../tmp", "/var/tmp",
         ]

@@ -24,9 +24,7 @@ from sandboxd import hostfs
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport
 from sandboxd.drivers.base import (
-    INODES_PER_MB,
     LAUNCHER_FAILED,
-    MIB,
     Driver,
     DriverError,
     Report,
@@ -111,9 +109,6 @@ class IsolateDriver(Driver):
                 "cpu time, also: isolate --time/--extra-time on the program's main process",
                 "file size: isolate -f (RLIMIT_FSIZE)", "open files: isolate --open-files"]
 
-    def _tmp_for(self, number: int) -> Path:
-        return self.boxes_dir / f"{number}.tmp"
-
     def _isolate(self, number: int, *args: str) -> str:
         proc = subprocess.run(
             [self.isolate, "-b", str(number), *args], capture_output=True, text=True,
@@ -133,10 +128,6 @@ class IsolateDriver(Driver):
 
     def destroy_box(self, box: Box) -> None:
         super().destroy_box(box)
-        tmp = self._tmp_for(box.number)
-        while hostfs.is_mountpoint(tmp):
-            hostfs.unmount(tmp)
-        hostfs.remove_tree(tmp)
         hostfs.remove_tree(self.prog_dir / str(box.number))
         self._isolate(box.number, "--cleanup")
 
@@ -151,23 +142,6 @@ class IsolateDriver(Driver):
                 log.warn("sweeping isolate box {n}: {e}", n=number, e=e)
         for entry in self.prog_dir.iterdir():
             hostfs.remove_tree(entry)
-
-    def _fresh_tmp(self, box: Box, disk_mb: int) -> Path:
-        """A new, empty, size-bounded /tmp and /dev/shm for each run.
-
-        isolate's own /tmp would persist between runs, and its /dev/shm is the host's.
-        """
-        tmp = self._tmp_for(box.number)
-        while hostfs.is_mountpoint(tmp):
-            hostfs.unmount(tmp)
-        hostfs.remove_tree(tmp)
-        hostfs.make_private_dir(tmp, 0, 0, 0o711)
-        if self.use_tmpfs:
-            hostfs.mount_tmpfs(tmp, disk_mb * MIB, max(64, disk_mb * INODES_PER_MB), 0, 0)
-            os.chmod(tmp, 0o711)
-        for name in ("tmp", "shm"):
-            hostfs.make_private_dir(tmp / name, box.uid, box.gid, 0o700)
-        return tmp
 
     # -- running ---------------------------------------------------------------------------
 
@@ -194,7 +168,7 @@ class IsolateDriver(Driver):
             argv.append(f"--mem={(lim.memory_mb + 1024) * 1024}")
         if run.phase is Phase.BUILD:
             argv.append(f"--syscalls={BUILD_SYSCALLS}")
-        tmp = self._fresh_tmp(run.box, lim.disk_mb)
+        tmp = run.tmp = self._fresh_tmp(run.box, lim.disk_mb)
         argv += [f"--dir=/tmp={tmp}/tmp:rw", f"--dir=/dev/shm={tmp}/shm:rw",
                  f"--dir=/var/tmp={tmp}/tmp:rw"]
         if run.network:
