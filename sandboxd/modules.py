@@ -25,6 +25,9 @@ from pathlib import Path
 MODCACHE_INSIDE = "/gomodcache"
 PROXY_INSIDE = "/goproxy"
 MODFILE_INSIDE = "/out/go.mod"
+# go would index each module it reads into GOCACHE, which is read-only: it then fails ("not in
+# std").  The standard library's index is in the warm cache; third-party modules go unindexed.
+NO_MODULE_INDEX = "goindex=0"
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,14 @@ class ModuleSource:
     def download_env(self) -> dict[str, str]:
         proxy = f"file://{PROXY_INSIDE}" if self.proxy_dir is not None else str(self.proxy)
         return {"GOPROXY": proxy, "GOMODCACHE": MODCACHE_INSIDE, "GOVCS": "*:off",
-                "GONOSUMDB": "", "GOPRIVATE": "", "GOFLAGS": f"-mod=mod -modfile={MODFILE_INSIDE}"}
+                "GONOSUMDB": "", "GOPRIVATE": "", "GOFLAGS": f"-mod=mod -modfile={MODFILE_INSIDE}",
+                "GODEBUG": NO_MODULE_INDEX}
 
     def build_env(self) -> dict[str, str]:
         # A prepared cache answers version queries itself; after a download step all is there.
         proxy = "off" if self.downloads else f"file://{MODCACHE_INSIDE}/cache/download"
         return {"GOPROXY": proxy, "GOMODCACHE": MODCACHE_INSIDE, "GOVCS": "*:off",
-                "GOFLAGS": f"-mod=mod -modfile={MODFILE_INSIDE}"}
+                "GOFLAGS": f"-mod=mod -modfile={MODFILE_INSIDE}", "GODEBUG": NO_MODULE_INDEX}
 
     def describe(self) -> str:
         if self.cache is not None:
