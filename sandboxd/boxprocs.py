@@ -1,4 +1,5 @@
-"""A box's processes found by its uid: CPU accounting on hosts without a usable cgroup.
+"""A box's processes found by its uid: CPU and memory accounting on hosts without a usable
+cgroup.
 
 Every box runs as a uid of its own and one request at a time uses a box, so the processes of
 that uid are exactly the processes of the running request (``setsid`` and double forks
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 
 TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def pids_of(uid: int) -> list[int]:
@@ -28,19 +30,23 @@ def pids_of(uid: int) -> list[int]:
     return found
 
 
-def cpu_ns(uid: int) -> int:
-    """CPU time used by ``uid``'s live processes and the children they reaped."""
-    total = 0
+def usage(uid: int) -> tuple[int, int]:
+    """(CPU ns, resident bytes) of ``uid``'s processes.  CPU counts their own time and their
+    reaped children's; memory is summed over the processes, because ``RLIMIT_AS`` bounds
+    each process alone."""
+    cpu = resident = 0
     for pid in pids_of(uid):
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
-                text = f.read()
+                stat = f.read()
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                statm = f.read()
         except OSError:
             continue
-        fields = text.rpartition(b")")[2].split()
+        fields = stat.rpartition(b")")[2].split()
         try:
-            # utime, stime, cutime, cstime are fields 14-17; [0] here is field 3.
-            total += sum(int(x) for x in fields[11:15])
+            cpu += sum(int(x) for x in fields[11:15])
+            resident += int(statm.split()[1])
         except (ValueError, IndexError):
             continue
-    return total * 1_000_000_000 // TICKS
+    return cpu * 1_000_000_000 // TICKS, resident * PAGE

@@ -46,7 +46,7 @@ class ChildResult:
     """How a process tree ended, as measured by the daemon and the driver."""
 
     report: Report
-    stopped_for: str | None  # "wall", "cpu", "output", "cancelled", or None
+    stopped_for: str | None  # "wall", "cpu", "memory", "output", "cancelled", or None
     wall_ms: int
     cpu_ms: int | None
     memory_kb: int | None
@@ -83,6 +83,7 @@ class SandboxChild(protocol.ProcessProtocol):
         self._cpu_poll: LoopingCall | None = None
         self._cpu_source: Callable[[], int | None] = lambda: None
         self._cpu_seen = 0
+        self._memory_seen = 0  # bytes, hosts without cgroups
         self._ended = False
 
     # -- life ------------------------------------------------------------------------------
@@ -107,12 +108,12 @@ class SandboxChild(protocol.ProcessProtocol):
         self._timer = clock.callLater(self.run.limits.wall_ms / 1000, self.stop, "wall")
         cg = self.run.cgroup
         if cg is not None and cg.cpu_ns() is not None:
-            self._cpu_source = cg.cpu_ns
+            self._cpu_source = lambda: self._cgroup_usage(cg)
             interval = CPU_POLL_S
         else:
             # No cgroup: the box's uid finds its processes (see sandboxd.boxprocs).
             uid = self.run.box.uid
-            self._cpu_source = lambda: boxprocs.cpu_ns(uid)
+            self._cpu_source = lambda: self._uid_usage(uid)
             interval = UID_POLL_S
         self._cpu_poll = LoopingCall(self._check_cpu)
         self._cpu_poll.clock = clock
@@ -183,6 +184,22 @@ class SandboxChild(protocol.ProcessProtocol):
         except (ProcessLookupError, PermissionError):
             pass
 
+    def _cgroup_usage(self, cg) -> int | None:
+        """CPU ns of the box's cgroup; also ends the box at its first OOM kill (the kernel
+        kills one process; the memory limit ends them all)."""
+        if cg.oom_killed():
+            self.stop("memory")
+        return cg.cpu_ns()
+
+    def _uid_usage(self, uid: int) -> int:
+        """CPU ns of the box uid's processes; also stops the box when their memory summed
+        passes the limit (RLIMIT_AS alone bounds each process, not the box)."""
+        cpu, resident = boxprocs.usage(uid)
+        self._memory_seen = max(self._memory_seen, resident)
+        if resident > self.run.limits.memory_mb * 1024 * 1024:
+            self.stop("memory")
+        return cpu
+
     def _check_cpu(self) -> None:
         used = self._cpu_source()
         if used is not None:
@@ -234,7 +251,7 @@ class SandboxChild(protocol.ProcessProtocol):
         exit_code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         cpu_ms = self._cpu_seen // 1_000_000 if self.run.cgroup is None else None
-        memory_kb = None
+        memory_kb = self._memory_seen // 1024 if self._memory_seen else None
         oom = refused = False
         cg = self.run.cgroup
         if cg is not None:

@@ -529,7 +529,7 @@ class Job:
         if stopped == "output":
             return (Status.OUTPUT_LIMIT,
                     f"{what} wrote more than {self.request.limits.output_bytes} bytes of output")
-        if result.oom_killed:
+        if result.oom_killed or stopped == "memory":
             return Status.MEMORY_LIMIT, f"{what} used more than {lim.memory_mb} MiB of memory"
         if stopped == "wall":
             processes = (f"; it reached its process limit of {lim.processes}"

@@ -40,6 +40,14 @@ def test_memory_bomb_is_memory_limit(daemon):
     assert output(events, "hostile", "stdout").startswith("start\n")
 
 
+def test_memory_spread_over_processes_is_memory_limit(daemon):
+    events = beside(daemon, {"files": program("memoryfork"),
+                             "limits": {"memory_mb": 96, "wall_ms": 20000}})
+    final = next(e for e in events if e.get("done"))
+    assert final["status"] == "memory_limit", (final, output(events))
+    assert final["wall_ms"] < 15000
+
+
 def test_fork_bomb_is_contained(daemon):
     events = beside(daemon, {"files": program("forkbomb"),
                              "limits": {"wall_ms": 2000, "processes": 64}})

@@ -155,13 +155,15 @@ class Driver(ABC):
         )
         if cg:
             memory = (f"cgroup v{self.cgroups.version} memory controller, the whole box "
-                      "(OOM kill counted: memory_limit)")
+                      "(its first OOM kill ends the box: memory_limit)")
             processes = "cgroup pids controller for the whole box, + RLIMIT_NPROC per box uid"
             cpu = (f"{how} CPU accounting of the whole box, polled every 50 ms "
                    "(+ RLIMIT_CPU per process as a backstop)")
         else:
             memory = ("RLIMIT_AS per process (memory + 1 GiB headroom, which Go needs to "
-                      "start); the Go runtime's 'out of memory' is reported as memory_limit")
+                      "start; the Go runtime's 'out of memory' is reported as memory_limit), "
+                      "and the resident memory of the box uid's processes summed, polled "
+                      "every 100 ms")
             processes = "RLIMIT_NPROC per box uid"
             cpu = ("CPU time of the box uid's processes, polled every 100 ms "
                    "(+ RLIMIT_CPU per process as a backstop)")
