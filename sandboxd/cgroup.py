@@ -99,14 +99,17 @@ class RunCgroup:
             return _int(self.dirs["unified"] / "memory.peak")
         return _int(self.dirs["memory"] / "memory.max_usage_in_bytes")
 
-    def oom_killed(self) -> bool:
+    def oom_killed(self, certain: bool = False) -> bool:
+        """Whether the OOM killer struck in this cgroup.  Old v1 kernels (before 4.13) have
+        no OOM-kill count; there the limit having been hit is taken instead, unless
+        ``certain`` is asked for (a hit limit may have been met by reclaiming cache)."""
         if self.version == 2:
             return (_keyed(self.dirs["unified"] / "memory.events", "oom_kill") or 0) > 0
         mem = self.dirs["memory"]
         kills = _keyed(mem / "memory.oom_control", "oom_kill")
         if kills is not None:
             return kills > 0
-        return (_int(mem / "memory.failcnt") or 0) > 0
+        return not certain and (_int(mem / "memory.failcnt") or 0) > 0
 
     def pids_refused(self) -> bool:
         """Whether a fork or thread creation was refused for the process limit."""

@@ -187,7 +187,7 @@ class SandboxChild(protocol.ProcessProtocol):
     def _cgroup_usage(self, cg) -> int | None:
         """CPU ns of the box's cgroup; also ends the box at its first OOM kill (the kernel
         kills one process; the memory limit ends them all)."""
-        if cg.oom_killed():
+        if cg.oom_killed(certain=True):
             self.stop("memory")
         return cg.cpu_ns()
 
@@ -201,6 +201,8 @@ class SandboxChild(protocol.ProcessProtocol):
         return cpu
 
     def _check_cpu(self) -> None:
+        if self.stopped_for is not None:
+            return  # stopping already; the poll ends with the run
         used = self._cpu_source()
         if used is not None:
             self._cpu_seen = max(self._cpu_seen, used)
