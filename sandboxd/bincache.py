@@ -12,9 +12,12 @@ import hashlib
 import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.logger import Logger
+
+from sandboxd import hostfs
 
 log = Logger()
 
@@ -65,19 +68,33 @@ class BinaryCache:
         return path
 
     def put(self, key: str, data: bytes) -> Path:
+        def write(fd: int) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+
+        return self._store(key, len(data), write)
+
+    def put_file(self, key: str, source: int, size: int) -> Path:
+        """Store ``size`` bytes of the open file ``source``, copied in the kernel."""
+        return self._store(key, size, lambda fd: hostfs.copy_fd(source, fd, size))
+
+    def _store(self, key: str, size: int, write: Callable[[int], None]) -> Path:
         fd, tmp = tempfile.mkstemp(prefix="tmp", dir=self.directory)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o555)
+            try:
+                write(fd)
+                os.fchmod(fd, 0o555)
+            finally:
+                os.close(fd)
             os.rename(tmp, self.directory / key)
         except BaseException:
             os.unlink(tmp)
             raise
         if key in self._entries:
             self.total -= self._entries.pop(key)
-        self._entries[key] = len(data)
-        self.total += len(data)
+        self._entries[key] = size
+        self.total += size
         self._shrink(keep=key)
         return self.directory / key
 

@@ -91,6 +91,9 @@ class SandboxDaemon(service.MultiService):
         for tc in self.toolchains.values():  # each has its own standard-library cache
             toolchain.warm(tc, self.driver, quiet=False)
         jobs_dir = state_dir / "jobs"
+        if jobs_dir.is_dir() and not jobs_dir.is_symlink():
+            for entry in jobs_dir.iterdir():  # a dead daemon's build dirs (tmpfs mounts)
+                hostfs.remove_scratch_dir(entry)
         hostfs.remove_tree(jobs_dir)
         jobs_dir.mkdir(mode=0o711)
         self.pool = BoxPool(

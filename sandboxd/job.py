@@ -348,14 +348,19 @@ class Job:
                                     diagnostics=cleaned, result=result)
             self.build_ms = result.wall_ms
             try:
-                data = hostfs.read_box_file(out, "main", MAX_BINARY_BYTES)
+                fd, size = hostfs.open_box_file(out, "main", MAX_BINARY_BYTES)
+                try:
+                    binary = rt.binaries.put_file(key, fd, size)
+                finally:
+                    os.close(fd)
             except OSError as e:
                 return BuildOutcome(None, Status.INTERNAL_ERROR,
                                     f"the build left no usable program ({e.strerror})",
                                     result=result)
-            return BuildOutcome(rt.binaries.put(key, data), Status.OK, "", result=result)
+            return BuildOutcome(binary, Status.OK, "", result=result)
         finally:
-            hostfs.remove_scratch_dir(job_dir)
+            # Unmounting and removing it is not on the request's path: the run starts first.
+            rt.reactor.callLater(0, _remove_job_dir, job_dir)
 
     async def _fmt(self) -> None:
         """gofmt parses untrusted text, so it runs in the box like a build."""
@@ -616,6 +621,13 @@ class Job:
             cached=self.cached, run_ms=self.run_ms, bytes=self.sent_bytes,
         )
         self.emit(final_event(self.request.id, status, message, self.phase, **fields))
+
+
+def _remove_job_dir(job_dir: Path) -> None:
+    try:
+        hostfs.remove_scratch_dir(job_dir)
+    except Exception:
+        log.failure("removing {dir}", dir=job_dir)
 
 
 def _collector(cap: int) -> tuple[list[bytes], Callable[[str, bytes, str], int]]:
