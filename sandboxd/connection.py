@@ -11,6 +11,7 @@ requests are cancelled.  When the client reads slowly, every child of the connec
 from __future__ import annotations
 
 import select
+import time
 from typing import Any
 
 from twisted.internet import interfaces, protocol
@@ -46,6 +47,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.paused = False
         self._hangup_watch: LoopingCall | None = None
         self._pending_counted = 0  # this connection's share of factory.pending_input
+        self.last_active = time.monotonic()  # the client's last line or byte
 
     # -- connection life -------------------------------------------------------------------
 
@@ -137,6 +139,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        self.last_active = time.monotonic()
         self.buffer += data
         try:
             self._split_lines()
@@ -304,8 +307,10 @@ class ConnectionFactory(protocol.Factory):
         max_line_bytes: int = 2 * 1024 * 1024,
         idle_timeout: float | None = 600,
         max_pending_input: int = 128 * 1024 * 1024,
+        max_connections: int = 4096,
     ) -> None:
         self.runtime = runtime
+        self.max_connections = max_connections
         self.max_pending_input = max_pending_input
         self.pending_input = 0  # bytes of unfinished lines held, all connections together
         self.policy = policy
@@ -316,5 +321,18 @@ class ConnectionFactory(protocol.Factory):
         self.shutting_down = False  # set on SIGTERM: new requests are refused
 
     def buildProtocol(self, addr: Any) -> Connection:
-        p = Connection(self)
-        return p
+        if len(self.connections) >= self.max_connections:
+            self._shed_idle()
+        return Connection(self)
+
+    def _shed_idle(self) -> None:
+        """At ``--max-connections``, close the connection idle the longest (no request
+        running, nothing sent for longest) to make room: idle connections by the thousand
+        would otherwise take every descriptor and keep real requests out."""
+        idle = [c for c in self.connections if not c.jobs and not c.lost]
+        if not idle:
+            return  # every connection is busy: requests are bounded by the queue anyway
+        victim = min(idle, key=lambda c: c.last_active)
+        log.info("{n} connections: closing the one idle longest", n=len(self.connections))
+        victim.connectionLost()
+        victim.transport.abortConnection()

@@ -53,6 +53,7 @@ class SandboxDaemon(service.MultiService):
         binary_cache_mb: int = 512,
         max_line_bytes: int = 2 * 1024 * 1024,
         max_pending_input: int = 128 * 1024 * 1024,
+        max_connections: int = 4096,
         max_source_bytes: int = 512 * 1024,
         max_files: int = 20,
         max_stdin_bytes: int = 1024 * 1024,
@@ -133,6 +134,7 @@ class SandboxDaemon(service.MultiService):
             max_line_bytes=max_line_bytes,
             idle_timeout=idle_timeout,
             max_pending_input=max_pending_input,
+            max_connections=max_connections,
         )
 
     def startService(self) -> None:

@@ -76,6 +76,8 @@ class Options(usage.Options):
          "(file://DIR, http://, https://) in a step before each build [default: none, no "
          "modules]"],
         ["idle-timeout", None, 600.0, "seconds before an idle connection is closed", _seconds],
+        ["max-connections", None, 4096, "open connections at most; past it the one idle "
+         "longest is closed to make room", _positive],
         ["client-ca", None, None, "PEM file of CA certificates: every ssl: listener then "
          "requires a client certificate signed by one of them [default: none, no client "
          "certificates]"],
@@ -205,6 +207,7 @@ def makeService(options: Options) -> service.MultiService:
         gomodcache=options["gomodcache"],
         goproxy=options["goproxy"],
         idle_timeout=options["idle-timeout"],
+        max_connections=options["max-connections"],
         shutdown_grace=options["shutdown-grace"],
     )
     for description, endpoint in zip(options["listen"], listen, strict=True):

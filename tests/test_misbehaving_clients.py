@@ -16,12 +16,14 @@ from tests.hostile import box_uids, processes_of, program
 HELLO = go_main('\tfmt.Println("hello")')
 MAX_LINE = 64 * 1024
 MAX_SOURCE = 16 * 1024
+MAX_CONN = 100
 
 
 @pytest.fixture(scope="module")
 def daemon(driver: str):
     d = Daemon(driver, f"--max-line-bytes={MAX_LINE}", f"--max-source-bytes={MAX_SOURCE}",
-               "--max-queue=3", "--max-pending-input-mb=1", boxes=2).start()
+               "--max-queue=3", "--max-pending-input-mb=1", f"--max-connections={MAX_CONN}",
+               boxes=2).start()
     try:
         yield d
     finally:
@@ -135,6 +137,19 @@ def test_hundreds_of_idle_connections_do_not_keep_a_request_out(daemon):
         assert finals(events)["real"]["status"] == "ok"
         assert output(events, "real") == "hello\n"
         assert time.monotonic() - start < 30
+        # Past --max-connections the connections idle longest were closed to make room:
+        # the first ones, never the newest.
+        closed = []
+        for s in idle:
+            s.settimeout(0.05)
+            try:
+                closed.append(s.recv(1) == b"")
+            except TimeoutError:
+                closed.append(False)
+            except ConnectionResetError:
+                closed.append(True)
+        assert sum(closed) >= len(idle) - MAX_CONN + 1, sum(closed)
+        assert not any(closed[-MAX_CONN // 2:]), closed
     finally:
         for s in idle:
             s.close()
