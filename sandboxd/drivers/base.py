@@ -109,6 +109,8 @@ class Driver(ABC):
     # True: the sandbox makes and enforces its own cgroup (isolate --cg); the daemon makes none.
     own_cgroups = False
     warm_box_number = 4095
+    # What stops a CPU-bound process should the daemon's polling not (see describe()).
+    cpu_backstop = "RLIMIT_CPU per process"
 
     def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:
         self.state_dir = state_dir
@@ -158,7 +160,7 @@ class Driver(ABC):
                       "(its first OOM kill ends the box: memory_limit)")
             processes = "cgroup pids controller for the whole box, + RLIMIT_NPROC per box uid"
             cpu = (f"{how} CPU accounting of the whole box, polled every 50 ms "
-                   "(+ RLIMIT_CPU per process as a backstop)")
+                   f"(+ {self.cpu_backstop} as a backstop)")
         else:
             memory = ("RLIMIT_AS per process (memory + 1 GiB headroom, which Go needs to "
                       "start; the Go runtime's 'out of memory' is reported as memory_limit), "
@@ -166,7 +168,7 @@ class Driver(ABC):
                       "every 100 ms")
             processes = "RLIMIT_NPROC per box uid"
             cpu = ("CPU time of the box uid's processes, polled every 100 ms "
-                   "(+ RLIMIT_CPU per process as a backstop)")
+                   f"(+ {self.cpu_backstop} as a backstop)")
         return [
             f"box disk: {disk}",
             "build disk: the build's /tmp and its own directory (source, binary, modules) are "

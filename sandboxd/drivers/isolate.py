@@ -75,6 +75,7 @@ def parse_meta(text: str) -> dict[str, str]:
 class IsolateDriver(Driver):
     name = "isolate"
     graceful_stop = True
+    cpu_backstop = "isolate --time/--extra-time on the program's main process"
 
     def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:
         super().__init__(state_dir, cgroups, first_uid)
@@ -103,10 +104,14 @@ class IsolateDriver(Driver):
             lines += ["memory: isolate --cg --cg-mem (cgroup v2, the whole box)",
                       "processes: isolate --cg --processes (cgroup v2 pids)",
                       "cpu time: isolate --cg --time (the whole box's cgroup)"]
+        lines = [line if not line.startswith("wall time:") else
+                 "wall time: daemon timer (and isolate --wall-time), then SIGTERM to isolate "
+                 "(it kills the box), SIGKILL of its process group and of the box uid 0.5 s "
+                 "later" for line in lines]
         return [*lines,
                 "/tmp, /var/tmp and /dev/shm: a fresh daemon-mounted tmpfs per run "
-                "(size bounded)",
-                "cpu time, also: isolate --time/--extra-time on the program's main process",
+                "(size and inodes bounded)",
+                "system calls: isolate's own seccomp filter",
                 "file size: isolate -f (RLIMIT_FSIZE)", "open files: isolate --open-files"]
 
     def _isolate(self, number: int, *args: str) -> str:
