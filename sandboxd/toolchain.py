@@ -157,6 +157,14 @@ def _file_digest(path: Path) -> str:
 
 
 def load(goroot: Path, cache_dir: Path, name: str = "default") -> Toolchain:
+    version, ident = identify(goroot)
+    return Toolchain(name, _installed_copy(goroot, cache_dir / f"go-{ident}"), version, ident,
+                     cache_dir)
+
+
+def identify(goroot: Path) -> tuple[str, str]:
+    """The toolchain's version and ident (a hash of everything that decides a build's output).
+    """
     version_file = goroot / "VERSION"
     if version_file.is_file():
         version = version_file.read_text().split()[0]
@@ -172,9 +180,7 @@ def load(goroot: Path, cache_dir: Path, name: str = "default") -> Toolchain:
     for path in [goroot / "bin" / "go", *tools]:
         if path.name in ("go", "compile", "link", "asm", "vet", "cover"):
             digest.update(f"{path.name}:{_file_digest(path)}".encode())
-    ident = digest.hexdigest()[:16]
-    return Toolchain(name, _installed_copy(goroot, cache_dir / f"go-{ident}"), version, ident,
-                     cache_dir)
+    return version, digest.hexdigest()[:16]
 
 
 def _installed_copy(goroot: Path, target: Path) -> Path:
