@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -58,6 +59,45 @@ def fresh_program() -> str:
 
 
 REPEATED = hello(-1)
+
+
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_ms(pid: int) -> float:
+    """CPU time of a process and of every child it has reaped (and theirs), in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) * TICK_MS
+
+
+def box_cpu_reader(daemon: Daemon) -> Callable[[], float] | None:
+    """CPU ms of everything the daemon ran in its boxes: its v1 cpuacct base cgroup keeps the
+    usage of removed child cgroups.  None where that is not available (v2, no cgroups)."""
+    from sandboxd.daemon import _instance_name
+
+    own = {}
+    for line in Path(f"/proc/{daemon.proc.pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(","):
+            own[c] = path
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, point, fstype, opts, *_ = line.split()
+        if fstype == "cgroup" and "cpuacct" in opts.split(","):
+            usage = (Path(point) / own.get("cpuacct", "/").lstrip("/")
+                     / f"sandboxd-{_instance_name(daemon.state_dir)}" / "cpuacct.usage")
+            if usage.exists():
+                return lambda: int(usage.read_text()) / 1e6
+    return None
+
+
+def daemon_own_cpu_ms(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:13]) * TICK_MS
+
+
+def own_children_cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * 1000
 
 
 def ms_since(start: float) -> float:
@@ -313,6 +353,7 @@ def main() -> int:
     os.chmod(work, 0o755)
     daemons: dict[str, Daemon] = {}
     baseline: IsolateGoRun | None = None
+    pids: dict[str, int] = {}
     began = time.monotonic()
     samples: dict[str, list[float]] = {}
 
@@ -326,6 +367,7 @@ def main() -> int:
         if "isolate" in drivers:
             baseline = IsolateGoRun(work, toolchain)
         rss = {name: RssSampler(d.proc.pid) for name, d in daemons.items()}
+        pids = {name: d.proc.pid for name, d in daemons.items()}
 
         print(f"warming up ({', '.join(drivers)}; seed {SEED}) ...", flush=True)
         for _ in range(2):
@@ -340,15 +382,35 @@ def main() -> int:
 
         print(f"{args.rounds} interleaved rounds ...", flush=True)
         build_ms: dict[str, list[float]] = {}
+        cpu: dict[str, float] = {}
+        cpu_of: dict[str, Callable[[], float]] = {}
+        for name, d in daemons.items():
+            boxes = box_cpu_reader(d)
+            if boxes is None:  # the sandbox's processes are reaped by the daemon's children
+                cpu_of[name] = lambda pid=d.proc.pid: process_cpu_ms(pid)
+            else:
+                cpu_of[name] = lambda pid=d.proc.pid, boxes=boxes: (daemon_own_cpu_ms(pid)
+                                                                    + boxes())
+
+        def charge(name: str, before: float, after: float) -> None:
+            cpu[name] = cpu.get(name, 0.0) + after - before
+
         for _ in range(args.rounds):
+            before = own_children_cpu_ms()
             take("floor fresh", lambda: floor.run(fresh_program()))
+            charge("floor fresh", before, own_children_cpu_ms())
             take("floor repeat", lambda: floor.run(REPEATED, "repeat"))
             for name, d in daemons.items():
+                usage = cpu_of[name]
+                before = usage()
                 ms, final = request(d.socket_path, fresh_program())
+                charge(f"{name} fresh", before, usage())
                 samples.setdefault(f"{name} fresh", []).append(ms)
                 build_ms.setdefault(name, []).append(final["build_ms"])
                 samples.setdefault(f"{name} fresh run wall", []).append(final["wall_ms"])
+                before = usage()
                 take(f"{name} repeat", lambda d=d: request(d.socket_path, REPEATED)[0])
+                charge(f"{name} repeat", before, usage())
             if baseline:
                 take("isolate go run", lambda: baseline.run(fresh_program()))
 
@@ -373,17 +435,19 @@ def main() -> int:
             baseline.close()
         shutil.rmtree(work, ignore_errors=True)
 
-    report(samples, build_ms, stream, idle_kb, drivers, time.monotonic() - began)
+    cpu_per = {name: total / max(1, args.rounds) for name, total in cpu.items()}
+    report(samples, build_ms, stream, idle_kb, drivers, time.monotonic() - began, cpu_per, pids)
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"samples": samples, "build_ms": build_ms, "stream": stream, "idle_kb": idle_kb},
+            {"samples": samples, "build_ms": build_ms, "stream": stream, "idle_kb": idle_kb,
+             "cpu_ms_per_request": cpu_per},
             indent=1))
     return 0
 
 
 def report(samples: dict[str, list[float]], build_ms: dict[str, list[float]],
            stream: dict[str, list[float]], idle_kb: dict[str, int], drivers: list[str],
-           took_s: float) -> None:
+           took_s: float, cpu: dict[str, float], pids: dict[str, int]) -> None:
     def med(name: str) -> float:
         return median(samples.get(name, []))
 
@@ -431,8 +495,16 @@ def report(samples: dict[str, list[float]], build_ms: dict[str, list[float]],
     print()
     for name in drivers:
         peak = max(samples.get(f"{name} rss load", [0]))
-        print(f"{name}: daemon RSS idle {idle_kb.get(name, 0) / 1024:.1f} MiB, "
+        idle = idle_kb.get(name, 0) / 1024
+        print(f"{name} (pid {pids.get(name)}): daemon RSS idle {idle:.1f} MiB, "
               f"under burst load (peak) {peak / 1024:.1f} MiB")
+    print()
+    print("CPU time per request (mean; all processes, the daemon's own included; less "
+          "sensitive to other load than wall time):")
+    base = cpu.get("floor fresh", 0.0)
+    for name, value in cpu.items():
+        ratio = f" ({value / base:.2f}x the floor)" if base and name != "floor fresh" else ""
+        print(f"  {name}: {value:.0f} ms{ratio}")
     print()
     print("raw samples (ms):")
     for name, values in samples.items():
