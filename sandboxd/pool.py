@@ -63,6 +63,7 @@ class BoxPool:
         self.waiting = 0
         self._numbers_in_use: set[int] = set()
         self.stopped = False
+        self._top_up_pending = False
         self._cleanup = LoopingCall(self.cleanup)
         self._cleanup.clock = clock
 
@@ -156,6 +157,8 @@ class BoxPool:
             if session_id is not None:
                 await self.session_locks.setdefault(session_id, defer.DeferredLock()).acquire()
             try:
+                if session_id is None and self.slots.tokens == 0:
+                    self._top_up_soon()
                 await self.slots.acquire()
             except BaseException:
                 if session_id is not None:
@@ -186,6 +189,22 @@ class BoxPool:
         if self.ready:
             return self.ready.pop()
         return self._new_box()
+
+    def _top_up_soon(self) -> None:
+        """Requests are waiting: make spare ready boxes now, off their path, so that the one
+        woken when a box is released finds a ready box instead of making one, while the used
+        box is wiped (bursts).  Surplus boxes are destroyed when recycled."""
+        if not self._top_up_pending:
+            self._top_up_pending = True
+            self.clock.callLater(0, self._top_up)
+
+    def _top_up(self) -> None:
+        self._top_up_pending = False
+        try:
+            while not self.stopped and len(self.ready) < self.settings.boxes:
+                self.ready.append(self._new_box())
+        except Exception:
+            log.failure("making a spare ready box")
 
     def release(self, box: Box) -> None:
         """The request is over (its processes are gone): give the box back."""

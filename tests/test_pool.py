@@ -295,7 +295,21 @@ def test_a_waiting_request_never_gets_an_unwiped_box():
     other = got(nxt)
     assert other is not box and driver.files[other.number] == set()
     clock.advance(0)
-    assert driver.files[box.number] == set()
+    assert driver.files.get(box.number, set()) == set()  # wiped, or destroyed as surplus
+
+
+def test_a_waiting_request_gets_a_box_made_ahead_not_on_its_path():
+    pool, driver, clock = make_pool(boxes=1)
+    box = got(pool.acquire(None))
+    nxt = pool.acquire(None)
+    clock.advance(0)  # while the first request runs, a spare box is made ready
+    assert len(pool.ready) == 1
+    spare = pool.ready[0]
+    made = set(driver.files)
+    pool.release(box)
+    assert got(nxt) is spare and set(driver.files) == made  # nothing made on its path
+    clock.advance(0)
+    assert len(pool.ready) == 1 and all(driver.files[b.number] == set() for b in pool.ready)
 
 
 def test_surplus_anonymous_boxes_are_destroyed_not_hoarded():
