@@ -282,3 +282,28 @@ def test_unfinished_lines_of_all_connections_are_bounded(daemon):
     finally:
         for c in holders:
             c.close()
+
+
+def test_random_garbage_lines_each_get_one_bad_request(daemon):
+    import random
+
+    rng = random.Random(1234)
+    pieces = [b"{", b"}", b"[", b"]", b'"', b":", b",", b"\\", b"null", b"true", b"1e999",
+              b'"id"', b'"code"', b'"files"', b'"limits"', b'"session_id"', b'"type"',
+              b"\xff", b"\x00", b"\xe2\x82", b" ", b"-0", b"{}", b'"run"']
+    lines = []
+    for _ in range(300):
+        line = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
+        lines.append(line.replace(b"\n", b""))
+    lines = [ln for ln in lines if ln.strip()]
+    with daemon.connect() as c:
+        for line in lines:
+            c.send(line + b"\n")
+        c.send({"code": HELLO, "id": "after"})
+        c.shutdown_write()
+        events = c.read_all()
+    no_traceback(events)
+    done = [e for e in events if e.get("done")]
+    assert len(done) == len(lines) + 1
+    assert all(e["status"] == "bad_request" and e["message"] for e in done[:-1])
+    assert done[-1]["id"] == "after" and done[-1]["status"] == "ok"
