@@ -151,7 +151,7 @@ class Options(usage.Options):
         if self["sandbox"] not in ("auto", "isolate", "bubblewrap"):
             raise usage.UsageError("--sandbox is auto, isolate or bubblewrap")
         if self["cgroups"] not in ("auto", "off", "isolate"):
-            raise usage.UsageError("--cgroups is auto or off")
+            raise usage.UsageError("--cgroups is auto, off or isolate")
         policy = LimitPolicy()
         try:
             for name, value in self["max-limits"]:
