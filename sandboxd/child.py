@@ -35,6 +35,10 @@ STREAMS = {1: "stdout", 2: "stderr"}
 # goroutine dump follows, so this is looked for as the output passes, not in the tail.
 OUT_OF_MEMORY = (b"fatal error: out of memory", b"runtime: out of memory",
                  b"failed to reserve page summary memory")
+# What the Go runtime, os/exec and sh print when a fork or a thread is refused; on hosts
+# without a pids cgroup this is how the process limit shows.
+NO_MORE_PROCESSES = (b"failed to create new OS thread", b"resource temporarily unavailable",
+                     b"Cannot fork")
 
 # Called with (stream, bytes, timestamp); returns how many of the bytes may be sent.  Fewer
 # than given means the output limit was reached.
@@ -76,6 +80,7 @@ class SandboxChild(protocol.ProcessProtocol):
         self.status = b""
         self.stderr_tail = b""
         self.out_of_memory = False  # the Go runtime said so on stderr (rlimit hosts)
+        self.processes_refused = False  # a fork or thread creation failure said so on stderr
         self.paused = False
         self._done: defer.Deferred[ChildResult] = defer.Deferred()
         self._started = 0.0
@@ -235,6 +240,8 @@ class SandboxChild(protocol.ProcessProtocol):
             self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL:]
             if not self.out_of_memory and any(m in window for m in OUT_OF_MEMORY):
                 self.out_of_memory = True
+            if not self.processes_refused and any(m in window for m in NO_MORE_PROCESSES):
+                self.processes_refused = True
         if self.stopped_for == "output":
             return  # past the output limit: nothing more is sent
         # Also after a wall, CPU or memory limit: what is still in the pipes was written
@@ -282,7 +289,7 @@ class SandboxChild(protocol.ProcessProtocol):
             cpu_ms=report.cpu_ms if report.cpu_ms is not None else cpu_ms,
             memory_kb=report.memory_kb if report.memory_kb is not None else memory_kb,
             oom_killed=oom or report.memory_exceeded,
-            pids_refused=refused,
+            pids_refused=refused or self.processes_refused,
             stderr_tail=self.stderr_tail,
             out_of_memory=self.out_of_memory,
         )

@@ -53,6 +53,7 @@ def test_fork_bomb_is_contained(daemon):
                              "limits": {"wall_ms": 2000, "processes": 64}})
     final = next(e for e in events if e.get("done"))
     assert final["status"] == "timeout" and "wall" in final["message"], final
+    assert "process limit of 64" in final["message"], final  # seen on its stderr
 
 
 def test_cpu_spin_is_cpu_timeout(daemon):

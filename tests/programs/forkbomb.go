@@ -3,6 +3,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"time"
 )
@@ -14,6 +15,15 @@ func main() {
 		if err := cmd.Start(); err != nil {
 			fmt.Println("start failed:", err)
 		}
+	}
+	// Once the bombs have taken every process the box may have, try to start one more.
+	time.Sleep(500 * time.Millisecond)
+	for i := 0; i < 20; i++ {
+		if err := exec.Command("/bin/true").Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "one more:", err)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(time.Hour)
 }
