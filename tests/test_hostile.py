@@ -59,6 +59,14 @@ def test_fork_bomb_is_contained(daemon):
     assert output(events, "hostile", "stdout").startswith("start\n")
 
 
+def test_refused_processes_are_named_in_the_message(daemon):
+    events = beside(daemon, {"files": program("manyprocs"), "limits": {"processes": 16}})
+    final = final_of(events)
+    assert final["status"] == "runtime_error" and final["exit_code"] == 1, final
+    assert "(it reached its process limit of 16)" in final["message"], final
+    assert "refused" in output(events, "hostile", "stderr")
+
+
 def test_memory_bomb_is_memory_limit(daemon):
     events = beside(daemon, {"files": program("memorybomb"),
                              "limits": {"memory_mb": 64, "wall_ms": 20000}})

@@ -53,7 +53,13 @@ def test_fork_bomb_is_contained(daemon):
                              "limits": {"wall_ms": 2000, "processes": 64}})
     final = next(e for e in events if e.get("done"))
     assert final["status"] == "timeout" and "wall" in final["message"], final
-    assert "process limit of 64" in final["message"], final  # seen on its stderr
+
+
+def test_refused_processes_are_named_in_the_message(daemon):
+    events = beside(daemon, {"files": program("manyprocs"), "limits": {"processes": 16}})
+    final = next(e for e in events if e.get("done"))
+    assert final["status"] == "runtime_error" and final["exit_code"] == 1, final
+    assert "(it reached its process limit of 16)" in final["message"], final
 
 
 def test_cpu_spin_is_cpu_timeout(daemon):
