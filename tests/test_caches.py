@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from sandboxd import toolchain
-from tests.harness import Daemon, finals, go_main, output
+from sandboxd.box import Box
+from sandboxd.cgroup import CgroupSupport
+from sandboxd.drivers import Mount, SandboxRun, choose
+from sandboxd.drivers.base import STATUS_FD
+from sandboxd.limits import DEFAULT_LIMITS
+from sandboxd.status import Phase
+from tests.harness import Daemon, _claim_box_range, finals, go_main, output
 
 LOOP_CLOSURES = go_main(
     "\tvar fs []func() int\n\tfor i := 0; i < 3; i++ {\n"
@@ -254,3 +260,59 @@ def test_changed_toolchain_builds_again(two_toolchains):
     assert built(alt) and out_alt == "toolchain\n"
     assert from_cache(alt_again)
     assert len(list((two_toolchains.state_dir / "binaries").iterdir())) == 2
+
+
+# -- every standard package comes from the std cache ------------------------------------------
+
+
+def test_a_build_in_a_box_compiles_only_the_program(driver):
+    """``go build -x`` exactly as a request's build runs (driver, mounts, environment, flags):
+    only ``main`` is compiled; a difference between the warm's and the builds' environment
+    would make go compile the standard library again, at every build, without failing."""
+    tc = default_toolchain()
+    work = Path(tempfile.mkdtemp(prefix="sandboxd-test-x-"))
+    os.chmod(work, 0o755)
+    _, first = _claim_box_range()
+    number = first + 15
+    drv = choose(driver, state_dir=work / "state", cgroups=CgroupSupport(None, {}),
+                 first_uid=100000 + first)
+    box = Box(number, drv.uid_for(number), drv.uid_for(number), drv.workspace_for(number))
+    src, out = work / "src", work / "out"
+    src.mkdir(mode=0o755)
+    out.mkdir(mode=0o700)
+    os.chown(out, box.uid, box.gid)
+    (src / "go.mod").write_bytes(tc.go_mod())
+    (src / "main.go").write_text(go_main('\tfmt.Println(strings.ToUpper("x"), time.Second)',
+                                         imports=("fmt", "strings", "time")))
+    argv = tc.build_argv()
+    argv.insert(argv.index("build") + 1, "-x")
+    run = SandboxRun(phase=Phase.BUILD, box=box, argv=argv, env=tc.build_env(),
+                     cwd="/src", limits=DEFAULT_LIMITS.build, with_workspace=False,
+                     mounts=[Mount(tc.goroot, "/go"), Mount(tc.std_cache, "/gocache"),
+                             Mount(src, "/src"), Mount(out, "/out", writable=True)])
+    drv.create_box(box, 64)
+    try:
+        drv.prepare(run)
+        cmd, env = drv.command(run)
+        sink = os.open(os.devnull, os.O_WRONLY)
+        fds = {STATUS_FD: sink, **run.fds}
+
+        def place() -> None:
+            for child_fd, fd in fds.items():
+                os.dup2(fd, child_fd)
+
+        try:
+            proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=120, pass_fds=tuple(fds), preexec_fn=place)
+        finally:
+            os.close(sink)
+            run.close_fds()
+            drv.finish(run)
+    finally:
+        drv.destroy_box(box)
+        shutil.rmtree(work, ignore_errors=True)
+    log = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, log
+    compiles = [line for line in log.splitlines() if "/compile " in line and " -V=full" not in line]
+    assert len(compiles) == 1 and " -p main " in compiles[0], compiles
+    assert "packagefile fmt=/gocache/" in log and "packagefile time=/gocache/" in log
