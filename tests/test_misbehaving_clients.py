@@ -76,9 +76,19 @@ def test_non_reading_client_does_not_grow_the_daemon(daemon):
                "limits": {"output_bytes": 64 * 1024 * 1024, "wall_ms": 3000}}
     sock.sendall(json.dumps(request).encode() + b"\n")
     peak = idle
+    blocked = set()
     for _ in range(40):  # 4 s of not reading while the program floods: past its wall time
         time.sleep(0.1)
         peak = max(peak, rss_kb(pid))
+        for proc in processes_of(box_uids(daemon)):
+            try:
+                wchan = Path(f"/proc/{proc.split()[0]}/wchan").read_text()
+            except OSError:
+                continue
+            if proc.endswith(" main") and "pipe" in wchan:
+                blocked.add(proc)
+    # The program itself was seen blocked writing to its unread pipe: it was paused.
+    assert blocked, "the flooding program was never seen blocked on its pipe"
     # The flooder is paused, so unsent output stays small; 64 MiB would have been possible.
     grown = peak - idle
     # Its wall time ran out while it was paused, and the request ended (its box freed)
