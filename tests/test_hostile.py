@@ -303,7 +303,8 @@ def test_planted_links_are_never_followed(daemon):
     assert (victim_dir / "keep.txt").read_text() == "keep me"
 
 
-def test_no_file_is_shared_between_sessions_or_anonymous_requests(daemon):
+def test_nothing_is_shared_between_sessions_or_anonymous_requests(daemon):
+    """No file in any writable place, no abstract Unix socket, no loopback listener."""
     marker = f"mark{os.getpid()}x{int(time.time())}"
     writer = {"files": program("visibility", MODE="write", MARKER=marker),
               "session_id": "writer", "id": "w"}
