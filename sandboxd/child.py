@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sandboxd import boxprocs
-from sandboxd.drivers.base import STATUS_FD, Driver, Report, SandboxRun
+from sandboxd.drivers.base import HOLD_FD, STATUS_FD, Driver, Report, SandboxRun
 from sandboxd.events import now_ms
 
 log = Logger()
@@ -90,12 +90,18 @@ class SandboxChild(protocol.ProcessProtocol):
         self._cpu_seen = 0
         self._memory_seen = 0  # bytes, hosts without cgroups
         self._ended = False
+        self._hold_write: int | None = None  # a held run's "go" pipe (see release())
 
     # -- life ------------------------------------------------------------------------------
 
     def start(self) -> defer.Deferred[ChildResult]:
+        """Spawn the sandbox; a held run (``run.hold``) waits for ``release()`` to start its
+        program, and its limits' clocks start then."""
         self._started = time.monotonic()
         try:
+            if self.run.hold:
+                read_end, self._hold_write = os.pipe()
+                self.run.fds[HOLD_FD] = read_end
             self.driver.prepare(self.run)
             argv, env = self.driver.command(self.run)
             self.reactor.spawnProcess(
@@ -105,10 +111,34 @@ class SandboxChild(protocol.ProcessProtocol):
         except Exception:
             failure = Failure()
             self.run.close_fds()
+            if self._hold_write is not None:
+                os.close(self._hold_write)
+                self._hold_write = None
             self._finish_cgroup()
             self._finish_driver()
             return defer.fail(failure)
         self.run.close_fds()
+        if not self.run.hold:
+            self._arm()
+        return self._done
+
+    def release(self) -> None:
+        """Let a held run's program start now."""
+        fd, self._hold_write = self._hold_write, None
+        if fd is None:
+            return
+        self._started = time.monotonic()
+        try:
+            os.write(fd, b"go")
+        except OSError:
+            pass  # the sandbox is gone already; processEnded reports it
+        finally:
+            os.close(fd)
+        if not self._ended:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Start the wall-time timer and the CPU/memory polling."""
         clock: IReactorTime = self.reactor  # type: ignore[assignment]
         self._timer = clock.callLater(self.run.limits.wall_ms / 1000, self.stop, "wall")
         cg = self.run.cgroup
@@ -125,7 +155,6 @@ class SandboxChild(protocol.ProcessProtocol):
         self._cpu_poll.start(interval, now=False).addErrback(
             lambda f: log.failure("cpu poll", f)
         )
-        return self._done
 
     def connectionMade(self) -> None:
         if self.stdin is not None:
@@ -251,6 +280,9 @@ class SandboxChild(protocol.ProcessProtocol):
             self.stop("output")
 
     def processEnded(self, reason: Failure) -> None:
+        if self._hold_write is not None:
+            os.close(self._hold_write)
+            self._hold_write = None
         self._ended = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -116,6 +116,24 @@ def test_identical_requests_together_build_once(daemon):
     assert len(builders) == 1, done
 
 
+def test_the_run_clock_starts_with_the_program_not_during_the_build(daemon):
+    # bubblewrap sets the run's sandbox up while the build runs (held): its 100 ms of wall
+    # time must start when the program does, not while the (longer) build still runs.
+    events = daemon.run({"code": go_main('\tfmt.Println("held")'), "id": "h",
+                         "limits": {"run": {"wall_ms": 100}}})
+    final = finals(events)["h"]
+    assert built(final) and output(events, "h") == "held\n"
+    assert final["wall_ms"] < 100
+
+
+def test_a_failed_build_leaves_the_box_usable(daemon):
+    bad = daemon.run({"code": go_main("\tundefined()"), "id": "bad"})
+    assert finals(bad)["bad"]["status"] == "compile_error"
+    good = daemon.run(*[{"code": go_main(f'\tfmt.Println("after", {i})'), "id": f"g{i}"}
+                        for i in range(3)])
+    assert all(output(good, f"g{i}") == f"after {i}\n" for i in range(3))
+
+
 # -- nothing in a box changes a cache ---------------------------------------------------------
 
 ATTACK_CACHE = go_main(

@@ -33,6 +33,8 @@ LAUNCHER_FAILED = 125
 STATUS_FD = 3
 # Where the sandbox finds its seccomp filter (bwrap's --seccomp).
 SECCOMP_FD = 4
+# Where a held sandbox (see ``Driver.can_hold``) waits for the byte that lets its program start.
+HOLD_FD = 5
 
 # What a program sees as its whole environment.
 RUN_ENV = {
@@ -73,6 +75,9 @@ class SandboxRun:
     network: bool = False  # the host's network (only a module download step, never a program)
     scratch: Path | None = None  # a host directory only the daemon writes, for driver files
     tmp: Path | None = None  # the run's own /tmp and /dev/shm (a daemon-mounted tmpfs)
+    # Held: the sandbox is set up at once but starts the program only when ``HOLD_FD`` (read
+    # end of a pipe the daemon owns) gets a byte, so the set-up overlaps the build.
+    hold: bool = False
     # Extra descriptors for the child: its fd number -> the daemon's fd, closed after spawn.
     fds: dict[int, int] = field(default_factory=dict)
 
@@ -108,6 +113,8 @@ class Driver(ABC):
     graceful_stop = False
     # True: the sandbox makes and enforces its own cgroup (isolate --cg); the daemon makes none.
     own_cgroups = False
+    # True: a run can be set up ahead and held until its program may start (``SandboxRun.hold``).
+    can_hold = False
     warm_box_number = 4095
     # What stops a CPU-bound process should the daemon's polling not (see describe()).
     cpu_backstop = "RLIMIT_CPU per process"
@@ -213,21 +220,23 @@ class Driver(ABC):
         hostfs.remove_tree(path)
         self._remove_tmp(box.number)
 
-    def _tmp_for(self, number: int) -> Path:
-        return self.boxes_dir / f"{number}.tmp"
+    def _tmp_for(self, number: int, held: bool = False) -> Path:
+        """A box's /tmp; a held run has its own, as it is made while the build still runs."""
+        return self.boxes_dir / (f"{number}.held.tmp" if held else f"{number}.tmp")
 
-    def _remove_tmp(self, number: int) -> None:
-        tmp = self._tmp_for(number)
-        while hostfs.is_mountpoint(tmp):
-            hostfs.unmount(tmp)
-        hostfs.remove_tree(tmp)
+    def _remove_tmp(self, number: int, held: bool | None = None) -> None:
+        for which in ((False, True) if held is None else (held,)):
+            tmp = self._tmp_for(number, which)
+            while hostfs.is_mountpoint(tmp):
+                hostfs.unmount(tmp)
+            hostfs.remove_tree(tmp)
 
-    def _fresh_tmp(self, box: Box, disk_mb: int) -> Path:
+    def _fresh_tmp(self, box: Box, disk_mb: int, held: bool = False) -> Path:
         """A new, empty /tmp and /dev/shm for each run: one daemon-mounted tmpfs bounded in
         size and inodes (a tmpfs without an inode bound lets a box fill the host's kernel
         memory with empty files where no cgroup counts it).  isolate's own /tmp would persist
         between runs, and its /dev/shm is the host's."""
-        tmp = self._tmp_for(box.number)
+        tmp = self._tmp_for(box.number, held)
         while hostfs.is_mountpoint(tmp):
             hostfs.unmount(tmp)
         hostfs.remove_tree(tmp)
@@ -246,7 +255,7 @@ class Driver(ABC):
         """Host-side clean-up once every process of ``run`` has ended: its /tmp goes at once
         (its pages are memory) rather than at the box's next run."""
         if run.tmp is not None:
-            self._remove_tmp(run.box.number)
+            self._remove_tmp(run.box.number, run.hold)
             run.tmp = None
 
     def resize_box(self, box: Box, disk_mb: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from sandboxd import seccomp
 from sandboxd.cgroup import CgroupSupport
 from sandboxd.drivers.base import (
+    HOLD_FD,
     LAUNCHER_FAILED,
     MIB,
     SECCOMP_FD,
@@ -32,6 +33,7 @@ NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/s
 
 class BubblewrapDriver(Driver):
     name = "bubblewrap"
+    can_hold = True  # bwrap --block-fd: namespaces, mounts and limits set up, program not yet
 
     def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:
         super().__init__(state_dir, cgroups, first_uid)
@@ -48,7 +50,7 @@ class BubblewrapDriver(Driver):
     def prepare(self, run: SandboxRun) -> None:
         if self.use_tmpfs:
             # /tmp and /dev/shm bounded in inodes too, which bwrap's --tmpfs cannot do.
-            run.tmp = self._fresh_tmp(run.box, run.limits.disk_mb)
+            run.tmp = self._fresh_tmp(run.box, run.limits.disk_mb, run.hold)
 
     def describe(self) -> list[str]:
         syscalls = ("seccomp filter: mount, ptrace, unshare, bpf, io_uring, keyctl, kexec, "
@@ -129,6 +131,10 @@ class BubblewrapDriver(Driver):
         if self.seccomp:
             run.fds[SECCOMP_FD] = seccomp.program_fd()
             sandbox += ["--seccomp", str(SECCOMP_FD)]
+        if run.hold:
+            if HOLD_FD not in run.fds:
+                raise ValueError("a held run needs the read end of its pipe at HOLD_FD")
+            sandbox += ["--block-fd", str(HOLD_FD)]
         sandbox += ["--chdir", run.cwd, "--clearenv"]
         for key, value in run.env.items():
             sandbox += ["--setenv", key, value]
