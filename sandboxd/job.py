@@ -354,8 +354,9 @@ class Job:
             run = self._build_run(job_dir, files, argv)
             out = job_dir / "out"
             collected, collect = _collector(self.request.limits.output_bytes)
-            self._hold_run()
-            result = await self._child(run, collect)
+            building = defer.ensureDeferred(self._child(run, collect))  # spawned by now
+            self._hold_run()  # set up while the build runs, not before it starts
+            result = await building
             rt.metrics.build_seconds.observe(result.wall_ms / 1000)
             text = b"".join(collected).decode("utf-8", "replace")
             if result.report.failed:
