@@ -8,7 +8,7 @@ import pytest
 
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport, RunCgroup
-from sandboxd.drivers.base import LAUNCHER_FAILED, Driver, Mount, SandboxRun
+from sandboxd.drivers.base import HOLD_FD, LAUNCHER_FAILED, Driver, Mount, SandboxRun
 from sandboxd.drivers.bubblewrap import BubblewrapDriver
 from sandboxd.drivers.isolate import BUILD_SYSCALLS, IsolateDriver, parse_meta
 from sandboxd.limits import DEFAULT_LIMITS
@@ -112,6 +112,23 @@ def test_bwrap_build_has_no_workspace_and_only_out_writable(bwrap, tmp_path):
     assert sandbox[sandbox.index("--chdir") + 1] == "/src"
     assert dict(pairs(sandbox, "--setenv")) == BUILD_ENV
     assert sandbox[-7:] == ["--", "/go/bin/go", "build", "-trimpath", "-o", "/out/main", "."]
+
+
+def test_bwrap_held_run_waits_on_its_pipe_and_only_then(bwrap, tmp_path):
+    box = make_box(tmp_path)
+    plain, _ = bwrap.command(run_run(box, tmp_path / "main"))
+    assert "--block-fd" not in plain
+    held = run_run(box, tmp_path / "main")
+    held.hold = True
+    with pytest.raises(ValueError):
+        bwrap.command(held)  # no pipe given: it would never start, or start at once
+    held.fds[HOLD_FD] = 99
+    argv, _ = bwrap.command(held)
+    _, _, sandbox = split_bwrap(argv)
+    at = sandbox.index("--block-fd")
+    assert sandbox[at + 1] == str(HOLD_FD) and sandbox.count("--block-fd") == 1
+    assert at < sandbox.index("--")
+    assert bwrap.can_hold and not IsolateDriver.can_hold
 
 
 def test_bwrap_with_a_cgroup_joins_it_first_and_drops_the_address_space_limit(bwrap, tmp_path):
