@@ -120,3 +120,18 @@ def test_bad_line_gets_bad_request_and_connection_keeps_working(daemon):
     bad = [e for e in events if e.get("done") and e["status"] == "bad_request"]
     assert len(bad) == 1 and "not valid JSON" in bad[0]["message"]
     assert finals(events)["after"]["status"] == "ok"
+
+
+def test_only_the_box_tmp_and_shm_are_writable(daemon):
+    places = ["/", "/prog", "/var", "/usr", "/box", "/tmp", "/dev/shm"]
+    body = (
+        f"\tfor _, d := range []string{{{', '.join(json.dumps(p) for p in places)}}} {{\n"
+        '\t\terr := os.WriteFile(filepath.Join(d, "probe"), []byte("1"), 0o644)\n'
+        '\t\tfmt.Println(d, err == nil)\n\t}'
+    )
+    events = daemon.run({"code": go_main(body, imports=("fmt", "os", "path/filepath")),
+                         "id": "w"})
+    assert finals(events)["w"]["status"] == "ok"
+    seen = dict(line.split() for line in output(events, "w", "stdout").splitlines())
+    assert seen == {"/": "false", "/prog": "false", "/var": "false", "/usr": "false",
+                    "/box": "true", "/tmp": "true", "/dev/shm": "true"}

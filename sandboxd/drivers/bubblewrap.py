@@ -135,7 +135,9 @@ class BubblewrapDriver(Driver):
             if HOLD_FD not in run.fds:
                 raise ValueError("a held run needs the read end of its pipe at HOLD_FD")
             sandbox += ["--block-fd", str(HOLD_FD)]
-        sandbox += ["--chdir", run.cwd, "--clearenv"]
+        # The sandbox's own root (a tmpfs bwrap made) read-only: the only writable places are
+        # the mounts above, each bounded; not /, not /prog, not /var.
+        sandbox += ["--remount-ro", "/", "--chdir", run.cwd, "--clearenv"]
         for key, value in run.env.items():
             sandbox += ["--setenv", key, value]
         sandbox += ["--", *run.argv]
