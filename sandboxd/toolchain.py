@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,12 +222,42 @@ def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
     import fcntl
 
     if (toolchain.std_cache / "README").is_file():
+        _touch(toolchain)
         return False
     toolchain.cache_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(toolchain.cache_dir, 0o755)
     with open(toolchain.cache_dir / ".warm.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _warm(toolchain, driver, quiet)
+        _prune(toolchain.cache_dir)
+        built = _warm(toolchain, driver, quiet)
+    _touch(toolchain)
+    return built
+
+
+STALE_AFTER_S = 30 * 24 * 3600
+
+
+def _touch(toolchain: Toolchain) -> None:
+    """Mark the toolchain's copy and std cache as in use, so pruning leaves them."""
+    for path in (toolchain.std_cache, toolchain.goroot):
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+
+
+def _prune(cache_dir: Path) -> None:
+    """Remove what no warm or daemon has used for 30 days (an old Go's copy and std cache,
+    about 430 MB each) and the work directories of warms that died (we hold the lock)."""
+    now = time.time()
+    for entry in cache_dir.iterdir():
+        if entry.is_symlink() or not entry.is_dir():
+            continue
+        if entry.name.startswith("warm-") or (
+            entry.name.startswith(("std-", "go-"))
+            and now - entry.stat().st_mtime > STALE_AFTER_S
+        ):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
