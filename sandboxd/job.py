@@ -329,6 +329,12 @@ class Job:
         run = self._build_run(job_dir, files, self.toolchain.download_argv(), download=True)
         collected, collect = _collector(self.request.limits.output_bytes)
         result = await self._child(run, collect)
+        return self._build_failure(result, collected, "the modules could not be downloaded")
+
+    def _build_failure(
+        self, result: ChildResult, collected: list[bytes], failed: str
+    ) -> BuildOutcome | None:
+        """How a build-phase step failed (sandbox, limit, non-zero exit), or None."""
         text = b"".join(collected).decode("utf-8", "replace")
         if result.report.failed:
             return BuildOutcome(None, Status.INTERNAL_ERROR,
@@ -338,7 +344,7 @@ class Job:
             return BuildOutcome(None, limit[0], limit[1], diagnostics=diagnostics.clean(text),
                                 result=result)
         if result.report.exit_code != 0:
-            return BuildOutcome(None, Status.COMPILE_ERROR, "the modules could not be downloaded",
+            return BuildOutcome(None, Status.COMPILE_ERROR, failed,
                                 diagnostics=diagnostics.clean(text, self.renamed), result=result)
         return None
 
@@ -358,18 +364,9 @@ class Job:
             self._hold_run()  # set up while the build runs, not before it starts
             result = await building
             rt.metrics.build_seconds.observe(result.wall_ms / 1000)
-            text = b"".join(collected).decode("utf-8", "replace")
-            if result.report.failed:
-                return BuildOutcome(None, Status.INTERNAL_ERROR,
-                                    f"sandbox failure: {result.report.message}", result=result)
-            limit = self._limit_status(result, Phase.BUILD)
-            if limit is not None:
-                return BuildOutcome(None, limit[0], limit[1], diagnostics=diagnostics.clean(text),
-                                    result=result)
-            if result.report.exit_code != 0:
-                cleaned = diagnostics.clean(text, self.renamed)
-                return BuildOutcome(None, Status.COMPILE_ERROR, "the program did not compile",
-                                    diagnostics=cleaned, result=result)
+            failure = self._build_failure(result, collected, "the program did not compile")
+            if failure is not None:
+                return failure
             self.build_ms = result.wall_ms
             try:
                 fd, size = hostfs.open_box_file(out, "main", MAX_BINARY_BYTES)
