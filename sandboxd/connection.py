@@ -29,6 +29,8 @@ from sandboxd.status import Phase, Status
 
 log = Logger()
 
+SHUTDOWN_NOT_STARTED = "the server is shutting down; the request had not started"
+
 # After the client's end-of-input: how often to look whether it has gone altogether.
 HANGUP_POLL_S = 0.2
 # Unfinished lines up to this size never count against the pending-input budget.
@@ -218,15 +220,16 @@ class Connection(protocol.Protocol, TimeoutMixin):
             ))
             return
         if request.id in self.jobs:
+            # id null (the running request with that id has not ended), for_id names it.
             self.send(final_event(
-                request.id, Status.BAD_REQUEST,
+                None, Status.BAD_REQUEST,
                 f"a request with id {request.id!r} is still running on this connection",
-                Phase.QUEUE,
+                Phase.QUEUE, for_id=request.id, for_type=request.type,
             ))
             return
         if self.factory.shutting_down:
             self.send(final_event(request.id, Status.CANCELLED,
-                                  "the server is shutting down; the request was not started",
+                                  SHUTDOWN_NOT_STARTED,
                                   Phase.QUEUE))
             return
         job = Job(self.factory.runtime, request, self.send)

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from sandboxd import cgroup, hostfs, toolchain
 from sandboxd.bincache import BinaryCache
-from sandboxd.connection import ConnectionFactory
+from sandboxd.connection import SHUTDOWN_NOT_STARTED, ConnectionFactory
 from sandboxd.drivers import DriverError, choose
 from sandboxd.health import HealthCheck
 from sandboxd.job import Runtime
@@ -186,7 +186,7 @@ class SandboxDaemon(service.MultiService):
         await self._stop_children([s for s in self.listeners if s.running])
         waiting = [job for job in self._jobs() if job.box is None]
         for job in waiting:
-            job.cancel("the server is shutting down; the request had not started")
+            job.cancel(SHUTDOWN_NOT_STARTED)
         running = len(self._jobs())
         if running:
             log.info("shutting down: {n} requests running; waiting up to {s} s",

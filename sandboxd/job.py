@@ -732,8 +732,10 @@ def _remove_job_dir(job_dir: Path) -> None:
         log.failure("removing {dir}", dir=job_dir)
 
 
-def _collector(cap: int) -> tuple[list[bytes], Callable[[str, bytes, str], int]]:
-    """A sink that keeps up to ``cap`` bytes of a tool's output (the rest is dropped)."""
+def _collector(limit: int) -> tuple[list[bytes], Callable[[str, bytes, str], int]]:
+    """A sink that keeps a tool's output up to ``limit`` bytes and 64 KiB more: the text is
+    cleaned before ``limit`` applies, and a cut fragment would clean away to nothing."""
+    cap = limit + 64 * 1024
     collected: list[bytes] = []
     size = [0]
 

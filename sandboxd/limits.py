@@ -143,6 +143,10 @@ class LimitPolicy:
             if phase not in PHASES or name not in PHASE_LIMIT_NAMES:
                 raise LimitError(f"unknown limit {key!r}")
             changed = replace(target, **{phase: replace(target.phase(phase), **{name: value})})
+        least = (self.minimums.output_bytes if key == "output_bytes"
+                 else getattr(self.minimums.phase(key.partition(".")[0]), key.partition(".")[2]))
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise LimitError(f"limit {key} is {value}, below the least that can work ({least})")
         if maximum:
             return LimitPolicy(self.defaults, changed, self.minimums)
         return LimitPolicy(changed, self.maximums, self.minimums)

@@ -149,7 +149,7 @@ def test_duplicate_in_flight_id_is_refused_and_free_again_when_done(conn):
     proto, transport = conn
     proto.dataReceived(SHORT + SHORT)
     (dup,) = events(transport)
-    assert dup["status"] == "bad_request" and dup["id"] == "a"
+    assert dup["status"] == "bad_request" and dup["id"] is None and dup["for_id"] == "a"
     assert "still running" in dup["message"]
     assert len(FakeJob.made) == 1
     FakeJob.made[0].finish()

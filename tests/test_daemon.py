@@ -135,3 +135,10 @@ def test_only_the_box_tmp_and_shm_are_writable(daemon):
     seen = dict(line.split() for line in output(events, "w", "stdout").splitlines())
     assert seen == {"/": "false", "/prog": "false", "/var": "false", "/usr": "false",
                     "/box": "true", "/tmp": "true", "/dev/shm": "true"}
+
+
+def test_a_small_output_limit_still_shows_the_start_of_a_compile_error(daemon):
+    events = daemon.run({"code": "package main\nfunc main(){x}\n", "id": "small",
+                         "limits": {"output_bytes": 10}})
+    assert finals(events)["small"]["status"] == "compile_error"
+    assert output(events, "small", "stderr") == "main.go:2:"  # cleaned, then cut at 10 bytes

@@ -129,3 +129,13 @@ def test_as_dict_lists_every_limit():
     d = DEFAULT_LIMITS.as_dict()
     assert set(d) == {"build", "run", "output_bytes"}
     assert set(d["run"]) == set(PHASE_LIMIT_NAMES) == set(d["build"])
+
+
+def test_operator_settings_below_the_least_that_can_work_are_refused():
+    policy = LimitPolicy()
+    for key, value in (("run.wall_ms", -5), ("run.wall_ms", 0), ("build.memory_mb", 1),
+                       ("output_bytes", -1)):
+        for maximum in (False, True):
+            with pytest.raises(LimitError, match="below the least"):
+                policy.with_setting(key, value, maximum=maximum)
+    assert policy.with_setting("run.wall_ms", 10).defaults.run.wall_ms == 10
