@@ -11,6 +11,7 @@ requests are cancelled.  When the client reads slowly, every child of the connec
 from __future__ import annotations
 
 import select
+import socket
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from sandboxd import __version__
-from sandboxd.events import encode, final_event
+from sandboxd.events import encode, final_event, output_event
 from sandboxd.job import Job, Runtime
 from sandboxd.limits import LimitPolicy
 from sandboxd.request import BadRequest, Control, SourceLimits, parse_line
@@ -33,6 +34,7 @@ SHUTDOWN_NOT_STARTED = "the server is shutting down; the request had not started
 
 # After the client's end-of-input: how often to look whether it has gone altogether.
 HANGUP_POLL_S = 0.2
+PROBE_S = 0.4  # after a TCP client's end of input, at most this long without a write
 # Unfinished lines up to this size never count against the pending-input budget.
 SMALL_LINE = 16 * 1024
 
@@ -47,6 +49,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.input_closed = False
         self.lost = False
         self.paused = False
+        self._last_write = 0.0
         self._hangup_watch: LoopingCall | None = None
         self._pending_counted = 0  # this connection's share of factory.pending_input
         self.last_active = time.monotonic()  # the client's last line or byte
@@ -105,6 +108,26 @@ class Connection(protocol.Protocol, TimeoutMixin):
             return
         if self._peer_gone():
             self._hang_up()
+            return
+        self._probe()
+
+    def _probe(self) -> None:
+        """A TCP peer that closed looks half-closed until something is written to it: then it
+        answers with a reset, which the next look sees.  So while requests run after the
+        client's end of input, send an empty output event (valid on the wire, it adds
+        nothing) every ``PROBE_S``; a client that is still there just reads it."""
+        now = time.monotonic()
+        if now - self._last_write < PROBE_S or not self._is_tcp():
+            return
+        job = next(iter(self.jobs.values()))
+        self.send(output_event(job.request.id, "stdout", job.phase, ""))
+
+    def _is_tcp(self) -> bool:
+        try:
+            family = self.transport.getHandle().family
+        except Exception:
+            return False
+        return family in (socket.AF_INET, socket.AF_INET6)
 
     def _hang_up(self) -> None:
         log.info("the client went away; cancelling its requests")
@@ -265,6 +288,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
 
     def send(self, event: dict[str, Any]) -> None:
         if not self.lost:
+            self._last_write = time.monotonic()
             self.transport.write(encode(event))
 
     # -- IPushProducer: the transport asks us to hold output while the client is slow -----

@@ -317,3 +317,57 @@ def test_random_garbage_lines_each_get_one_bad_request(daemon):
     assert len(done) == len(lines) + 1
     assert all(e["status"] == "bad_request" and e["message"] for e in done[:-1])
     assert done[-1]["id"] == "after" and done[-1]["status"] == "ok"
+
+
+def test_tcp_client_that_closed_after_its_request_frees_its_box_soon(driver):
+    """A TCP close looks like a half-close until the server writes; it probes, then cancels."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    d = Daemon(driver, boxes=1, listen=[f"tcp:{port}:interface=127.0.0.1"]).start()
+    try:
+        sleeper = go_main('\tfmt.Println("up")\n\ttime.Sleep(time.Hour)',
+                          imports=("fmt", "time"))
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        sock.sendall(json.dumps({"code": sleeper, "id": "t", "limits": {"wall_ms": 60000}})
+                     .encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)  # like nc -N: end of input
+        buffer = b""
+        while b'"up\\n"' not in buffer:
+            buffer += sock.recv(65536)
+        assert processes_of(box_uids(d))
+        gone = time.monotonic()
+        sock.close()  # and now the client is gone for good (a FIN, no reset)
+        while processes_of(box_uids(d)) and time.monotonic() - gone < 10:
+            time.sleep(0.02)
+        left_at = time.monotonic() - gone
+        print(f"boxes of a closed TCP client freed after {left_at:.3f} s")
+        assert not processes_of(box_uids(d)) and left_at < 1.5, left_at
+        while "status=cancelled" not in d.log() and time.monotonic() - gone < 10:
+            time.sleep(0.02)  # the request's log line follows its box's end by a moment
+        assert "request t " in d.log() and "status=cancelled" in d.log()
+    finally:
+        d.cleanup()
+
+
+def test_tcp_half_close_still_gets_every_event(driver):
+    """The probes a half-closed TCP client gets are empty output events, nothing more."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    d = Daemon(driver, boxes=1, listen=[f"tcp:{port}:interface=127.0.0.1"]).start()
+    try:
+        slow = go_main('\ttime.Sleep(1500 * time.Millisecond)\n\tfmt.Println("late")',
+                       imports=("fmt", "time"))
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        sock.sendall(json.dumps({"code": slow, "id": "h"}).encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        events = [json.loads(line) for line in data.splitlines()]
+        assert finals(events)["h"]["status"] == "ok" and output(events, "h") == "late\n"
+        probes = [e for e in events if not e.get("done") and e["output"] == ""]
+        assert probes and all(e["id"] == "h" and e["stream"] == "stdout" for e in probes)
+    finally:
+        d.cleanup()
