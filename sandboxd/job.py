@@ -403,13 +403,7 @@ class Job:
             return min(len(data), room)
 
         result = await self._child(run, collect, self.request.files["main.go"])
-        if result.report.failed:
-            self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",
-                         result)
-            return
-        limit = self._limit_status(result, Phase.BUILD)
-        if limit is not None:
-            self._finish(limit[0], limit[1], result)
+        if self._finished_by_stop(result, Phase.BUILD):
             return
         if result.report.exit_code != 0:
             errors = diagnostics.clean(b"".join(streams["stderr"]).decode("utf-8", "replace"))
@@ -442,13 +436,7 @@ class Job:
         finally:
             hostfs.remove_scratch_dir(job_dir)
         lines.flush()
-        if result.report.failed:
-            self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",
-                         result)
-            return
-        limit = self._limit_status(result, Phase.BUILD)
-        if limit is not None:
-            self._finish(limit[0], limit[1], result)
+        if self._finished_by_stop(result, Phase.BUILD):
             return
         if result.report.exit_code == 0:
             self._finish(Status.OK, "go vet found nothing", result, vet_findings=0)
@@ -457,6 +445,18 @@ class Job:
         else:
             self._finish(Status.VET_ISSUES, f"go vet found {lines.findings} issues", result,
                          vet_findings=lines.findings)
+
+    def _finished_by_stop(self, result: ChildResult, phase: Phase) -> bool:
+        """End the request when the sandbox failed or a limit (or cancel) stopped the phase."""
+        if result.report.failed:
+            self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",
+                         result)
+            return True
+        limit = self._limit_status(result, phase)
+        if limit is not None:
+            self._finish(limit[0], limit[1], result)
+            return True
+        return False
 
     def _run_argv(self) -> list[str]:
         argv = [BINARY_INSIDE]
@@ -489,13 +489,7 @@ class Job:
         self.run_ms = result.wall_ms
         rt.metrics.run_seconds.observe(result.wall_ms / 1000)
         self._flush()
-        if result.report.failed:
-            self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",
-                         result)
-            return
-        limit = self._limit_status(result, Phase.RUN)
-        if limit is not None:
-            self._finish(limit[0], limit[1], result)
+        if self._finished_by_stop(result, Phase.RUN):
             return
         report = result.report
         if self.tests is not None:
