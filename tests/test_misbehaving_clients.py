@@ -3,6 +3,7 @@ by the hundred, and every kind of bad input.  No client ever sees a traceback.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -319,13 +320,22 @@ def test_random_garbage_lines_each_get_one_bad_request(daemon):
     assert done[-1]["id"] == "after" and done[-1]["status"] == "ok"
 
 
-def test_tcp_client_that_closed_after_its_request_frees_its_box_soon(driver):
-    """A TCP close looks like a half-close until the server writes; it probes, then cancels."""
+@contextlib.contextmanager
+def tcp_daemon(driver: str):
+    """A one-box daemon that also listens on a free loopback TCP port: (daemon, port)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     d = Daemon(driver, boxes=1, listen=[f"tcp:{port}:interface=127.0.0.1"]).start()
     try:
+        yield d, port
+    finally:
+        d.cleanup()
+
+
+def test_tcp_client_that_closed_after_its_request_frees_its_box_soon(driver):
+    """A TCP close looks like a half-close until the server writes; it probes, then cancels."""
+    with tcp_daemon(driver) as (d, port):
         sleeper = go_main('\tfmt.Println("up")\n\ttime.Sleep(time.Hour)',
                           imports=("fmt", "time"))
         sock = socket.create_connection(("127.0.0.1", port), timeout=60)
@@ -346,17 +356,11 @@ def test_tcp_client_that_closed_after_its_request_frees_its_box_soon(driver):
         while "status=cancelled" not in d.log() and time.monotonic() - gone < 10:
             time.sleep(0.02)  # the request's log line follows its box's end by a moment
         assert "request t " in d.log() and "status=cancelled" in d.log()
-    finally:
-        d.cleanup()
 
 
 def test_tcp_half_close_still_gets_every_event(driver):
     """The probes a half-closed TCP client gets are empty output events, nothing more."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    d = Daemon(driver, boxes=1, listen=[f"tcp:{port}:interface=127.0.0.1"]).start()
-    try:
+    with tcp_daemon(driver) as (_, port):
         slow = go_main('\ttime.Sleep(1500 * time.Millisecond)\n\tfmt.Println("late")',
                        imports=("fmt", "time"))
         sock = socket.create_connection(("127.0.0.1", port), timeout=60)
@@ -369,5 +373,3 @@ def test_tcp_half_close_still_gets_every_event(driver):
         assert finals(events)["h"]["status"] == "ok" and output(events, "h") == "late\n"
         probes = [e for e in events if not e.get("done") and e["output"] == ""]
         assert probes and all(e["id"] == "h" and e["stream"] == "stdout" for e in probes)
-    finally:
-        d.cleanup()
