@@ -160,22 +160,29 @@ def request(path: str, code: str) -> tuple[float, dict]:
     sock.connect(path)
     try:
         sock.sendall(json.dumps({"id": "b", "code": code}).encode() + b"\n")
-        buf = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError("the daemon closed the connection early")
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                event = json.loads(line)
-                if event.get("done"):
-                    took = ms_since(start)
-                    if event["status"] != "ok":
-                        raise RuntimeError(f"request failed: {event}")
-                    return took, event
+        (event,) = read_finals(sock, 1)
+        return ms_since(start), event
     finally:
         sock.close()
+
+
+def read_finals(sock: socket.socket, count: int) -> list[dict]:
+    """Read events until ``count`` final events came; each must say ``ok``."""
+    finals: list[dict] = []
+    buf = b""
+    while len(finals) < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("the daemon closed the connection early")
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            event = json.loads(line)
+            if event.get("done"):
+                if event["status"] != "ok":
+                    raise RuntimeError(f"request failed: {event}")
+                finals.append(event)
+    return finals
 
 
 def burst_client(path: str, codes: list[str]) -> None:
@@ -185,19 +192,7 @@ def burst_client(path: str, codes: list[str]) -> None:
     try:
         sock.sendall(b"".join(json.dumps({"id": f"q{i}", "code": c}).encode() + b"\n"
                               for i, c in enumerate(codes)))
-        buf, left = b"", len(codes)
-        while left:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError("the daemon closed the connection early")
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                event = json.loads(line)
-                if event.get("done"):
-                    if event["status"] != "ok":
-                        raise RuntimeError(f"burst request failed: {event}")
-                    left -= 1
+        read_finals(sock, len(codes))
     finally:
         sock.close()
 
