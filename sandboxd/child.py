@@ -99,7 +99,7 @@ class SandboxChild(protocol.ProcessProtocol):
         program, and its limits' clocks start then."""
         self._started = time.monotonic()
         try:
-            if self.run.hold:
+            if self.run.hold or self.run.hold_launcher:
                 read_end, self._hold_write = os.pipe()
                 self.run.fds[HOLD_FD] = read_end
             self.driver.prepare(self.run)
@@ -118,7 +118,7 @@ class SandboxChild(protocol.ProcessProtocol):
             self._finish_driver()
             return defer.fail(failure)
         self.run.close_fds()
-        if not self.run.hold:
+        if not (self.run.hold or self.run.hold_launcher):
             self._arm()
         return self._done
 
@@ -129,13 +129,27 @@ class SandboxChild(protocol.ProcessProtocol):
             return
         self._started = time.monotonic()
         try:
-            os.write(fd, b"go")
+            os.write(fd, b"go\n")
         except OSError:
             pass  # the sandbox is gone already; processEnded reports it
         finally:
             os.close(fd)
         if not self._ended:
             self._arm()
+
+    def abandon(self) -> None:
+        """End a held child that was never released.  Only its own processes are killed: a
+        child held at its launcher has nothing running as the box's uid, whose processes
+        may belong to the request now using the box."""
+        if self._ended or self._hold_write is None:
+            self.stop("cancelled")
+            return
+        self.stopped_for = "cancelled"
+        if self.run.cgroup is not None:
+            self.run.cgroup.kill_all()
+        pid = getattr(self.transport, "pid", None)
+        if pid is not None:
+            self._signal(pid, signals.SIGKILL)
 
     def _arm(self) -> None:
         """Start the wall-time timer and the CPU/memory polling."""

@@ -169,7 +169,7 @@ def iso(tmp_path, monkeypatch) -> IsolateDriver:
     monkeypatch.setattr("sandboxd.drivers.isolate.read_config", lambda: {})
     driver = IsolateDriver(tmp_path / "state", NO_CGROUPS)
     driver.use_tmpfs = False
-    monkeypatch.setattr(driver, "_fresh_tmp", lambda box, disk_mb: tmp_path / "fresh-tmp")
+    monkeypatch.setattr(driver, "_fresh_tmp", lambda box, disk_mb, tag="": tmp_path / "fresh-tmp")
     return driver
 
 

@@ -28,6 +28,9 @@ INODES_PER_MB = 256
 # The launcher: join the run's cgroups, then become the sandbox.  Runs before anything of the
 # request, so no process of the request starts outside the cgroup.  Exit 125 means it failed.
 JOIN_SCRIPT = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+# The same, held: joined now, waits for a line on HOLD_FD before it starts the sandbox.
+HELD_JOIN_SCRIPT = ('while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; '
+                    'read -r go <&5 || exit 125; exec 5<&-; exec "$@"')
 LAUNCHER_FAILED = 125
 # A pipe the sandbox may report its own progress on (bwrap's --json-status-fd).
 STATUS_FD = 3
@@ -78,6 +81,13 @@ class SandboxRun:
     # Held: the sandbox is set up at once but starts the program only when ``HOLD_FD`` (read
     # end of a pipe the daemon owns) gets a byte, so the set-up overlaps the build.
     hold: bool = False
+    # Held earlier, before the sandbox: only the launcher starts (it joins the cgroup, which
+    # on cgroup v1 waits for an RCU grace period, ~6 ms) and waits for a line on ``HOLD_FD``
+    # before it starts the sandbox.  Nothing runs as the box's uid until then.
+    hold_launcher: bool = False
+    # Names the run's own host-side files (its /tmp, isolate's meta file) apart from those of
+    # other runs of the same box that may overlap it; "" for the usual ones.
+    tag: str = ""
     # Extra descriptors for the child: its fd number -> the daemon's fd, closed after spawn.
     fds: dict[int, int] = field(default_factory=dict)
 
@@ -146,7 +156,8 @@ class Driver(ABC):
         """The argv prefix that puts the process into its cgroup first."""
         if run.cgroup is None:
             return []
-        return ["/bin/sh", "-c", JOIN_SCRIPT, "sandboxd-join", *run.cgroup.procs_files, "--"]
+        script = HELD_JOIN_SCRIPT if run.hold_launcher else JOIN_SCRIPT
+        return ["/bin/sh", "-c", script, "sandboxd-join", *run.cgroup.procs_files, "--"]
 
     @staticmethod
     def nproc(run: SandboxRun) -> int:
@@ -220,23 +231,31 @@ class Driver(ABC):
         hostfs.remove_tree(path)
         self._remove_tmp(box.number)
 
-    def _tmp_for(self, number: int, held: bool = False) -> Path:
-        """A box's /tmp; a held run has its own, as it is made while the build still runs."""
-        return self.boxes_dir / (f"{number}.held.tmp" if held else f"{number}.tmp")
+    @staticmethod
+    def tmp_tag(run: SandboxRun) -> str:
+        """Which of a box's /tmp directories ``run`` has: a held run and a build held ahead
+        are made while another run of the box may still use the plain one."""
+        return run.tag or ("held" if run.hold else "")
 
-    def _remove_tmp(self, number: int, held: bool | None = None) -> None:
-        for which in ((False, True) if held is None else (held,)):
-            tmp = self._tmp_for(number, which)
+    def _tmp_for(self, number: int, tag: str = "") -> Path:
+        return self.boxes_dir / (f"{number}.{tag}.tmp" if tag else f"{number}.tmp")
+
+    def _remove_tmp(self, number: int, tag: str | None = None) -> None:
+        if tag is None:
+            every = [self._tmp_for(number), *self.boxes_dir.glob(f"{number}.*.tmp")]
+        else:
+            every = [self._tmp_for(number, tag)]
+        for tmp in every:
             while hostfs.is_mountpoint(tmp):
                 hostfs.unmount(tmp)
             hostfs.remove_tree(tmp)
 
-    def _fresh_tmp(self, box: Box, disk_mb: int, held: bool = False) -> Path:
+    def _fresh_tmp(self, box: Box, disk_mb: int, tag: str = "") -> Path:
         """A new, empty /tmp and /dev/shm for each run: one daemon-mounted tmpfs bounded in
         size and inodes (a tmpfs without an inode bound lets a box fill the host's kernel
         memory with empty files where no cgroup counts it).  isolate's own /tmp would persist
         between runs, and its /dev/shm is the host's."""
-        tmp = self._tmp_for(box.number, held)
+        tmp = self._tmp_for(box.number, tag)
         while hostfs.is_mountpoint(tmp):
             hostfs.unmount(tmp)
         hostfs.remove_tree(tmp)
@@ -255,7 +274,7 @@ class Driver(ABC):
         """Host-side clean-up once every process of ``run`` has ended: its /tmp goes at once
         (its pages are memory) rather than at the box's next run."""
         if run.tmp is not None:
-            self._remove_tmp(run.box.number, run.hold)
+            self._remove_tmp(run.box.number, self.tmp_tag(run))
             run.tmp = None
 
     def resize_box(self, box: Box, disk_mb: int) -> None:

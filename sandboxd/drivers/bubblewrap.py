@@ -50,7 +50,7 @@ class BubblewrapDriver(Driver):
     def prepare(self, run: SandboxRun) -> None:
         if self.use_tmpfs:
             # /tmp and /dev/shm bounded in inodes too, which bwrap's --tmpfs cannot do.
-            run.tmp = self._fresh_tmp(run.box, run.limits.disk_mb, run.hold)
+            run.tmp = self._fresh_tmp(run.box, run.limits.disk_mb, self.tmp_tag(run))
 
     def describe(self) -> list[str]:
         syscalls = ("seccomp filter: mount, ptrace, unshare, bpf, io_uring, keyctl, kexec, "

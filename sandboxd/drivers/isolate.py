@@ -151,7 +151,8 @@ class IsolateDriver(Driver):
     # -- running ---------------------------------------------------------------------------
 
     def _meta(self, run: SandboxRun) -> Path:
-        return self.meta_dir / f"{run.box.number}-{run.phase}.meta"
+        tag = f"-{run.tag}" if run.tag else ""
+        return self.meta_dir / f"{run.box.number}-{run.phase}{tag}.meta"
 
     def command(self, run: SandboxRun) -> tuple[list[str], dict[str, str]]:
         lim = run.limits
@@ -173,7 +174,7 @@ class IsolateDriver(Driver):
             argv.append(f"--mem={(lim.memory_mb + 1024) * 1024}")
         if run.phase is Phase.BUILD:
             argv.append(f"--syscalls={BUILD_SYSCALLS}")
-        tmp = run.tmp = self._fresh_tmp(run.box, lim.disk_mb)
+        tmp = run.tmp = self._fresh_tmp(run.box, lim.disk_mb, self.tmp_tag(run))
         argv += [f"--dir=/tmp={tmp}/tmp:rw", f"--dir=/dev/shm={tmp}/shm:rw",
                  f"--dir=/var/tmp={tmp}/tmp:rw"]
         if run.network:
