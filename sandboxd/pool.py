@@ -66,13 +66,17 @@ class BoxPool:
         self._top_up_pending = False
         self._cleanup = LoopingCall(self.cleanup)
         self._cleanup.clock = clock
+        # Told when an anonymous box becomes ready, and when any box goes (wiped or destroyed):
+        # what is prepared ahead for a ready box (``sandboxd.heldbuild``) lives and dies with it.
+        self.on_ready: Callable[[Box], None] = lambda box: None
+        self.on_retire: Callable[[Box], None] = lambda box: None
 
     # -- life ------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.driver.sweep()
         for _ in range(self.settings.boxes):
-            self.ready.append(self._new_box())
+            self._make_ready(self._new_box())
         self._start_cleanup()
 
     def _start_cleanup(self) -> None:
@@ -121,7 +125,21 @@ class BoxPool:
     def drop_box(self, box: Box) -> None:
         self._destroy(box)
 
+    def _make_ready(self, box: Box) -> None:
+        self.ready.append(box)
+        try:
+            self.on_ready(box)
+        except Exception:
+            log.failure("preparing ahead for {box}", box=box)
+
+    def _retire(self, box: Box) -> None:
+        try:
+            self.on_retire(box)
+        except Exception:
+            log.failure("ending what was prepared ahead for {box}", box=box)
+
     def _destroy(self, box: Box) -> None:
+        self._retire(box)
         try:
             self.driver.destroy_box(box)
         except Exception:
@@ -202,7 +220,7 @@ class BoxPool:
         self._top_up_pending = False
         try:
             while not self.stopped and len(self.ready) < self.settings.boxes:
-                self.ready.append(self._new_box())
+                self._make_ready(self._new_box())
         except Exception:
             log.failure("making a spare ready box")
 
@@ -236,6 +254,7 @@ class BoxPool:
         if self.stopped or len(self.ready) >= self.settings.boxes:
             self._destroy(box)
             return
+        self._retire(box)
         try:
             self.driver.wipe_box(box, self.settings.disk_mb)
         except Exception:
@@ -243,7 +262,7 @@ class BoxPool:
             self._destroy(box)
             return
         box.runs = 0
-        self.ready.append(box)
+        self._make_ready(box)
 
     # -- sessions --------------------------------------------------------------------------
 

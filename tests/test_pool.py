@@ -322,6 +322,44 @@ def test_surplus_anonymous_boxes_are_destroyed_not_hoarded():
     assert len(pool.ready) == 1 and len(driver.files) == 1
 
 
+def test_what_is_prepared_ahead_lives_exactly_as_long_as_a_ready_box():
+    """on_ready for every box that becomes ready (never a session's); on_retire before a box
+    is wiped or destroyed, so nothing prepared for it outlives its state."""
+    clock = Clock()
+    driver = FakeDriver()
+    pool = BoxPool(driver, PoolSettings(boxes=1), clock, now=clock.seconds)
+    log: list[tuple[str, int, int]] = []  # (hook, box, how many wipes the box had)
+    pool.on_ready = lambda b: log.append(("ready", b.number, driver.wiped.count(b.number)))
+    pool.on_retire = lambda b: log.append(("retire", b.number, driver.wiped.count(b.number)))
+    pool.start()
+    first = pool.ready[0].number
+    assert log == [("ready", first, 0)]
+    box = got(pool.acquire(None))
+    pool.release(box)
+    clock.advance(0)
+    assert log[1:] == [("retire", first, 0), ("ready", first, 1)]  # retired before the wipe
+    session = got(pool.acquire("s"))
+    assert session.number != first and all(n != session.number for _, n, _ in log)
+    pool.release(session)
+    del log[:]
+    pool.stop()
+    assert sorted(log) == [("retire", first, 1), ("retire", session.number, 0)]
+
+
+def test_a_failing_hook_is_logged_and_the_box_still_serves(log_events):
+    pool, _, clock = make_pool(boxes=1)
+
+    def broken(box: Box) -> None:
+        raise RuntimeError("no launcher")
+
+    pool.on_ready = pool.on_retire = broken
+    box = got(pool.acquire(None))
+    pool.release(box)
+    clock.advance(0)
+    assert got(pool.acquire(None)) is box
+    assert len(failures(log_events)) == 2
+
+
 def test_a_box_that_cannot_be_wiped_is_dropped(log_events):
     pool, driver, clock = make_pool(boxes=1)
     box = got(pool.acquire(None))
