@@ -17,6 +17,7 @@ from sandboxd.bincache import BinaryCache
 from sandboxd.connection import SHUTDOWN_NOT_STARTED, ConnectionFactory
 from sandboxd.drivers import DriverError, choose
 from sandboxd.health import HealthCheck
+from sandboxd.heldbuild import HeldBuilds
 from sandboxd.job import Runtime
 from sandboxd.limits import LimitPolicy
 from sandboxd.metrics import Metrics
@@ -63,6 +64,7 @@ class SandboxDaemon(service.MultiService):
         shutdown_grace: float = 10,
         reactor: Any = None,
         cgroups: str = "auto",
+        hold_builds: bool = True,
     ) -> None:
         super().__init__()
         self.reactor = reactor or default_reactor
@@ -124,6 +126,12 @@ class SandboxDaemon(service.MultiService):
             modules=(ModuleSource(cache=Path(gomodcache).resolve()) if gomodcache
                      else ModuleSource(proxy=goproxy) if goproxy else None),
         )
+        if hold_builds:
+            held = self.runtime.held_builds = HeldBuilds(
+                self.reactor, self.driver, self.cgroups, self.toolchain, policy.defaults.build,
+                jobs_dir)
+            self.pool.on_ready = held.hold
+            self.pool.on_retire = held.retire
         self.runtime.metrics.watch(self)
         self.health = HealthCheck(self)
         self.factory = ConnectionFactory(
@@ -207,6 +215,9 @@ class SandboxDaemon(service.MultiService):
         # A health probe in flight uses a spare box of its own: let it finish and remove it.
         await self._until(lambda: not self.health.probing, SHUTDOWN_FLUSH_S)
         self.pool.stop()
+        held = self.runtime.held_builds
+        if held is not None:  # their launchers are killed: let their cgroups and dirs go
+            await self._until(lambda: not held.ending, SHUTDOWN_FLUSH_S)
         await self._stop_children([s for s in reversed(list(self)) if s.running])
         log.info("sandboxd stopped; every box removed")
 

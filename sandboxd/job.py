@@ -20,8 +20,9 @@ from sandboxd.bincache import BinaryCache
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport
 from sandboxd.child import SIGNAL_NAMES, ChildResult, SandboxChild
-from sandboxd.drivers.base import INODES_PER_MB, MIB, RUN_ENV, Driver, Mount, SandboxRun
+from sandboxd.drivers.base import MIB, RUN_ENV, Driver, Mount, SandboxRun
 from sandboxd.events import StreamDecoder, final_event, output_event
+from sandboxd.heldbuild import HeldBuild, HeldBuilds, make_job_dir, remove_job_dir
 from sandboxd.metrics import Metrics
 from sandboxd.modules import MODCACHE_INSIDE, PROXY_INSIDE, ModuleSource
 from sandboxd.pool import BoxPool, QueueFull
@@ -59,6 +60,7 @@ class Runtime:
     toolchains: dict[str, Toolchain] = field(default_factory=dict)  # by name, default included
     modules: ModuleSource | None = None  # None: no third-party modules (the default)
     builds_in_flight: dict[str, defer.Deferred] = field(default_factory=dict)
+    held_builds: HeldBuilds | None = None  # each ready box's next build, launched ahead
     stats: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
 
@@ -122,6 +124,8 @@ class Job:
         self.stdin_eof = False
         # The run's sandbox, set up while the build runs and held until the program is there.
         self.held: HeldRun | None = None
+        # The box's build, launched before the request came (see sandboxd.heldbuild).
+        self.held_build: HeldBuild | None = None
 
     # -- control from the connection -------------------------------------------------------
 
@@ -186,6 +190,7 @@ class Job:
             log.failure("request {id} failed", id=self.request.id)
             self._finish(Status.INTERNAL_ERROR, f"internal error: {type(e).__name__}")
         finally:
+            self._abandon_held_build()
             try:
                 await self._drop_held()
             except Exception:
@@ -211,6 +216,7 @@ class Job:
         if self.cancel_reason is not None:
             self._finish(Status.CANCELLED, self.cancel_reason)
             return
+        self._claim_held_build()
         self.phase = Phase.BUILD
         if req.type == "fmt":
             await self._fmt()
@@ -241,11 +247,13 @@ class Job:
         key = BinaryCache.key(files, tc.ident, flags)
         cached = rt.binaries.get(key)
         if cached is not None:
+            self._abandon_held_build()
             self.cached = True
             rt.count("cache_hits")
             return BuildOutcome(cached, Status.OK, "")
         shared = rt.builds_in_flight.get(key)
         if shared is not None:
+            self._abandon_held_build()
             rt.count("cache_shared")
             waiter: defer.Deferred = defer.Deferred()
             shared.addBoth(lambda r: (waiter.callback(r), r)[1])
@@ -268,9 +276,26 @@ class Job:
     def _make_job_dir(self) -> Path:
         """The build's own directory (src, out, mods), a tmpfs of the build's ``disk_mb``."""
         job_dir = self.rt.jobs_dir / str(self.number)
-        disk_mb = self.request.limits.build.disk_mb
-        hostfs.make_scratch_dir(job_dir, disk_mb * MIB, max(256, disk_mb * INODES_PER_MB))
+        make_job_dir(job_dir, self.request.limits.build.disk_mb)
         return job_dir
+
+    def _claim_held_build(self) -> None:
+        """Take the box's build launched ahead when this request builds just like it."""
+        held = self.rt.held_builds
+        if held is None or self.box is None:
+            return
+        self.held_build = held.take(self.box)
+        hb = self.held_build
+        if hb is not None and not (
+            self.request.type == "run" and not self.testing and self.rt.modules is None
+            and self.toolchain is hb.toolchain and self.request.limits.build == hb.limits
+        ):
+            self._abandon_held_build()
+
+    def _abandon_held_build(self) -> None:
+        hb, self.held_build = self.held_build, None
+        if hb is not None and self.rt.held_builds is not None:
+            self.rt.held_builds.abandon(hb)
 
     def _build_run(self, job_dir: Path, files: dict[str, bytes], argv: list[str],
                    download: bool = False) -> SandboxRun:
@@ -350,17 +375,27 @@ class Job:
 
     async def _compile(self, files: dict[str, bytes], key: str) -> BuildOutcome:
         rt = self.rt
-        job_dir = self._make_job_dir()
+        held, self.held_build = self.held_build, None
+        job_dir = held.job_dir if held is not None else self._make_job_dir()
         try:
-            argv = (self.toolchain.test_argv() if self.testing
-                    else self.toolchain.build_argv())
-            failed = await self._download(job_dir, files)
-            if failed is not None:
-                return failed
-            run = self._build_run(job_dir, files, argv)
-            out = job_dir / "out"
             collected, collect = _collector(self.request.limits.output_bytes)
-            building = defer.ensureDeferred(self._child(run, collect))  # spawned by now
+            if held is not None:  # launched ahead with these very settings: let it go
+                self.child = held.child
+                if self.cancel_reason is not None:
+                    held.child.stopped_for = "cancelled"
+                building = held.start(files, collect, self.paused)
+                if rt.held_builds is not None:
+                    rt.held_builds.used += 1
+                building.addBoth(self._child_ended)
+            else:
+                argv = (self.toolchain.test_argv() if self.testing
+                        else self.toolchain.build_argv())
+                failed = await self._download(job_dir, files)
+                if failed is not None:
+                    return failed
+                run = self._build_run(job_dir, files, argv)
+                building = defer.ensureDeferred(self._child(run, collect))  # spawned by now
+            out = job_dir / "out"
             self._hold_run()  # set up while the build runs, not before it starts
             result = await building
             rt.metrics.build_seconds.observe(result.wall_ms / 1000)
@@ -381,7 +416,7 @@ class Job:
             return BuildOutcome(binary, Status.OK, "", result=result)
         finally:
             # Unmounting and removing it is not on the request's path: the run starts first.
-            rt.reactor.callLater(0, _remove_job_dir, job_dir)
+            rt.reactor.callLater(0, remove_job_dir, job_dir)
 
     async def _fmt(self) -> None:
         """gofmt parses untrusted text, so it runs in the box like a build."""
@@ -598,6 +633,10 @@ class Job:
             child.stopped_for = "cancelled"
         return child, child.start()
 
+    def _child_ended(self, result: Any) -> Any:
+        self.child = None
+        return result
+
     async def _child(self, run: SandboxRun, sink, stdin: bytes | None = b"") -> ChildResult:
         self.child, started = self._spawn(run, sink, stdin)
         try:
@@ -717,13 +756,6 @@ class Job:
             cached=self.cached, run_ms=self.run_ms, bytes=self.sent_bytes,
         )
         self.emit(final_event(self.request.id, status, message, self.phase, **fields))
-
-
-def _remove_job_dir(job_dir: Path) -> None:
-    try:
-        hostfs.remove_scratch_dir(job_dir)
-    except Exception:
-        log.failure("removing {dir}", dir=job_dir)
 
 
 def _collector(limit: int) -> tuple[list[bytes], Callable[[str, bytes, str], int]]:

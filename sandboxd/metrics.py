@@ -79,6 +79,15 @@ class _DaemonState:
                             ("miss", "cache_misses")):
             cache.add_metric([result], stats.get(key, 0))
         yield cache
+        held = self.daemon.runtime.held_builds
+        if held is not None:
+            builds = CounterMetricFamily(
+                "sandboxd_held_builds", "Builds launched ahead for ready boxes: used by a "
+                "request, or abandoned (the request needed other settings or no build)",
+                labels=["result"])
+            builds.add_metric(["used"], held.used)
+            builds.add_metric(["abandoned"], held.abandoned)
+            yield builds
         binaries = self.daemon.runtime.binaries
         yield GaugeMetricFamily("sandboxd_binary_cache_bytes", "Size of the binary cache",
                                 value=binaries.total)

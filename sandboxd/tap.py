@@ -31,6 +31,12 @@ def _seconds(value: str) -> float:
     return number
 
 
+def _on_off(value: str) -> str:
+    if value not in ("on", "off"):
+        raise ValueError(f"{value!r} is neither on nor off")
+    return value
+
+
 def _non_negative(value: str) -> float:
     number = float(value)
     if number < 0:
@@ -45,6 +51,9 @@ class Options(usage.Options):
         "JSON object per line. The wire protocol is in docs/protocol.md."
     )
     optParameters = [
+        ["held-builds", None, "on", "on: each ready box's next build is launched ahead of "
+         "the request and waits (a new program saves ~6-15 ms; docs/performance.md); off",
+         _on_off],
         ["sandbox", None, "auto", "auto, isolate or bubblewrap (auto: isolate when installed)"],
         ["cgroups", None, "auto", "auto (use cgroup v2 or v1 where usable), off (rlimits "
          "only, as on a host with neither) or isolate (isolate's own --cg, cgroup v2)"],
@@ -186,6 +195,7 @@ def makeService(options: Options) -> service.MultiService:
         policy=options["policy"],
         sandbox=options["sandbox"],
         cgroups=options["cgroups"],
+        hold_builds=options["held-builds"] == "on",
         boxes=options["boxes"],
         max_queue=options["max-queue"],
         max_sessions=options["max-sessions"],

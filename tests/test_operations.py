@@ -79,22 +79,33 @@ def _processes() -> dict[int, tuple[int, int, str]]:
     return out
 
 
-def leftovers(d: Daemon) -> dict[str, list[str]]:
+def leftovers(d: Daemon, before: bool = False) -> dict[str, list[str]]:
     """What of this daemon is still there: box processes (a sandbox tool whose command line
     names the state directory, and everything under it), mounts, cgroups. Other daemons on
-    the machine (other test runs) have other state directories and are not counted."""
+    the machine (other test runs) have other state directories and are not counted.
+
+    ``before``: only what an earlier daemon of this state directory left, not what the one
+    running now has (its builds held ahead: a launcher each, their cgroups and mounts)."""
     state = str(d.state_dir)
     table = _processes()
+    running = d.proc.pid if before and d.proc is not None and d.proc.poll() is None else None
 
     def ours(pid: int) -> bool:
+        named = False
         for _ in range(16):  # a box's program is a child or grandchild of its sandbox tool
             if pid not in table:
+                return named
+            if pid == running:
                 return False
             ppid, _, cmdline = table[pid]
             if state in cmdline:
-                return "twistd" not in cmdline
+                if "twistd" in cmdline:
+                    return named
+                named = True
+                if running is None:
+                    return True
             pid = ppid
-        return False
+        return named
 
     procs = [f"{pid} ppid={table[pid][0]} uid={table[pid][1]} {table[pid][2][:160]}"
              for pid in table if ours(pid)]
@@ -103,7 +114,10 @@ def leftovers(d: Daemon) -> dict[str, list[str]]:
     from sandboxd.daemon import _instance_name
 
     name = f"sandboxd-{_instance_name(d.state_dir)}"
-    cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob(f"**/{name}/*") if p.is_dir()]
+    cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob(f"**/{name}/*")
+               if p.is_dir() and not (running and f"-{running}-" in p.name)]
+    if running:
+        mounts = [m for m in mounts if "/jobs/ahead-" not in m]
     return {"processes": procs, "mounts": mounts, "cgroups": cgroups}
 
 
@@ -261,8 +275,9 @@ def test_restart_after_sigkill_cleans_what_the_dead_daemon_left(driver: str, tmp
         d.start()  # the same state directory, the same socket path
         wait_for(lambda: not _refused(d.socket_path), "the new daemon to listen")
         # A killed box's processes take a moment to exit (on a busy machine, seconds).
-        wait_for(lambda: not leftovers(d)["processes"], "the old boxes' processes to end", 15)
-        after = leftovers(d)
+        wait_for(lambda: not leftovers(d, before=True)["processes"],
+                 "the old boxes' processes to end", 15)
+        after = leftovers(d, before=True)
         assert after["processes"] == [] and after["cgroups"] == [], after
         # Only the new daemon's own boxes are mounted, each once.
         assert len(after["mounts"]) == len(set(after["mounts"])), after["mounts"]

@@ -1,0 +1,176 @@
+"""Builds held ahead: each ready box gets its next build's launcher started before any request.
+
+A new program's build used to begin with its launcher joining the build's cgroup, and on a
+cgroup v1 host the first task move after a quiet moment waits for an RCU grace period (~6 ms,
+measured: `docs/performance.md`).  So while a box waits for a request, its build is prepared:
+the build's own directory (a tmpfs: ``src`` empty, ``out`` for the box's uid), its cgroup with
+the default build limits, and the launcher, joined and waiting on a pipe.  Nothing runs as the
+box's uid and no sandbox exists yet.  A request that builds with exactly those settings writes
+its files into ``src`` and lets the launcher go; any other request (another toolchain, other
+build limits, modules, tests, fmt, vet, a cached binary) has it abandoned.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sandboxd import hostfs
+from sandboxd.box import Box
+from sandboxd.cgroup import CgroupSupport
+from sandboxd.child import ChildResult, SandboxChild
+from sandboxd.drivers.base import INODES_PER_MB, MIB, Driver, Mount, SandboxRun
+from sandboxd.limits import PhaseLimits
+from sandboxd.status import Phase
+from sandboxd.toolchain import (
+    GOCACHE_INSIDE,
+    GOROOT_INSIDE,
+    OUTPUT_INSIDE,
+    SOURCE_INSIDE,
+    Toolchain,
+)
+
+log = Logger()
+
+Sink = Callable[[str, bytes, str], int]
+_serial = itertools.count(1)
+
+
+def make_job_dir(path: Path, disk_mb: int) -> None:
+    """A build's own directory: a tmpfs of the build's ``disk_mb``, bounded in inodes too."""
+    hostfs.make_scratch_dir(path, disk_mb * MIB, max(256, disk_mb * INODES_PER_MB))
+
+
+def remove_job_dir(path: Path) -> None:
+    try:
+        hostfs.remove_scratch_dir(path)
+    except Exception:
+        log.failure("removing {dir}", dir=path)
+
+
+@dataclass(eq=False)
+class HeldBuild:
+    """One box's build, launched and waiting (see the module's docstring)."""
+
+    child: SandboxChild
+    done: defer.Deferred[ChildResult]
+    job_dir: Path
+    limits: PhaseLimits
+    toolchain: Toolchain
+    sink: Sink | None = None
+    early: list[tuple[str, bytes, str]] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return not self.done.called
+
+    def deliver(self, stream: str, data: bytes, timestamp: str) -> int:
+        """The child's output: the request's sink once taken (the launcher may complain
+        before that, when it fails)."""
+        if self.sink is None:
+            self.early.append((stream, data, timestamp))
+            return len(data)
+        return self.sink(stream, data, timestamp)
+
+    def start(self, files: dict[str, bytes], sink: Sink, paused: bool) -> defer.Deferred:
+        """The request's files into ``src``, its sink for the output: let the build begin."""
+        hostfs.write_tree(self.job_dir / "src", files)
+        self.sink = sink
+        if paused:
+            self.child.pauseProducing()
+        self.child.release()
+        return self.done
+
+    def abandon(self) -> defer.Deferred[None]:
+        """Unused: kill the launcher (it never started a sandbox), then remove its directory
+        (its cgroup goes when the child ends).  Fires when both are gone."""
+        self.child.abandon()
+        ended: defer.Deferred[None] = defer.Deferred()
+        self.done.addBoth(lambda _: (remove_job_dir(self.job_dir), ended.callback(None)))
+        return ended
+
+
+class HeldBuilds:
+    """The builds held ahead, one per ready box, for requests with the default settings."""
+
+    def __init__(self, reactor: Any, driver: Driver, cgroups: CgroupSupport,
+                 toolchain: Toolchain, limits: PhaseLimits, jobs_dir: Path) -> None:
+        self.reactor = reactor
+        self.driver = driver
+        self.cgroups = cgroups
+        self.toolchain = toolchain
+        self.limits = limits
+        self.jobs_dir = jobs_dir
+        self.held: dict[int, HeldBuild] = {}
+        self.ending: set[HeldBuild] = set()  # abandoned, not yet gone (shutdown waits)
+        self.used = 0  # requests that built in a build held ahead
+        self.abandoned = 0  # held builds ended unused (other settings, a cached binary, ...)
+        # Only where a launcher exists to hold: a cgroup of the daemon's own to join.
+        self.enabled = cgroups.version is not None and not driver.own_cgroups
+
+    def hold(self, box: Box) -> None:
+        """Launch ``box``'s next build now; it waits for ``take``."""
+        if not self.enabled or box.session_id is not None or box.number in self.held:
+            return
+        serial = next(_serial)
+        job_dir = self.jobs_dir / f"ahead-{box.number}-{serial}"
+        make_job_dir(job_dir, self.limits.disk_mb)
+        try:
+            hostfs.make_private_dir(job_dir / "src", 0, 0, 0o755)
+            hostfs.make_private_dir(job_dir / "out", box.uid, box.gid, 0o700)
+            tc = self.toolchain
+            run = SandboxRun(
+                phase=Phase.BUILD, box=box, argv=tc.build_argv(), env=tc.build_env(),
+                cwd=SOURCE_INSIDE, limits=self.limits,
+                mounts=[Mount(tc.goroot, GOROOT_INSIDE), Mount(tc.std_cache, GOCACHE_INSIDE),
+                        Mount(job_dir / "src", SOURCE_INSIDE),
+                        Mount(job_dir / "out", OUTPUT_INSIDE, writable=True)],
+                with_workspace=False, scratch=job_dir, hold_launcher=True,
+                tag=f"ahead{serial}",  # its /tmp outlives neither it nor a later one's
+            )
+            run.cgroup = self.cgroups.create(f"build-{os.getpid()}-ahead{box.number}-{serial}")
+            assert run.cgroup is not None
+            run.cgroup.set_limits(self.limits.memory_mb * MIB, self.limits.processes)
+            held: HeldBuild | None = None
+
+            def deliver(stream: str, data: bytes, timestamp: str) -> int:
+                return held.deliver(stream, data, timestamp) if held else len(data)
+
+            child = SandboxChild(self.reactor, self.driver, run, deliver)
+            done = child.start()
+        except Exception:
+            log.failure("holding a build ahead for {box}", box=box)
+            remove_job_dir(job_dir)
+            return
+        held = HeldBuild(child, done, job_dir, self.limits, self.toolchain)
+        done.addErrback(lambda f: log.failure("a build held ahead for {box}", f, box=box))
+        self.held[box.number] = held
+
+    def take(self, box: Box) -> HeldBuild | None:
+        """``box``'s held build, now the caller's to ``start`` (then ``used``) or
+        ``abandon``."""
+        held = self.held.pop(box.number, None)
+        if held is not None and not held.alive:
+            log.info("the build held ahead for {box} had ended; building the usual way",
+                     box=box)
+            self.abandon(held)
+            return None
+        return held
+
+    def abandon(self, held: HeldBuild) -> None:
+        self.abandoned += 1
+        self.ending.add(held)
+        held.abandon().addBoth(lambda _: self.ending.discard(held))
+
+    def retire(self, box: Box) -> None:
+        """``box`` is being wiped or destroyed: its held build goes first."""
+        held = self.held.pop(box.number, None)
+        if held is not None:
+            self.abandon(held)
