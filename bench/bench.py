@@ -329,6 +329,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (medians)")
     parser.add_argument("--bursts", type=int, default=3, help="bursts per side")
     parser.add_argument("--streams", type=int, default=3, help="stream runs per driver")
+    parser.add_argument("--daemon-arg", action="append", default=[], metavar="ARG",
+                        help="one more twistd sandboxd option for every daemon (repeatable), "
+                        "e.g. --daemon-arg=--held-builds=off for an A/B run")
     parser.add_argument("--drivers", default="bubblewrap,isolate")
     parser.add_argument("--json", help="also write every sample here")
     args = parser.parse_args()
@@ -358,7 +361,7 @@ def main() -> int:
     try:
         floor = Floor(work, toolchain)
         for name in drivers:
-            daemons[name] = Daemon(name, boxes=2).start()
+            daemons[name] = Daemon(name, *args.daemon_arg, boxes=2).start()
         if "isolate" in drivers:
             baseline = IsolateGoRun(work, toolchain)
         rss = {name: RssSampler(d.proc.pid) for name, d in daemons.items()}
@@ -431,6 +434,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     cpu_per = {name: total / max(1, args.rounds) for name, total in cpu.items()}
+    if args.daemon_arg:
+        print(f"\ndaemon options: {' '.join(args.daemon_arg)}")
     report(samples, build_ms, stream, idle_kb, drivers, time.monotonic() - began, cpu_per, pids)
     if args.json:
         Path(args.json).write_text(json.dumps(

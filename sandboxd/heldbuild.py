@@ -6,8 +6,9 @@ measured: `docs/performance.md`).  So while a box waits for a request, its build
 the build's own directory (a tmpfs: ``src`` empty, ``out`` for the box's uid), its cgroup with
 the default build limits, and the launcher, joined and waiting on a pipe.  Nothing runs as the
 box's uid and no sandbox exists yet.  A request that builds with exactly those settings writes
-its files into ``src`` and lets the launcher go; any other request (another toolchain, other
-build limits, modules, tests, fmt, vet, a cached binary) has it abandoned.
+its files into ``src`` and lets the launcher go.  Any other request (another toolchain, other
+build limits, modules, tests, fmt, vet, a cached binary) leaves it alone: it stays with the box
+through the wipe after that request, and is abandoned only when the box is destroyed.
 """
 
 from __future__ import annotations
@@ -79,6 +80,19 @@ class HeldBuild:
             return len(data)
         return self.sink(stream, data, timestamp)
 
+    def untouched(self) -> bool:
+        """Its writable places are as empty as they were made.  Requests of other settings
+        may have used the box meanwhile; none could see these directories, but the build
+        must not be the one that trusts that."""
+        places = [self.job_dir / "src", self.job_dir / "out"]
+        tmp = self.child.run.tmp
+        if tmp is not None:
+            places += [tmp / "tmp", tmp / "shm"]
+        try:
+            return not any(os.listdir(place) for place in places)
+        except OSError:
+            return False
+
     def start(self, files: dict[str, bytes], sink: Sink, paused: bool) -> defer.Deferred:
         """The request's files into ``src``, its sink for the output: let the build begin."""
         hostfs.write_tree(self.job_dir / "src", files)
@@ -111,7 +125,7 @@ class HeldBuilds:
         self.held: dict[int, HeldBuild] = {}
         self.ending: set[HeldBuild] = set()  # abandoned, not yet gone (shutdown waits)
         self.used = 0  # requests that built in a build held ahead
-        self.abandoned = 0  # held builds ended unused (other settings, a cached binary, ...)
+        self.abandoned = 0  # held builds ended unused (their box destroyed, or it had died)
         # Only where a launcher exists to hold: a cgroup of the daemon's own to join.
         self.enabled = cgroups.version is not None and not driver.own_cgroups
 
@@ -154,15 +168,23 @@ class HeldBuilds:
         self.held[box.number] = held
 
     def take(self, box: Box) -> HeldBuild | None:
-        """``box``'s held build, now the caller's to ``start`` (then ``used``) or
-        ``abandon``."""
+        """``box``'s held build, now the caller's to ``start``; None when there is none or
+        it is no longer as it was made (then it is abandoned and the caller builds the usual
+        way)."""
         held = self.held.pop(box.number, None)
-        if held is not None and not held.alive:
+        if held is None:
+            return None
+        if not held.alive:
             log.info("the build held ahead for {box} had ended; building the usual way",
                      box=box)
-            self.abandon(held)
-            return None
-        return held
+        elif not held.untouched():
+            log.warn("the build held ahead for {box} has files it was not given; "
+                     "abandoned", box=box)
+        else:
+            self.used += 1
+            return held
+        self.abandon(held)
+        return None
 
     def abandon(self, held: HeldBuild) -> None:
         self.abandoned += 1
@@ -170,7 +192,7 @@ class HeldBuilds:
         held.abandon().addBoth(lambda _: self.ending.discard(held))
 
     def retire(self, box: Box) -> None:
-        """``box`` is being wiped or destroyed: its held build goes first."""
+        """``box`` is being destroyed: its held build goes first."""
         held = self.held.pop(box.number, None)
         if held is not None:
             self.abandon(held)

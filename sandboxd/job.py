@@ -124,8 +124,6 @@ class Job:
         self.stdin_eof = False
         # The run's sandbox, set up while the build runs and held until the program is there.
         self.held: HeldRun | None = None
-        # The box's build, launched before the request came (see sandboxd.heldbuild).
-        self.held_build: HeldBuild | None = None
 
     # -- control from the connection -------------------------------------------------------
 
@@ -190,7 +188,6 @@ class Job:
             log.failure("request {id} failed", id=self.request.id)
             self._finish(Status.INTERNAL_ERROR, f"internal error: {type(e).__name__}")
         finally:
-            self._abandon_held_build()
             try:
                 await self._drop_held()
             except Exception:
@@ -216,7 +213,6 @@ class Job:
         if self.cancel_reason is not None:
             self._finish(Status.CANCELLED, self.cancel_reason)
             return
-        self._claim_held_build()
         self.phase = Phase.BUILD
         if req.type == "fmt":
             await self._fmt()
@@ -247,13 +243,11 @@ class Job:
         key = BinaryCache.key(files, tc.ident, flags)
         cached = rt.binaries.get(key)
         if cached is not None:
-            self._abandon_held_build()
             self.cached = True
             rt.count("cache_hits")
             return BuildOutcome(cached, Status.OK, "")
         shared = rt.builds_in_flight.get(key)
         if shared is not None:
-            self._abandon_held_build()
             rt.count("cache_shared")
             waiter: defer.Deferred = defer.Deferred()
             shared.addBoth(lambda r: (waiter.callback(r), r)[1])
@@ -279,23 +273,16 @@ class Job:
         make_job_dir(job_dir, self.request.limits.build.disk_mb)
         return job_dir
 
-    def _claim_held_build(self) -> None:
-        """Take the box's build launched ahead when this request builds just like it."""
+    def _claim_held_build(self) -> HeldBuild | None:
+        """The box's build launched ahead, when this request builds just like it; otherwise
+        it stays with the box for a later request."""
         held = self.rt.held_builds
-        if held is None or self.box is None:
-            return
-        self.held_build = held.take(self.box)
-        hb = self.held_build
-        if hb is not None and not (
+        if held is None or self.box is None or not (
             self.request.type == "run" and not self.testing and self.rt.modules is None
-            and self.toolchain is hb.toolchain and self.request.limits.build == hb.limits
+            and self.toolchain is held.toolchain and self.request.limits.build == held.limits
         ):
-            self._abandon_held_build()
-
-    def _abandon_held_build(self) -> None:
-        hb, self.held_build = self.held_build, None
-        if hb is not None and self.rt.held_builds is not None:
-            self.rt.held_builds.abandon(hb)
+            return None
+        return held.take(self.box)
 
     def _build_run(self, job_dir: Path, files: dict[str, bytes], argv: list[str],
                    download: bool = False) -> SandboxRun:
@@ -375,7 +362,7 @@ class Job:
 
     async def _compile(self, files: dict[str, bytes], key: str) -> BuildOutcome:
         rt = self.rt
-        held, self.held_build = self.held_build, None
+        held = self._claim_held_build()
         job_dir = held.job_dir if held is not None else self._make_job_dir()
         try:
             collected, collect = _collector(self.request.limits.output_bytes)
@@ -384,8 +371,6 @@ class Job:
                 if self.cancel_reason is not None:
                     held.child.stopped_for = "cancelled"
                 building = held.start(files, collect, self.paused)
-                if rt.held_builds is not None:
-                    rt.held_builds.used += 1
                 building.addBoth(self._child_ended)
             else:
                 argv = (self.toolchain.test_argv() if self.testing

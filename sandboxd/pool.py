@@ -66,8 +66,8 @@ class BoxPool:
         self._top_up_pending = False
         self._cleanup = LoopingCall(self.cleanup)
         self._cleanup.clock = clock
-        # Told when an anonymous box becomes ready, and when any box goes (wiped or destroyed):
-        # what is prepared ahead for a ready box (``sandboxd.heldbuild``) lives and dies with it.
+        # Told when an anonymous box becomes ready (again, after each wipe), and when any box
+        # is destroyed: what is prepared ahead for a box (``sandboxd.heldbuild``) dies with it.
         self.on_ready: Callable[[Box], None] = lambda box: None
         self.on_retire: Callable[[Box], None] = lambda box: None
 
@@ -254,7 +254,6 @@ class BoxPool:
         if self.stopped or len(self.ready) >= self.settings.boxes:
             self._destroy(box)
             return
-        self._retire(box)
         try:
             self.driver.wipe_box(box, self.settings.disk_mb)
         except Exception:

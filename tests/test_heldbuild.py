@@ -1,6 +1,7 @@
 """Builds held ahead (sandboxd.heldbuild) in a real daemon: the ready box's launcher waits as
-root with nothing of the box running; a new program builds in it; any other request abandons
-it; a launcher that died is replaced by the usual way; ``--held-builds=off`` holds nothing."""
+root with nothing of the box running; a new program builds in it; any other request leaves it
+for the next; a launcher that died is replaced by the usual way; ``--held-builds=off`` holds
+nothing."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_a_compile_error_in_the_held_build_is_reported_as_usual(daemon):
     {"type": "vet"},
     {"type": "fmt"},
 ], ids=["build-limits", "vet", "fmt"])
-def test_a_request_that_builds_otherwise_abandons_it(daemon, request_fields):
+def test_a_request_that_builds_otherwise_leaves_it_for_the_next(daemon, request_fields):
     launcher = one_launcher(daemon)
     before = held(daemon)
     code, printed = fresh_program()
@@ -101,20 +102,25 @@ def test_a_request_that_builds_otherwise_abandons_it(daemon, request_fields):
     assert final["status"] == "ok", final
     if "type" not in request_fields:
         assert output(events, "other") == printed
-    after = held(daemon)
-    assert after == {"used": before["used"], "abandoned": before["abandoned"] + 1}, after
-    wait_for(lambda: launcher not in launchers(daemon), "the abandoned launcher to end")
+    assert held(daemon) == before
+    # The box was used and wiped, and still has the same launcher, which the next new
+    # program builds in.
+    assert set(launchers(daemon)) == {launcher}
+    code, printed = fresh_program()
+    events = daemon.run({"id": "next", "code": code})
+    assert output(events, "next") == printed
+    assert held(daemon)["used"] == before["used"] + 1
 
 
-def test_a_cached_program_abandons_it(daemon):
+def test_a_cached_program_leaves_it_for_the_next(daemon):
     code, printed = fresh_program()
     assert finals(daemon.run({"id": "c1", "code": code}))["c1"]["status"] == "ok"
-    one_launcher(daemon)
+    launcher = one_launcher(daemon)
     before = held(daemon)
     events = daemon.run({"id": "c2", "code": code})
     assert finals(events)["c2"]["cached"] is True
     assert output(events, "c2") == printed
-    assert held(daemon) == {"used": before["used"], "abandoned": before["abandoned"] + 1}
+    assert held(daemon) == before and set(launchers(daemon)) == {launcher}
 
 
 def test_a_launcher_that_died_is_replaced_by_the_usual_way(daemon):
@@ -130,6 +136,21 @@ def test_a_launcher_that_died_is_replaced_by_the_usual_way(daemon):
     after = held(daemon)
     assert after["used"] == before["used"] and after["abandoned"] == before["abandoned"] + 1
     one_launcher(daemon)  # and the box is held again for the next request
+
+
+def test_a_held_build_with_files_it_was_not_given_is_not_used(daemon):
+    """Nothing in a box can reach a held build's directories; if anything ever put a file
+    there, the build must not run with it."""
+    one_launcher(daemon)
+    (job_dir,) = (daemon.state_dir / "jobs").glob("ahead-*")
+    (job_dir / "out" / "main").write_text("planted")
+    before = held(daemon)
+    code, printed = fresh_program()
+    events = daemon.run({"id": "unplanted", "code": code})
+    assert finals(events)["unplanted"]["status"] == "ok"
+    assert output(events, "unplanted") == printed
+    assert held(daemon) == {"used": before["used"], "abandoned": before["abandoned"] + 1}
+    assert "has files it was not given" in daemon.log()
 
 
 def test_held_builds_off_launches_nothing_ahead(driver):

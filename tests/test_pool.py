@@ -322,9 +322,9 @@ def test_surplus_anonymous_boxes_are_destroyed_not_hoarded():
     assert len(pool.ready) == 1 and len(driver.files) == 1
 
 
-def test_what_is_prepared_ahead_lives_exactly_as_long_as_a_ready_box():
-    """on_ready for every box that becomes ready (never a session's); on_retire before a box
-    is wiped or destroyed, so nothing prepared for it outlives its state."""
+def test_what_is_prepared_ahead_is_told_of_each_ready_box_and_each_destroyed_one():
+    """on_ready for every box that becomes ready, again after each wipe (never a session's);
+    on_retire when a box is destroyed, so nothing prepared for it outlives it."""
     clock = Clock()
     driver = FakeDriver()
     pool = BoxPool(driver, PoolSettings(boxes=1), clock, now=clock.seconds)
@@ -337,7 +337,7 @@ def test_what_is_prepared_ahead_lives_exactly_as_long_as_a_ready_box():
     box = got(pool.acquire(None))
     pool.release(box)
     clock.advance(0)
-    assert log[1:] == [("retire", first, 0), ("ready", first, 1)]  # retired before the wipe
+    assert log[1:] == [("ready", first, 1)]  # ready again once wiped; not retired
     session = got(pool.acquire("s"))
     assert session.number != first and all(n != session.number for _, n, _ in log)
     pool.release(session)
@@ -347,7 +347,7 @@ def test_what_is_prepared_ahead_lives_exactly_as_long_as_a_ready_box():
 
 
 def test_a_failing_hook_is_logged_and_the_box_still_serves(log_events):
-    pool, _, clock = make_pool(boxes=1)
+    pool, driver, clock = make_pool(boxes=1)
 
     def broken(box: Box) -> None:
         raise RuntimeError("no launcher")
@@ -355,9 +355,13 @@ def test_a_failing_hook_is_logged_and_the_box_still_serves(log_events):
     pool.on_ready = pool.on_retire = broken
     box = got(pool.acquire(None))
     pool.release(box)
-    clock.advance(0)
+    clock.advance(0)  # wiped, ready again: on_ready fails
+    assert len(failures(log_events)) == 1
     assert got(pool.acquire(None)) is box
-    assert len(failures(log_events)) == 2
+    pool.release(box)
+    clock.advance(0)
+    pool.stop()  # destroyed: on_retire fails, the box is destroyed all the same
+    assert len(failures(log_events)) == 3 and box.number not in driver.files
 
 
 def test_a_box_that_cannot_be_wiped_is_dropped(log_events):

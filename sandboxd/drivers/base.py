@@ -241,8 +241,8 @@ class Driver(ABC):
         return self.boxes_dir / (f"{number}.{tag}.tmp" if tag else f"{number}.tmp")
 
     def _remove_tmp(self, number: int, tag: str | None = None) -> None:
-        if tag is None:
-            every = [self._tmp_for(number), *self.boxes_dir.glob(f"{number}.*.tmp")]
+        if tag is None:  # all but a held build's: it removes its own when it ends
+            every = [self._tmp_for(number), self._tmp_for(number, "held")]
         else:
             every = [self._tmp_for(number, tag)]
         for tmp in every:
