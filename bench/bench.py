@@ -327,7 +327,8 @@ class IsolateGoRun:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (medians)")
-    parser.add_argument("--bursts", type=int, default=3, help="bursts per side")
+    parser.add_argument("--bursts", type=int, default=5,
+                        help="bursts per side (one burst varies by ±10 %% from the next)")
     parser.add_argument("--streams", type=int, default=3, help="stream runs per driver")
     parser.add_argument("--daemon-arg", action="append", default=[], metavar="ARG",
                         help="one more twistd sandboxd option for every daemon (repeatable), "
