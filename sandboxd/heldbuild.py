@@ -94,8 +94,13 @@ class HeldBuild:
             return False
 
     def start(self, files: dict[str, bytes], sink: Sink, paused: bool) -> defer.Deferred:
-        """The request's files into ``src``, its sink for the output: let the build begin."""
-        hostfs.write_tree(self.job_dir / "src", files)
+        """The request's files into ``src``, its sink for the output: let the build begin.
+        If the files cannot be written the launcher is killed unused (and the error raised)."""
+        try:
+            hostfs.write_tree(self.job_dir / "src", files)
+        except BaseException:
+            self.child.abandon()
+            raise
         self.sink = sink
         if paused:
             self.child.pauseProducing()
