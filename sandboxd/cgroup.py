@@ -14,8 +14,12 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from sandboxd.limits import PhaseLimits
 
 log = Logger()
 
@@ -189,7 +193,8 @@ class CgroupSupport:
             return f"no usable cgroup ({self.reason})"
         return f"cgroup v{self.version} under " + ", ".join(str(p) for p in self.bases.values())
 
-    def create(self, name: str) -> RunCgroup | None:
+    def create(self, name: str, limits: PhaseLimits | None = None) -> RunCgroup | None:
+        """A run's cgroup, bounded by ``limits`` (memory, processes) when given."""
         if self.version is None:
             return None
         dirs = {}
@@ -198,10 +203,13 @@ class CgroupSupport:
                 d = base / name
                 d.mkdir(exist_ok=True)
                 dirs[controller] = d
+            cgroup = RunCgroup(dirs, self.version)
+            if limits is not None:
+                cgroup.set_limits(limits.memory_mb * 1024 * 1024, limits.processes)
         except OSError:
             RunCgroup(dirs, self.version).remove()
             raise
-        return RunCgroup(dirs, self.version)
+        return cgroup
 
     def sweep(self) -> int:
         """Kill and remove every cgroup left under our bases (a dead daemon's, say)."""

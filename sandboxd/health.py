@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sandboxd.child import SandboxChild
-from sandboxd.drivers.base import MIB, RUN_ENV, SandboxRun
+from sandboxd.drivers.base import RUN_ENV, SandboxRun
 from sandboxd.status import Phase
 
 if TYPE_CHECKING:
@@ -79,9 +79,8 @@ class HealthCheck:
         try:
             limits = dataclasses.replace(daemon.policy.defaults.run, wall_ms=PROBE_WALL_MS)
             if rt.cgroups.version is not None:
-                cgroup = rt.cgroups.create(f"health-{os.getpid()}-{next(_probe_numbers)}")
-                if cgroup is not None:
-                    cgroup.set_limits(limits.memory_mb * MIB, limits.processes)
+                cgroup = rt.cgroups.create(f"health-{os.getpid()}-{next(_probe_numbers)}",
+                                           limits)
             run = SandboxRun(phase=Phase.RUN, box=box, argv=PROBE_ARGV, env=dict(RUN_ENV),
                              cwd="/box", limits=limits, cgroup=cgroup, with_workspace=True)
             result = await SandboxChild(daemon.reactor, rt.driver, run,

@@ -49,6 +49,14 @@ def make_job_dir(path: Path, disk_mb: int) -> None:
     hostfs.make_scratch_dir(path, disk_mb * MIB, max(256, disk_mb * INODES_PER_MB))
 
 
+def build_mounts(tc: Toolchain, job_dir: Path) -> list[Mount]:
+    """What every build sees: the toolchain and std cache read-only, its source read-only at
+    /src, and /out, the only place it writes (besides its own /tmp)."""
+    return [Mount(tc.goroot, GOROOT_INSIDE), Mount(tc.std_cache, GOCACHE_INSIDE),
+            Mount(job_dir / "src", SOURCE_INSIDE),
+            Mount(job_dir / "out", OUTPUT_INSIDE, writable=True)]
+
+
 def remove_job_dir(path: Path) -> None:
     try:
         hostfs.remove_scratch_dir(path)
@@ -147,16 +155,12 @@ class HeldBuilds:
             tc = self.toolchain
             run = SandboxRun(
                 phase=Phase.BUILD, box=box, argv=tc.build_argv(), env=tc.build_env(),
-                cwd=SOURCE_INSIDE, limits=self.limits,
-                mounts=[Mount(tc.goroot, GOROOT_INSIDE), Mount(tc.std_cache, GOCACHE_INSIDE),
-                        Mount(job_dir / "src", SOURCE_INSIDE),
-                        Mount(job_dir / "out", OUTPUT_INSIDE, writable=True)],
+                cwd=SOURCE_INSIDE, limits=self.limits, mounts=build_mounts(tc, job_dir),
                 with_workspace=False, scratch=job_dir, hold_launcher=True,
                 tag=f"ahead{serial}",  # its /tmp outlives neither it nor a later one's
             )
-            run.cgroup = self.cgroups.create(f"build-{os.getpid()}-ahead{box.number}-{serial}")
-            assert run.cgroup is not None
-            run.cgroup.set_limits(self.limits.memory_mb * MIB, self.limits.processes)
+            run.cgroup = self.cgroups.create(f"build-{os.getpid()}-ahead{box.number}-{serial}",
+                                             self.limits)
             held: HeldBuild | None = None
 
             def deliver(stream: str, data: bytes, timestamp: str) -> int:

@@ -22,7 +22,13 @@ from sandboxd.cgroup import CgroupSupport
 from sandboxd.child import SIGNAL_NAMES, ChildResult, SandboxChild
 from sandboxd.drivers.base import MIB, RUN_ENV, Driver, Mount, SandboxRun
 from sandboxd.events import StreamDecoder, final_event, output_event
-from sandboxd.heldbuild import HeldBuild, HeldBuilds, make_job_dir, remove_job_dir
+from sandboxd.heldbuild import (
+    HeldBuild,
+    HeldBuilds,
+    build_mounts,
+    make_job_dir,
+    remove_job_dir,
+)
 from sandboxd.metrics import Metrics
 from sandboxd.modules import MODCACHE_INSIDE, PROXY_INSIDE, ModuleSource
 from sandboxd.pool import BoxPool, QueueFull
@@ -31,9 +37,7 @@ from sandboxd.status import Phase, Status
 from sandboxd.toolchain import (
     BINARY_INSIDE,
     BUILD_FLAGS,
-    GOCACHE_INSIDE,
     GOROOT_INSIDE,
-    OUTPUT_INSIDE,
     SOURCE_INSIDE,
     Toolchain,
 )
@@ -299,12 +303,7 @@ class Job:
             hostfs.write_tree(src, files)
             hostfs.make_private_dir(out, box.uid, box.gid, 0o700)
         env = tc.build_env()
-        mounts = [
-            Mount(tc.goroot, GOROOT_INSIDE),
-            Mount(tc.std_cache, GOCACHE_INSIDE),
-            Mount(src, SOURCE_INSIDE),
-            Mount(out, OUTPUT_INSIDE, writable=True),
-        ]
+        mounts = build_mounts(tc, job_dir)
         if modules is not None:
             if not (out / "go.mod").exists():
                 for name in ("go.mod", "go.sum"):  # before any box process ran in /out
@@ -610,9 +609,8 @@ class Job:
                                                                             defer.Deferred]:
         cgroup = None
         if self.rt.cgroups.version is not None and not self.rt.driver.own_cgroups:
-            cgroup = self.rt.cgroups.create(f"{run.phase}-{os.getpid()}-{self.number}")
-            assert cgroup is not None
-            cgroup.set_limits(run.limits.memory_mb * MIB, run.limits.processes)
+            cgroup = self.rt.cgroups.create(f"{run.phase}-{os.getpid()}-{self.number}",
+                                            run.limits)
         run.cgroup = cgroup
         child = SandboxChild(self.rt.reactor, self.rt.driver, run, sink, stdin)
         if self.paused:
