@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,22 +71,11 @@ class HeldBuild:
     child: SandboxChild
     done: defer.Deferred[ChildResult]
     job_dir: Path
-    limits: PhaseLimits
-    toolchain: Toolchain
-    sink: Sink | None = None
-    early: list[tuple[str, bytes, str]] = field(default_factory=list)
+    early: list[bytes]  # what the launcher said before a request took it (why it died)
 
     @property
     def alive(self) -> bool:
         return not self.done.called
-
-    def deliver(self, stream: str, data: bytes, timestamp: str) -> int:
-        """The child's output: the request's sink once taken (the launcher may complain
-        before that, when it fails)."""
-        if self.sink is None:
-            self.early.append((stream, data, timestamp))
-            return len(data)
-        return self.sink(stream, data, timestamp)
 
     def untouched(self) -> bool:
         """Its writable places are as empty as they were made.  Requests of other settings
@@ -109,7 +98,7 @@ class HeldBuild:
         except BaseException:
             self.child.abandon()
             raise
-        self.sink = sink
+        self.child.sink = sink
         if paused:
             self.child.pauseProducing()
         self.child.release()
@@ -161,18 +150,20 @@ class HeldBuilds:
             )
             run.cgroup = self.cgroups.create(f"build-{os.getpid()}-ahead{box.number}-{serial}",
                                              self.limits)
-            held: HeldBuild | None = None
+            early: list[bytes] = []
 
-            def deliver(stream: str, data: bytes, timestamp: str) -> int:
-                return held.deliver(stream, data, timestamp) if held else len(data)
+            def keep(stream: str, data: bytes, timestamp: str) -> int:
+                if sum(map(len, early)) < 4096:  # a launcher says little; keep it bounded
+                    early.append(data[:4096])
+                return len(data)
 
-            child = SandboxChild(self.reactor, self.driver, run, deliver)
+            child = SandboxChild(self.reactor, self.driver, run, keep)
             done = child.start()
         except Exception:
             log.failure("holding a build ahead for {box}", box=box)
             remove_job_dir(job_dir)
             return
-        held = HeldBuild(child, done, job_dir, self.limits, self.toolchain)
+        held = HeldBuild(child, done, job_dir, early)
         done.addErrback(lambda f: log.failure("a build held ahead for {box}", f, box=box))
         self.held[box.number] = held
 
@@ -184,8 +175,9 @@ class HeldBuilds:
         if held is None:
             return None
         if not held.alive:
-            log.info("the build held ahead for {box} had ended; building the usual way",
-                     box=box)
+            said = b"".join(held.early)[-1024:].decode("utf-8", "replace").strip()
+            log.info("the build held ahead for {box} had ended ({said}); building the usual "
+                     "way", box=box, said=said or "it said nothing")
         elif not held.untouched():
             log.warn("the build held ahead for {box} has files it was not given; "
                      "abandoned", box=box)
