@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -166,22 +166,30 @@ def request(path: str, code: str) -> tuple[float, dict]:
         sock.close()
 
 
-def read_finals(sock: socket.socket, count: int) -> list[dict]:
-    """Read events until ``count`` final events came; each must say ``ok``."""
-    finals: list[dict] = []
+def read_events(sock: socket.socket) -> Iterator[tuple[dict, int]]:
+    """Each event the daemon sends, with ``time.time_ns()`` when its bytes arrived."""
     buf = b""
-    while len(finals) < count:
+    while True:
         chunk = sock.recv(65536)
+        now = time.time_ns()
         if not chunk:
             raise RuntimeError("the daemon closed the connection early")
         buf += chunk
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
-            event = json.loads(line)
-            if event.get("done"):
-                if event["status"] != "ok":
-                    raise RuntimeError(f"request failed: {event}")
-                finals.append(event)
+            yield json.loads(line), now
+
+
+def read_finals(sock: socket.socket, count: int) -> list[dict]:
+    """Read events until ``count`` final events came; each must say ``ok``."""
+    finals: list[dict] = []
+    for event, _ in read_events(sock):
+        if event.get("done"):
+            if event["status"] != "ok":
+                raise RuntimeError(f"request failed: {event}")
+            finals.append(event)
+            if len(finals) == count:
+                break
     return finals
 
 
@@ -236,20 +244,12 @@ def stream_latency(path: str) -> list[float]:
     out: list[float] = []
     try:
         sock.sendall(json.dumps({"id": "s", "code": STREAM_SOURCE}).encode() + b"\n")
-        buf = b""
-        while True:
-            chunk = sock.recv(65536)
-            now = time.time_ns()
-            if not chunk:
-                raise RuntimeError("the daemon closed the connection early")
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                event = json.loads(line)
-                if event.get("done"):
-                    return out
-                for stamp in event["output"].split():
-                    out.append((now - int(stamp)) / 1e6)
+        for event, now in read_events(sock):
+            if event.get("done"):
+                return out
+            for stamp in event["output"].split():
+                out.append((now - int(stamp)) / 1e6)
+        return out
     finally:
         sock.close()
 

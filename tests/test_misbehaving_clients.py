@@ -38,6 +38,14 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def small_window(daemon: Daemon) -> socket.socket:
+    """A client connection with a 4 KiB receive buffer: what it does not read backs up fast."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(daemon.socket_path)
+    return sock
+
+
 def thread_waits(pid: int) -> str:
     """What each thread of ``pid`` sleeps in.  The goroutine that writes may be on any thread
     of a Go program, so the leader's own /proc/PID/wchan is not enough."""
@@ -80,9 +88,7 @@ def test_vanished_client_frees_its_box_within_a_second(daemon):
 def test_non_reading_client_does_not_grow_the_daemon(daemon):
     pid = daemon.proc.pid
     idle = rss_kb(pid)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(daemon.socket_path)
+    sock = small_window(daemon)
     request = {"files": program("flood"), "id": "flood",
                "limits": {"output_bytes": 64 * 1024 * 1024, "wall_ms": 3000}}
     sock.sendall(json.dumps(request).encode() + b"\n")
@@ -254,9 +260,7 @@ def test_over_long_line_and_oversized_code_are_refused_clearly(daemon):
 def test_a_client_that_sends_but_never_reads_does_not_grow_the_daemon(daemon):
     pid = daemon.proc.pid
     idle = rss_kb(pid)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(daemon.socket_path)
+    sock = small_window(daemon)
     sock.settimeout(0.5)
     line = b'{"id": "' + b"x" * 100 + b'", "oops": 1}\n'  # each answered with bad_request
     sent = 0
