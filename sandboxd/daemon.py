@@ -219,7 +219,36 @@ class SandboxDaemon(service.MultiService):
         if held is not None:  # their launchers are killed: let their cgroups and dirs go
             await self._until(lambda: not held.ending, SHUTDOWN_FLUSH_S)
         await self._stop_children([s for s in reversed(list(self)) if s.running])
+        self._sweep_leftovers()
         log.info("sandboxd stopped; every box removed")
+
+    def _sweep_leftovers(self) -> None:
+        """The last step of a shutdown: whatever is still there though every box was
+        destroyed (a request that did not end, a bug) is removed like a dead daemon's at start:
+        box directories and their mounts, build directories, this daemon's cgroups."""
+        steps = (
+            ("box directories", self.driver.boxes_dir, self.driver.sweep),
+            ("build directories", self.runtime.jobs_dir, self._remove_job_dirs),
+        )
+        for what, directory, sweep in steps:
+            try:
+                left = sorted(entry.name for entry in directory.iterdir())
+                if left:
+                    log.warn("shutting down: {n} {what} left behind ({names}); removing them",
+                             n=len(left), what=what, names=", ".join(left[:10]))
+                    sweep()
+            except Exception:
+                log.failure("shutting down: removing the {what} left behind", what=what)
+        try:
+            swept = self.cgroups.sweep()
+            if swept:
+                log.warn("shutting down: {n} cgroups left behind; removed them", n=swept)
+        except Exception:
+            log.failure("shutting down: removing the cgroups left behind")
+
+    def _remove_job_dirs(self) -> None:
+        for entry in self.runtime.jobs_dir.iterdir():
+            hostfs.remove_scratch_dir(entry)
 
     async def _stop_children(self, children: list[service.Service]) -> None:
         results = await defer.DeferredList(

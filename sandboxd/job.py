@@ -33,6 +33,7 @@ from sandboxd.metrics import Metrics
 from sandboxd.modules import MODCACHE_INSIDE, PROXY_INSIDE, ModuleSource
 from sandboxd.pool import BoxPool, QueueFull
 from sandboxd.request import Request
+from sandboxd.singleflight import SingleFlight
 from sandboxd.status import Phase, Status
 from sandboxd.toolchain import (
     BINARY_INSIDE,
@@ -63,7 +64,8 @@ class Runtime:
     jobs_dir: Path
     toolchains: dict[str, Toolchain] = field(default_factory=dict)  # by name, default included
     modules: ModuleSource | None = None  # None: no third-party modules (the default)
-    builds_in_flight: dict[str, defer.Deferred] = field(default_factory=dict)
+    # Builds in flight, shared between requests of the same build settings (``Job._build``).
+    builds_in_flight: SingleFlight[BuildOutcome] = field(default_factory=SingleFlight)
     held_builds: HeldBuilds | None = None  # each ready box's next build, launched ahead
     stats: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
@@ -188,17 +190,29 @@ class Job:
     async def _main(self) -> None:
         try:
             await self._serve()
+            if not self.finished:  # a way out that forgot its final event: a bug, answered
+                log.error("request {id} ended without a final event", id=self.request.id)
+                self._finish(Status.INTERNAL_ERROR, "internal error: no outcome")
         except Exception as e:
             log.failure("request {id} failed", id=self.request.id)
             self._finish(Status.INTERNAL_ERROR, f"internal error: {type(e).__name__}")
         finally:
-            try:
-                await self._drop_held()
-            except Exception:
-                log.failure("ending the held run of request {id}", id=self.request.id)
+            await self._let_go()
+
+    async def _let_go(self) -> None:
+        """After the final event: the held run ends and the box goes back, whatever fails."""
+        try:
+            await self._drop_held()
+        except Exception:
+            log.failure("ending the held run of request {id}", id=self.request.id)
+        finally:
             if self.box is not None:
                 box, self.box = self.box, None
-                self.rt.pool.release(box)
+                try:
+                    self.rt.pool.release(box)
+                except Exception:
+                    log.failure("giving back {box} after request {id}", box=box,
+                                id=self.request.id)
 
     async def _serve(self) -> None:
         req = self.request
@@ -237,6 +251,14 @@ class Job:
         await self._run(build.binary)
 
     async def _build(self) -> BuildOutcome:
+        """The program, built here or by an identical request's build in flight.
+
+        A build is shared only between requests whose every build setting is the same (the
+        in-flight key: files, toolchain, flags, build limits, output limit), and only when it
+        built or failed to compile; a build ended by a limit, a cancel or a failure of the
+        sandbox is its own request's answer, and the next request in line builds for itself.
+        Waiting for another request's build can be cancelled like any wait.
+        """
         req, rt, tc = self.request, self.rt, self.toolchain
         files = dict(req.files)
         files.setdefault("go.mod", tc.go_mod())
@@ -244,32 +266,40 @@ class Job:
         if self.testing:
             files, self.renamed = gotest.as_test_package(files)
             flags = (*BUILD_FLAGS, "test")
-        key = BinaryCache.key(files, tc.ident, flags)
+        key = BinaryCache.key(files, tc.ident, flags, req.limits.build)
+        leading = False
+
+        def lead() -> defer.Deferred[BuildOutcome]:
+            nonlocal leading
+            leading = True
+            self._waiting = None  # building now, not waiting: a cancel stops the build itself
+            return defer.ensureDeferred(self._lead_build(files, key))
+
+        outcome = rt.builds_in_flight.run((key, req.limits.output_bytes), lead, _shareable)
+        if not leading:
+            self._waiting = outcome
+        try:
+            built = await outcome
+        except defer.CancelledError:
+            return BuildOutcome(None, Status.CANCELLED, self.cancel_reason or "cancelled")
+        finally:
+            self._waiting = None
+        if leading:
+            return built
+        rt.count("cache_shared")
+        if built.binary is not None:
+            return BuildOutcome(built.binary, Status.OK, "")
+        return built
+
+    async def _lead_build(self, files: dict[str, bytes], key: str) -> BuildOutcome:
+        rt = self.rt
         cached = rt.binaries.get(key)
         if cached is not None:
             self.cached = True
             rt.count("cache_hits")
             return BuildOutcome(cached, Status.OK, "")
-        shared = rt.builds_in_flight.get(key)
-        if shared is not None:
-            rt.count("cache_shared")
-            waiter: defer.Deferred = defer.Deferred()
-            shared.addBoth(lambda r: (waiter.callback(r), r)[1])
-            outcome = await waiter
-            if isinstance(outcome, BuildOutcome) and outcome.binary is not None:
-                return BuildOutcome(outcome.binary, Status.OK, "")
-            if isinstance(outcome, BuildOutcome) and outcome.status is Status.COMPILE_ERROR:
-                return outcome
         rt.count("cache_misses")
-        done: defer.Deferred = defer.Deferred()
-        rt.builds_in_flight[key] = done
-        outcome = None
-        try:
-            outcome = await self._compile(files, key)
-            return outcome
-        finally:
-            del rt.builds_in_flight[key]
-            done.callback(outcome)
+        return await self._compile(files, key)
 
     def _make_job_dir(self) -> Path:
         """The build's own directory (src, out, mods), a tmpfs of the build's ``disk_mb``."""
@@ -350,7 +380,7 @@ class Job:
         if result.report.failed:
             return BuildOutcome(None, Status.INTERNAL_ERROR,
                                 f"sandbox failure: {result.report.message}", result=result)
-        limit = self._limit_status(result, Phase.BUILD)
+        limit = self._limit_status(result, Phase.BUILD) or self._build_limit(result, text)
         if limit is not None:
             return BuildOutcome(None, limit[0], limit[1], diagnostics=diagnostics.clean(text),
                                 result=result)
@@ -645,6 +675,33 @@ class Job:
             return f" (it reached its process limit of {lim.processes})"
         return ""
 
+    def _build_limit(self, result: ChildResult, text: str) -> tuple[Status, str] | None:
+        """``build_limit`` when the build failed at one of its own limits that a tool meets
+        as a failing call (file size, disk, processes, open files), not at the source: the
+        toolchain's own words (a line not about a source position) or a counted refusal say
+        which.  Such a failure is the request's settings', never the program's."""
+        report = result.report
+        if report.exit_code == 0 and report.signal is None:
+            return None
+        lim = self.request.limits.build
+        said = [line.lower() for line in text.splitlines()
+                if line and not line[0].isspace() and not _SOURCE_POSITION.match(line)]
+        for words, what in (
+            ("file too large", f"its file size limit of {lim.file_size_mb} MiB"),
+            ("no space left on device", f"its disk limit of {lim.disk_mb} MiB"),
+            ("disk quota exceeded", f"its disk limit of {lim.disk_mb} MiB"),
+            ("too many open files", f"its open files limit of {lim.open_files}"),
+        ):
+            if any(words in line for line in said):
+                return Status.BUILD_LIMIT, f"the build reached {what} ({words})"
+        if report.signal == signal_numbers.SIGXFSZ:
+            return (Status.BUILD_LIMIT,
+                    f"the build reached its file size limit of {lim.file_size_mb} MiB")
+        if result.pids_refused:
+            return (Status.BUILD_LIMIT,
+                    f"the build reached its process limit of {lim.processes}")
+        return None
+
     def _limit_status(self, result: ChildResult, phase: Phase) -> tuple[Status, str] | None:
         """The status when a limit (or a cancel) ended the phase, else None."""
         lim = self.request.limits.phase(phase)
@@ -730,18 +787,28 @@ class Job:
         if self.request.session_id is not None:
             fields["session_id"] = self.request.session_id
         fields.update(extra)
-        self.rt.count(f"status_{status}")
-        self.rt.metrics.request_ended(str(status), self.sent_bytes)
-        log.info(
-            "request {id} session={session} box={box} status={status} phase={phase} "
-            "queue_ms={queue_ms} build_ms={build_ms} cached={cached} run_ms={run_ms} "
-            "bytes={bytes}",
-            id=self.request.id, session=self.request.session_id,
-            box=self.box.number if self.box else None, status=str(status),
-            phase=str(self.phase), queue_ms=self.queue_ms, build_ms=self.build_ms,
-            cached=self.cached, run_ms=self.run_ms, bytes=self.sent_bytes,
-        )
+        try:  # bookkeeping that fails must not cost the client its final event
+            self.rt.count(f"status_{status}")
+            self.rt.metrics.request_ended(str(status), self.sent_bytes)
+            log.info(
+                "request {id} session={session} box={box} status={status} phase={phase} "
+                "queue_ms={queue_ms} build_ms={build_ms} cached={cached} run_ms={run_ms} "
+                "bytes={bytes}",
+                id=self.request.id, session=self.request.session_id,
+                box=self.box.number if self.box else None, status=str(status),
+                phase=str(self.phase), queue_ms=self.queue_ms, build_ms=self.build_ms,
+                cached=self.cached, run_ms=self.run_ms, bytes=self.sent_bytes,
+            )
+        except Exception:
+            log.failure("accounting for request {id}", id=self.request.id)
         self.emit(final_event(self.request.id, status, message, self.phase, **fields))
+
+
+def _shareable(outcome: BuildOutcome) -> bool:
+    """What another request of the same build settings may take as its own build's outcome: a
+    program, or a compile error.  Never a limit, a cancel, or a failure of the sandbox: those
+    depend on the moment and the request, and the next one in line builds for itself."""
+    return outcome.binary is not None or outcome.status is Status.COMPILE_ERROR
 
 
 def _collector(limit: int) -> tuple[list[bytes], Callable[[str, bytes, str], int]]:
@@ -795,4 +862,5 @@ class _LineCleaner:
         self.job._send("stderr", cleaned.encode())
 
 
+_SOURCE_POSITION = re.compile(r"^\S+:\d+(:\d+)?: ")  # a compiler's line about the source
 _FINDING = re.compile(r"^[\w./+-]+\.go:\d+:\d+: ")

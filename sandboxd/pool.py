@@ -60,6 +60,7 @@ class BoxPool:
         self.session_locks: dict[str, defer.DeferredLock] = {}
         self.ready: list[Box] = []
         self.busy: set[int] = set()
+        self._taken: dict[int, Box] = {}  # the boxes requests hold now, by number
         self.waiting = 0
         self._numbers_in_use: set[int] = set()
         self.stopped = False
@@ -88,13 +89,19 @@ class BoxPool:
         self._start_cleanup()
 
     def stop(self) -> None:
+        """Destroy every box: ready ones, sessions', and any a request still holds (at the
+        end of a shutdown that is a request that did not end: its box goes all the same)."""
         self.stopped = True
         if self._cleanup.running:
             self._cleanup.stop()
-        for box in [*self.ready, *self.sessions.values()]:
+        held = [box for box in self._taken.values() if box.session_id is None]
+        for box in held:
+            log.warn("{box} is still held by a request at shutdown; removing it", box=box)
+        for box in [*self.ready, *self.sessions.values(), *held]:
             self._destroy(box)
         self.ready.clear()
         self.sessions.clear()
+        self._taken.clear()
 
     @property
     def running(self) -> int:
@@ -195,6 +202,7 @@ class BoxPool:
         box.last_used = self.now()
         box.runs += 1
         self.busy.add(box.number)
+        self._taken[box.number] = box
         return box
 
     def _take_box(self, session_id: str | None) -> Box:
@@ -230,6 +238,10 @@ class BoxPool:
         box.last_used = self.now()
         self.busy.discard(box.number)
         self.slots.release()
+        if self._taken.pop(box.number, None) is None and self.stopped:
+            if box.session_id is not None:
+                self._release_session_lock(box.session_id)
+            return  # destroyed by ``stop`` while its request still held it
         if box.session_id is None:
             self.clock.callLater(0, self._recycle, box)
             return

@@ -149,7 +149,8 @@ def test_build_files_are_bounded_by_the_build_disk_limit(daemon):
     events = daemon.run({"code": go_main('\tfmt.Println("tiny disk")'), "id": "b",
                          "limits": {"build": {"disk_mb": 1}}})
     final = finals(events)["b"]
-    assert final["status"] == "compile_error" and final["phase"] == "build", final
+    assert final["status"] == "build_limit" and final["phase"] == "build", final
+    assert "disk limit of 1 MiB" in final["message"], final
     assert "no space left on device" in output(events, "b")
     assert str(daemon.state_dir) not in output(events, "b")
 

@@ -111,6 +111,20 @@ def test_stop_destroys_every_box_and_the_loop():
     assert driver.files == {} and not pool._cleanup.running
 
 
+def test_stop_destroys_boxes_requests_still_hold_and_their_late_release_is_harmless():
+    pool, driver, clock = make_pool(boxes=2)
+    anon, session = got(pool.acquire(None)), got(pool.acquire("s"))
+    pool.stop()  # neither request ended: their boxes go all the same, each once
+    assert driver.files == {}
+    assert sorted(driver.destroyed) == sorted([anon.number, session.number, *[
+        n for n in driver.created if n not in (anon.number, session.number)]])
+    before = list(driver.destroyed)
+    pool.release(anon)
+    pool.release(session)
+    clock.advance(1)
+    assert driver.destroyed == before and pool.running == 0
+
+
 # -- waiting -----------------------------------------------------------------------------
 
 
