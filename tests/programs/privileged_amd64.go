@@ -8,5 +8,9 @@ const (
 	sysUserfaultfd    = 323
 	sysIoUringSetup   = 425
 	sysProcessVmReadv = 310
+	sysAddKey         = 248
+	sysRequestKey     = 249
+	sysNameToHandleAt = 303
+	sysClone3         = 435
 	sysOpenByHandleAt = 304
 )

@@ -8,5 +8,9 @@ const (
 	sysUserfaultfd    = 282
 	sysIoUringSetup   = 425
 	sysProcessVmReadv = 270
+	sysAddKey         = 217
+	sysRequestKey     = 218
+	sysNameToHandleAt = 264
+	sysClone3         = 435
 	sysOpenByHandleAt = 265
 )
