@@ -67,6 +67,9 @@ DENIED = (
     "io_uring_setup", "io_uring_enter", "io_uring_register",
     "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
     "syslog", "lookup_dcookie", "vhangup",
+    # A watch on an inode every box shares with the host (/usr, the toolchain) sees the
+    # host's and other boxes' opens and reads of it.
+    "inotify_init1", "fanotify_init",
 )
 
 SYSCALLS = {
@@ -82,9 +85,10 @@ SYSCALLS = {
         "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
         "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "clone3": 435,
         "mount_setattr": 442, "quotactl_fd": 443,
-        "socket": 41, "socketpair": 53, "ioctl": 16, "flock": 73,
+        "socket": 41, "socketpair": 53, "ioctl": 16, "flock": 73, "inotify_init1": 294,
+        "fanotify_init": 300,
         # x86_64 only
-        "iopl": 172, "ioperm": 173, "uselib": 134,
+        "iopl": 172, "ioperm": 173, "uselib": 134, "inotify_init": 253,
     },
     "aarch64": {
         "lookup_dcookie": 18, "umount2": 39, "mount": 40, "pivot_root": 41, "chroot": 51,
@@ -98,9 +102,10 @@ SYSCALLS = {
         "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430,
         "fsconfig": 431, "fsmount": 432, "fspick": 433, "clone3": 435, "mount_setattr": 442,
         "quotactl_fd": 443, "socket": 198, "socketpair": 199, "ioctl": 29, "flock": 32,
+        "inotify_init1": 26, "fanotify_init": 262,
     },
 }
-X86_ONLY = ("iopl", "ioperm", "uselib")
+X86_ONLY = ("iopl", "ioperm", "uselib", "inotify_init")
 
 
 class UnsupportedArch(RuntimeError):

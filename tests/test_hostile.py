@@ -211,7 +211,7 @@ PRIVILEGED = [
     "mount", "umount2", "ptrace", "ptrace_parent", "setuid", "setgid", "unshare_user",
     "unshare_mount", "unshare_net", "setns", "kexec_load", "init_module", "delete_module",
     "reboot", "chroot", "pivot_root", "acct", "swapon", "bpf", "perf_event_open", "keyctl",
-    "add_key", "request_key", "name_to_handle_at", "clone3",
+    "add_key", "request_key", "name_to_handle_at", "clone3", "inotify_init1", "fanotify_init",
     "userfaultfd", "io_uring_setup", "process_vm_readv", "syslog", "open_by_handle_at",
     "clone_newnet",
 ]

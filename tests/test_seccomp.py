@@ -56,6 +56,9 @@ def test_filter_decisions(arch: str):
     for nr in everyday[arch]:
         assert run_filter(program, audit, nr) == ALLOW, nr
     # Another architecture's calls (i386 on x86_64, arm on aarch64) are refused outright.
+    if arch == "x86_64":
+        for name in seccomp.X86_ONLY:
+            assert run_filter(program, audit, table[name]) == EPERM, name
     assert run_filter(program, 0x40000003, 0) == EPERM
     assert run_filter(program, 0x40000028, 0) == EPERM
 

@@ -84,6 +84,11 @@ func main() {
 		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 0, 0, 0)
 	}
 	report("clone3", r, e)
+	r, _, e = syscall.Syscall(sysInotifyInit1, 0, 0, 0)
+	report("inotify_init1", r, e)
+	// FAN_CLASS_NOTIF | FAN_REPORT_FID: what an unprivileged process may ask for.
+	r, _, e = syscall.Syscall(sysFanotifyInit, 0x200, 0, 0)
+	report("fanotify_init", r, e)
 	r, _, e = syscall.Syscall(sysUserfaultfd, 0, 0, 0)
 	report("userfaultfd", r, e)
 	r, _, e = syscall.Syscall(sysIoUringSetup, 4, bp, 0)

@@ -12,5 +12,7 @@ const (
 	sysRequestKey     = 249
 	sysNameToHandleAt = 303
 	sysClone3         = 435
+	sysInotifyInit1   = 294
+	sysFanotifyInit   = 300
 	sysOpenByHandleAt = 304
 )

@@ -12,5 +12,7 @@ const (
 	sysRequestKey     = 218
 	sysNameToHandleAt = 264
 	sysClone3         = 435
+	sysInotifyInit1   = 26
+	sysFanotifyInit   = 262
 	sysOpenByHandleAt = 265
 )
