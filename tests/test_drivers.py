@@ -437,3 +437,9 @@ def test_isolate_box_ids_from_its_config(tmp_path):
     assert box_ids(ISOLATE_CONFIG) == (60000, 60000, 1000)
     with pytest.raises(DriverError, match="neither"):
         box_ids({"box_root": "/x"})
+
+
+def test_isolate_refuses_box_numbers_it_does_not_have(iso):
+    iso.check_box_range(0, 998)  # 999 is the warm box
+    with pytest.raises(DriverError, match="num_boxes"):
+        iso.check_box_range(900, 100)

@@ -160,6 +160,10 @@ class Driver(ABC):
     def use_init(self, path: Path) -> None:  # noqa: B027 (most drivers need none)
         """Where the box init binary is (drivers with ``needs_init``)."""
 
+    def check_box_range(self, first: int, count: int) -> None:  # noqa: B027
+        """Refuse a start whose box numbers ``first`` … ``first + count - 1`` the sandbox
+        does not have (isolate: its ``num_boxes``)."""
+
     def workspace_for(self, number: int) -> Path:
         """Where box ``number``'s files live on the host."""
         return self.state_dir / "boxes" / str(number)

@@ -176,6 +176,14 @@ class IsolateDriver(Driver):
     def use_init(self, path: Path) -> None:
         self.init_binary = path
 
+    def check_box_range(self, first: int, count: int) -> None:
+        if first < 0 or first + count > self.warm_box_number:
+            raise DriverError(
+                f"isolate has boxes 0-{self.num_boxes - 1} (num_boxes); this daemon needs "
+                f"{first}-{first + count - 1} (--first-box, then up to 3 x --boxes + "
+                f"--max-sessions + 2) and {self.warm_box_number} to warm the Go cache: lower "
+                "them or raise isolate's num_boxes")
+
     def describe(self) -> list[str]:
         lines = super().describe()
         if self.own_cgroups:
