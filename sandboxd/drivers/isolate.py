@@ -4,10 +4,10 @@ Works with released isolate (tested: 2.6, what its authors' Debian repository an
 its newest tag install; only options every 2.x has are used) and with its master.  Box N is
 isolate's box N (its uid is isolate's ``first_uid + N``, its gid ``first_gid + N``; both come
 from ``/etc/subuid`` and ``/etc/subgid`` when the config names a ``subid_user``, isolate's stock
-configuration); a
-session keeps its isolate box between runs.  Without ``--cg`` isolate limits with rlimits; the
-daemon still puts the whole isolate process tree into its own cgroup where the host has one
-(see ``sandboxd.cgroup``), so memory and processes are bounded for the box as a whole.
+configuration); a session keeps its isolate box between runs.  Without ``--cg`` isolate limits
+with rlimits; the daemon still puts the whole isolate process tree into its own cgroup where the
+host has one (see ``sandboxd.cgroup``), so memory and processes are bounded for the box as a
+whole.
 
 Every build and run starts as sandboxd's box init (``sandboxd.boxinit``, passed as a descriptor
 with ``--inherit-fds``), which installs sandboxd's own seccomp filter -- the one bubblewrap
