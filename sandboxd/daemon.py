@@ -22,7 +22,7 @@ from sandboxd.job import Runtime
 from sandboxd.limits import LimitPolicy
 from sandboxd.metrics import Metrics
 from sandboxd.modules import ModuleSource
-from sandboxd.pool import BoxPool, PoolSettings
+from sandboxd.pool import MAX_BOX_NUMBER, BoxPool, PoolSettings
 from sandboxd.request import SourceLimits
 
 log = Logger()
@@ -83,6 +83,7 @@ class SandboxDaemon(service.MultiService):
             self.cgroups = cgroup.detect(f"sandboxd-{_instance_name(state_dir)}")
         self.driver = choose(sandbox, state_dir=state_dir, cgroups=self.cgroups,
                              first_uid=first_uid)
+        self.driver.check_box_range(first_box, min(MAX_BOX_NUMBER, 3 * boxes + max_sessions + 2))
         if cgroups == "isolate":
             if self.driver.name != "isolate":
                 raise DriverError("--cgroups=isolate needs the isolate driver")

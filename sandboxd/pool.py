@@ -116,7 +116,8 @@ class BoxPool:
         self._numbers_in_use.add(number)
         uid = self.driver.uid_for(number)
         now = self.now()  # the pool's clock, not the wall: sessions expire by it
-        box = Box(number, uid, uid, self.driver.workspace_for(number), session_id=session_id,
+        box = Box(number, uid, self.driver.gid_for(number), self.driver.workspace_for(number),
+                  session_id=session_id,
                   created=now, last_used=now)
         try:
             self.driver.create_box(box, self.settings.disk_mb)

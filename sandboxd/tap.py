@@ -180,6 +180,18 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.MultiService:
+    """The daemon; a sandbox or Go toolchain the operator has not set up right (isolate's
+    config, a missing tool, a toolchain that cannot build) ends the start with one line."""
+    from sandboxd.drivers import DriverError
+    from sandboxd.toolchain import ToolchainError
+
+    try:
+        return _make_service(options)
+    except (DriverError, ToolchainError) as e:
+        raise SystemExit(f"sandboxd: {e}") from None
+
+
+def _make_service(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     from sandboxd.daemon import SandboxDaemon

@@ -221,6 +221,8 @@ def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
     """
     import fcntl
 
+    if getattr(driver, "needs_init", False):
+        driver.use_init(box_init(toolchain))
     if (toolchain.std_cache / "README").is_file():
         _touch(toolchain)
         return False
@@ -232,6 +234,34 @@ def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
         built = _warm(toolchain, driver, quiet)
     _touch(toolchain)
     return built
+
+
+def box_init(toolchain: Toolchain) -> Path:
+    """The isolate box init (``sandboxd.boxinit``) compiled by this toolchain: built once into
+    the cache directory (about 15 s on 2 cores: its private build cache starts empty)."""
+    import fcntl
+
+    from sandboxd import boxinit
+
+    target = boxinit.binary_path(toolchain.cache_dir, toolchain.ident)
+    if target.is_file():
+        _touch_path(target)
+        return target
+    toolchain.cache_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(toolchain.cache_dir, 0o755)
+    with open(toolchain.cache_dir / ".warm.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return boxinit.build(toolchain.goroot, target)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            raise ToolchainError(str(e)) from None
+
+
+def _touch_path(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 STALE_AFTER_S = 30 * 24 * 3600
@@ -251,9 +281,13 @@ def _prune(cache_dir: Path) -> None:
     about 430 MB each) and the work directories of warms that died (we hold the lock)."""
     now = time.time()
     for entry in cache_dir.iterdir():
-        if entry.is_symlink() or not entry.is_dir():
+        if entry.is_symlink():
             continue
-        if entry.name.startswith("warm-") or (
+        if not entry.is_dir():
+            if entry.name.startswith("init-") and now - entry.stat().st_mtime > STALE_AFTER_S:
+                entry.unlink(missing_ok=True)
+            continue
+        if entry.name.startswith(("warm-", "init-build-")) or (
             entry.name.startswith(("std-", "go-"))
             and now - entry.stat().st_mtime > STALE_AFTER_S
         ):
@@ -283,7 +317,7 @@ def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
         (src / "main.go").write_text(f"package main\n\nimport (\n{imports})\n\nfunc main() {{}}\n")
         os.chmod(work, 0o755)
         number = driver.warm_box_number
-        box = Box(number, uid, uid, driver.workspace_for(number))
+        box = Box(number, uid, driver.gid_for(number), driver.workspace_for(number))
         driver.create_box(box, 64)
         lim = DEFAULT_LIMITS.build
         flags = " ".join(BUILD_FLAGS)

@@ -38,6 +38,8 @@ STATUS_FD = 3
 SECCOMP_FD = 4
 # Where a held sandbox (see ``Driver.can_hold``) waits for the byte that lets its program start.
 HOLD_FD = 5
+# Where an isolate box finds sandboxd's box init (``sandboxd.boxinit``), to run it first.
+INIT_FD = 6
 
 # What a program sees as its whole environment.
 RUN_ENV = {
@@ -147,6 +149,20 @@ class Driver(ABC):
 
     def uid_for(self, number: int) -> int:
         return self.first_uid + number
+
+    def gid_for(self, number: int) -> int:
+        return self.uid_for(number)
+
+    # True: every run starts as ``sandboxd.boxinit``; the toolchain's warm step builds it and
+    # hands its path to ``use_init``.
+    needs_init = False
+
+    def use_init(self, path: Path) -> None:  # noqa: B027 (most drivers need none)
+        """Where the box init binary is (drivers with ``needs_init``)."""
+
+    def check_box_range(self, first: int, count: int) -> None:  # noqa: B027
+        """Refuse a start whose box numbers ``first`` … ``first + count - 1`` the sandbox
+        does not have (isolate: its ``num_boxes``)."""
 
     def workspace_for(self, number: int) -> Path:
         """Where box ``number``'s files live on the host."""

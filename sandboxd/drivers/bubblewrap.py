@@ -53,8 +53,9 @@ class BubblewrapDriver(Driver):
             run.tmp = self._fresh_tmp(run.box, run.limits.disk_mb, self.tmp_tag(run))
 
     def describe(self) -> list[str]:
-        syscalls = ("seccomp filter: mount, ptrace, unshare, bpf, io_uring, keyctl, kexec, "
-                    "modules and new namespaces refused (EPERM)" if self.seccomp
+        syscalls = ("seccomp filter: mount, ptrace, unshare, bpf, io_uring, keyrings, kexec, "
+                    "modules, inotify and new namespaces refused (EPERM); sockets only AF_UNIX, "
+                    "AF_INET, AF_INET6, netlink routes" if self.seccomp
                     else "no seccomp filter for this architecture (capabilities dropped only)")
         tmp = ("/tmp, /var/tmp and /dev/shm: a fresh daemon-mounted tmpfs per run (size and "
                "inodes bounded)" if self.use_tmpfs else
