@@ -130,7 +130,8 @@ class Floor:
         env = toolchain.build_env()
         env.update(GOROOT=str(toolchain.goroot), GOCACHE=str(cache), HOME=str(work),
                    GOPATH=str(work / "gopath"), GOMODCACHE=str(work / "gopath" / "mod"),
-                   GOTMPDIR="", GODEBUG="", PATH=f"{toolchain.goroot}/bin:/usr/bin:/bin")
+                   GOTMPDIR="", GODEBUG="", GOCACHEPROG="",
+                   PATH=f"{toolchain.goroot}/bin:/usr/bin:/bin")
         self.env = env
         self.flags = " ".join(tc.BUILD_FLAGS)
 
