@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from sandboxd import hostfs
+from sandboxd import boxetc, hostfs
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport, RunCgroup
 from sandboxd.limits import PhaseLimits
@@ -144,6 +144,11 @@ class Driver(ABC):
         if path is None:
             raise DriverError(f"{name} is not installed (see README: make setup)")
         return path
+
+    def box_etc(self, box: Box) -> Path:
+        """The box's own read-only /etc (see ``sandboxd.boxetc``): for every run that does
+        not have the host's network (a module download step keeps the host's name files)."""
+        return boxetc.ensure(self.state_dir / "etc", box.uid, box.gid)
 
     def uid_for(self, number: int) -> int:
         return self.first_uid + number

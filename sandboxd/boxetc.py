@@ -1,0 +1,60 @@
+"""The ``/etc`` a box sees: a few files the daemon writes, never the host's.
+
+Without any ``/etc`` Go's resolver asks DNS for ``localhost`` (``lookup localhost on [::1]:53``),
+so the Go Playground's stock HTTP server example cannot reach itself, and ``os/user`` knows no
+one.  Each box gets a read-only directory with ``hosts`` (localhost for IPv4 and IPv6, and the
+box's hostname), ``passwd`` and ``group`` naming the box's user with its uid and gid, and
+``nsswitch.conf`` (files, then DNS; a box has no DNS server, so only these names resolve).
+Nothing in it comes from the host, and it names no host path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOSTNAME = "sandbox"  # what bwrap --hostname sets; isolate's box keeps its own UTS namespace
+USER = "sandbox"  # RUN_ENV's USER
+
+
+def contents(uid: int, gid: int) -> dict[str, str]:
+    return {
+        "hosts": ("127.0.0.1\tlocalhost\n"
+                  "::1\tlocalhost ip6-localhost ip6-loopback\n"
+                  f"127.0.1.1\t{HOSTNAME}\n"),
+        "passwd": ("root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                   f"{USER}:x:{uid}:{gid}:{USER}:/box:/usr/sbin/nologin\n"
+                   "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+        "group": f"root:x:0:\n{USER}:x:{gid}:\nnogroup:x:65534:\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
+    }
+
+
+def ensure(root: Path, uid: int, gid: int) -> Path:
+    """The directory for a box of ``uid``/``gid`` under ``root`` (a root-owned directory only
+    the daemon writes), written once; root-owned and world-readable."""
+    target = root / f"{uid}-{gid}"
+    if target.is_dir():
+        return target
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    work = root / f".{uid}-{gid}.{os.getpid()}"
+    if work.exists():
+        for entry in work.iterdir():
+            entry.unlink()
+        work.rmdir()
+    work.mkdir(mode=0o755)
+    os.chmod(work, 0o755)
+    for name, text in contents(uid, gid).items():
+        path = work / name
+        path.write_text(text)
+        os.chmod(path, 0o644)
+    try:
+        os.rename(work, target)
+    except OSError:
+        for entry in work.iterdir():
+            entry.unlink()
+        work.rmdir()
+        if not target.is_dir():
+            raise
+    return target
