@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-HOSTNAME = "sandbox"  # what bwrap --hostname sets; isolate's box keeps its own UTS namespace
+HOSTNAME = "sandbox"  # what bwrap --hostname sets (an isolate box has the host's hostname)
 USER = "sandbox"  # RUN_ENV's USER
 
 
