@@ -10,6 +10,7 @@ Nothing in it comes from the host, and it names no host path.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -33,19 +34,21 @@ def contents(uid: int, gid: int) -> dict[str, str]:
 def ensure(root: Path, uid: int, gid: int) -> Path:
     """The directory for a box of ``uid``/``gid`` under ``root`` (a root-owned directory only
     the daemon writes), written once; root-owned and world-readable."""
-    target = root / f"{uid}-{gid}"
+    files = contents(uid, gid)
+    digest = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:12]
+    target = root / f"{uid}-{gid}-{digest}"  # named by its contents: never stale, never rewritten
     if target.is_dir():
         return target
     root.mkdir(mode=0o755, parents=True, exist_ok=True)
     os.chmod(root, 0o755)
-    work = root / f".{uid}-{gid}.{os.getpid()}"
+    work = root / f".{target.name}.{os.getpid()}"
     if work.exists():
         for entry in work.iterdir():
             entry.unlink()
         work.rmdir()
     work.mkdir(mode=0o755)
     os.chmod(work, 0o755)
-    for name, text in contents(uid, gid).items():
+    for name, text in files.items():
         path = work / name
         path.write_text(text)
         os.chmod(path, 0o644)
