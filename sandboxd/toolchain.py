@@ -108,8 +108,9 @@ class Toolchain:
         parts = self.version.removeprefix("go").split(".")
         return ".".join(parts[:2])
 
-    def build_env(self) -> dict[str, str]:
-        """The build's whole environment (the same when the cache is warmed)."""
+    def build_env(self, layer: bool = True) -> dict[str, str]:
+        """The build's whole environment (the same when the cache is warmed, but for the
+        cache layer: the warm writes the shared cache itself)."""
         return {
             "PATH": f"{GOROOT_INSIDE}/bin:/usr/bin:/bin",
             "HOME": "/tmp",
@@ -129,12 +130,15 @@ class Toolchain:
             "XDG_CONFIG_HOME": TELEMETRY_CONFIG_INSIDE,
             "CGO_ENABLED": "0",
             "LANG": "C.UTF-8",
-            **self._cacheprog_env(),
+            **(self._cacheprog_env() if layer else {}),
         }
 
     def _cacheprog_env(self) -> dict[str, str]:
-        name = self.cacheprog_name
-        if name is None:
+        """GOCACHEPROG, where this toolchain's std cache has the layer (the warm compiles it;
+        a std cache seen through something made before it, such as an image of an older
+        one, builds without it, as before the layer)."""
+        name, path = self.cacheprog_name, self.cacheprog
+        if name is None or path is None or not _is_file(path):
             return {}
         prog = f"{GOCACHE_INSIDE}/{CACHEPROG_DIR}/{name}"
         return {"GOCACHEPROG": f"{prog} {GOCACHE_INSIDE} {PRIVATE_CACHE_INSIDE}"}
@@ -195,6 +199,19 @@ def find_goroot(path: str | None) -> Path:
 
 
 _digests: dict[tuple[str, int, int], str] = {}
+
+
+_seen_files: set[Path] = set()
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, remembered once true (the layer never goes away under a daemon)."""
+    if path in _seen_files:
+        return True
+    if path.is_file():
+        _seen_files.add(path)
+        return True
+    return False
 
 
 def _cacheprog_hash() -> str:
@@ -382,8 +399,10 @@ def _build_cacheprog(toolchain: Toolchain, driver: Any) -> None:
         hostfs.write_tree(src, {"go.mod": b"module gocacheprog\n\ngo 1.24\n",
                                 "main.go": CACHEPROG_SOURCE.read_bytes()})
         hostfs.make_private_dir(out, uid, uid, 0o700)
-        env = toolchain.build_env()
-        env.pop("GOCACHEPROG", None)
+        # Not a writable cache (its build would compile the whole standard library) but the
+        # shared one read-only, which go only reads: without its module index, which go must
+        # otherwise write ("package fmt is not in std" on a cache that lacks it).
+        env = {**toolchain.build_env(layer=False), "GODEBUG": "goindex=0"}
         returncode, log_text = _run_in_warm_box(
             driver, [f"{GOROOT_INSIDE}/bin/go", "build", *BUILD_FLAGS, "-o",
                      f"{OUTPUT_INSIDE}/gocacheprog", "."],
@@ -419,7 +438,8 @@ def _build_cacheprog(toolchain: Toolchain, driver: Any) -> None:
 
 
 def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
-    from sandboxd.drivers import Mount
+    from sandboxd.drivers import Mount, SandboxRun
+    from sandboxd.drivers.base import STATUS_FD
     from sandboxd.limits import DEFAULT_LIMITS
     from sandboxd.limits import PhaseLimits as _PL
 
@@ -439,22 +459,52 @@ def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
         imports = "".join(f'\t_ "{name}"\n' for name in VET_WARM_IMPORTS)
         (src / "main.go").write_text(f"package main\n\nimport (\n{imports})\n\nfunc main() {{}}\n")
         os.chmod(work, 0o755)
+        number = driver.warm_box_number
+        box = Box(number, uid, uid, driver.workspace_for(number))
+        driver.create_box(box, 64)
         lim = DEFAULT_LIMITS.build
         flags = " ".join(BUILD_FLAGS)
         limits = _PL(**{**lim.as_dict(), "wall_ms": 600_000, "cpu_ms": 1_200_000,
                         "memory_mb": 4096, "disk_mb": 1024, "file_size_mb": 512})
-        env = toolchain.build_env()
-        env.pop("GOCACHEPROG", None)  # the warm writes the shared cache itself
+        run = SandboxRun(
+            phase=Phase.BUILD, box=box,
+            argv=["/bin/sh", "-c", f"go build {flags} std && go vet {flags} .",
+                  "sandboxd-warm"],
+            env=toolchain.build_env(layer=False), cwd=SOURCE_INSIDE, limits=limits,
+            mounts=[Mount(toolchain.goroot, GOROOT_INSIDE), Mount(cache, GOCACHE_INSIDE, True),
+                    Mount(src, SOURCE_INSIDE)],
+            with_workspace=False,
+        )
+        argv, env = driver.command(run)
         if not quiet:
             print(f"sandboxd: building the Go standard library cache for {toolchain.version} "
                   f"into {target} (once; about 40 s)", file=sys.stderr)
-        returncode, log_text = _run_in_warm_box(
-            driver, ["/bin/sh", "-c", f"go build {flags} std && go vet {flags} .",
-                     "sandboxd-warm"],
-            env, limits,
-            [Mount(toolchain.goroot, GOROOT_INSIDE), Mount(cache, GOCACHE_INSIDE, True),
-             Mount(src, SOURCE_INSIDE)])
-        if returncode != 0:
+        try:
+            # The sandbox may report on STATUS_FD (bwrap dies without it, and its half-made
+            # child then holds our pipes open forever): give it /dev/null.
+            status_sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            fds = {STATUS_FD: status_sink, **run.fds}
+
+            def place_fds() -> None:
+                for child_fd, fd in fds.items():
+                    os.dup2(fd, child_fd)
+
+            # Output goes to a file, not a pipe: a sandbox that dies half-made can leave a
+            # process holding a pipe open, and the warm must not wait on it for ever.
+            with tempfile.TemporaryFile() as output:
+                try:
+                    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                                          stdout=output, stderr=subprocess.STDOUT, timeout=900,
+                                          pass_fds=tuple(fds), preexec_fn=place_fds)
+                finally:
+                    os.close(status_sink)
+                    _kill_uid(uid)
+                output.seek(0)
+                log_text = output.read().decode(errors="replace")
+        finally:
+            run.close_fds()
+            driver.destroy_box(box)
+        if proc.returncode != 0:
             raise ToolchainError("building the standard library failed:\n" + log_text)
         for root, dirs, files in os.walk(cache, followlinks=False):
             os.chown(root, 0, 0, follow_symlinks=False)

@@ -142,7 +142,8 @@ def test_a_go_mod_without_a_go_line_builds(daemon):
 @pytest.fixture(scope="module")
 def cache_without_index(driver):
     """A daemon whose standard-library cache (a hard-linked copy) lacks every module index
-    entry: each build misses them, and go must write them somewhere."""
+    entry: each build misses them, and go must write them somewhere.  The copy has no cache
+    layer either: the daemon's start compiles it."""
     real = toolchain.load(toolchain.find_goroot(None), toolchain.DEFAULT_CACHE_DIR)
     work = Path(tempfile.mkdtemp(prefix="test-miss-", dir=real.cache_dir))
     try:
@@ -164,7 +165,12 @@ def cache_without_index(driver):
             body.unlink()
             removed += 1
         assert removed > 100  # one per standard package at least
+        shutil.rmtree(std / toolchain.CACHEPROG_DIR, ignore_errors=True)  # the start builds it
         d = Daemon(driver, f"--cache-dir={cache_dir}").start()
+        layer = list((std / toolchain.CACHEPROG_DIR).iterdir())
+        assert [p.name for p in layer] == [real.cacheprog_name]
+        st = layer[0].stat()
+        assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o755)
         try:
             yield d
         finally:
