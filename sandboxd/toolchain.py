@@ -348,7 +348,8 @@ def _run_in_warm_box(driver: Any, argv: list[str], env: dict[str, str], limits: 
 
     number = driver.warm_box_number
     uid = driver.uid_for(number)
-    box = Box(number, uid, uid, driver.workspace_for(number))
+    gid = getattr(driver, "gid_for", driver.uid_for)(number)  # isolate's may differ
+    box = Box(number, uid, gid, driver.workspace_for(number))
     driver.create_box(box, 64)
     run = SandboxRun(phase=Phase.BUILD, box=box, argv=argv, env=env, cwd=SOURCE_INSIDE,
                      limits=limits, mounts=mounts, with_workspace=False)
@@ -398,7 +399,8 @@ def _build_cacheprog(toolchain: Toolchain, driver: Any) -> None:
         hostfs.make_private_dir(src, 0, 0, 0o755)
         hostfs.write_tree(src, {"go.mod": b"module gocacheprog\n\ngo 1.24\n",
                                 "main.go": CACHEPROG_SOURCE.read_bytes()})
-        hostfs.make_private_dir(out, uid, uid, 0o700)
+        gid = getattr(driver, "gid_for", driver.uid_for)(driver.warm_box_number)
+        hostfs.make_private_dir(out, uid, gid, 0o700)
         # Not a writable cache (its build would compile the whole standard library) but the
         # shared one read-only, which go only reads: without its module index, which go must
         # otherwise write ("package fmt is not in std" on a cache that lacks it).
