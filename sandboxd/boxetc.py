@@ -5,7 +5,10 @@ so the Go Playground's stock HTTP server example cannot reach itself, and ``os/u
 one.  Each box gets a read-only directory with ``hosts`` (localhost for IPv4 and IPv6, and the
 box's hostname), ``passwd`` and ``group`` naming the box's user with its uid and gid, and
 ``nsswitch.conf`` (files, then DNS; a box has no DNS server, so only these names resolve).
-Nothing in it comes from the host, and it names no host path.
+Nothing in it comes from the host, and it names no host path: it is written into the run's own
+daemon-mounted tmpfs (the one holding its /tmp), so a box's /proc/self/mountinfo shows it as
+``/etc`` of that tmpfs, not as a directory of the host; only where the host cannot mount a
+tmpfs is it a directory under the state dir, shared by the box's runs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,20 @@ def contents(uid: int, gid: int) -> dict[str, str]:
     }
 
 
+def write(target: Path, uid: int, gid: int) -> None:
+    """Create ``target`` (it must not exist, in a directory only the daemon writes) with the
+    files: root-owned and world-readable."""
+    os.mkdir(target, 0o755)
+    os.chmod(target, 0o755)
+    for name, text in contents(uid, gid).items():
+        path = target / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o644)
+
+
 def ensure(root: Path, uid: int, gid: int) -> Path:
     """The directory for a box of ``uid``/``gid`` under ``root`` (a root-owned directory only
     the daemon writes), written once; root-owned and world-readable."""
@@ -46,12 +63,7 @@ def ensure(root: Path, uid: int, gid: int) -> Path:
         for entry in work.iterdir():
             entry.unlink()
         work.rmdir()
-    work.mkdir(mode=0o755)
-    os.chmod(work, 0o755)
-    for name, text in files.items():
-        path = work / name
-        path.write_text(text)
-        os.chmod(path, 0o644)
+    write(work, uid, gid)
     try:
         os.rename(work, target)
     except OSError:

@@ -50,6 +50,7 @@ import (
 \t"net/http"
 \t"os"
 \t"os/user"
+\t"strings"
 )
 
 func main() {
@@ -78,6 +79,13 @@ func main() {
 \t}
 \tif err := os.WriteFile("/etc/hosts", []byte("x"), 0o644); err == nil {
 \t\tfmt.Println("/etc is writable")
+\t}
+\tif b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+\t\tfor _, line := range strings.Split(string(b), "\\n") {
+\t\t\tif f := strings.Fields(line); len(f) > 4 && f[4] == "/etc" {
+\t\t\t\tfmt.Println("/etc is", f[3], "of its filesystem")
+\t\t\t}
+\t\t}
 \t}
 \tif c, err := net.Dial("tcp", "1.1.1.1:80"); err == nil {
 \t\tc.Close()
@@ -233,7 +241,8 @@ def test_test_names_are_what_go_test_runs(daemon):
 
 def test_localhost_works_in_the_box_and_there_is_still_no_way_out(daemon):
     """Defect 4: the Playground's HTTP server example failed with `lookup localhost on
-    [::1]:53`.  The box's /etc is the daemon's (read-only, naming the box's user)."""
+    [::1]:53`.  The box's /etc is the daemon's (read-only, naming the box's user), and its
+    mount names no host directory."""
     events = daemon.run({"id": "h", "code": HTTP_SERVER})
     final = finals(events)["h"]
     assert final["status"] == "ok", output(events, "h")
@@ -242,4 +251,5 @@ def test_localhost_works_in_the_box_and_there_is_still_no_way_out(daemon):
         "localhost [127.0.0.1 ::1] <nil>\n"
         "ip6-localhost [::1] <nil>\n"
         "sandbox true /box <nil>\n"
+        "/etc is /etc of its filesystem\n"  # the run's tmpfs: no host path in mountinfo
     )

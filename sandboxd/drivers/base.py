@@ -145,10 +145,17 @@ class Driver(ABC):
             raise DriverError(f"{name} is not installed (see README: make setup)")
         return path
 
-    def box_etc(self, box: Box) -> Path:
-        """The box's own read-only /etc (see ``sandboxd.boxetc``): for every run that does
-        not have the host's network (a module download step keeps the host's name files)."""
-        return boxetc.ensure(self.state_dir / "etc", box.uid, box.gid)
+    def box_etc(self, run: SandboxRun) -> Path:
+        """The box's own read-only /etc (see ``sandboxd.boxetc``) for ``run``: in its /tmp's
+        tmpfs where it has one.  For every run that does not have the host's network (a
+        module download step keeps the host's name files)."""
+        box = run.box
+        if run.tmp is None:
+            return boxetc.ensure(self.state_dir / "etc", box.uid, box.gid)
+        etc = run.tmp / "etc"
+        if not etc.is_dir():
+            boxetc.write(etc, box.uid, box.gid)
+        return etc
 
     def uid_for(self, number: int) -> int:
         return self.first_uid + number

@@ -180,7 +180,7 @@ class IsolateDriver(Driver):
         if run.network:
             argv += ["--share-net", "--dir=/etc=/etc"]
         else:
-            argv.append(f"--dir=/etc={self.box_etc(run.box)}")
+            argv.append(f"--dir=/etc={self.box_etc(run)}")
         if run.with_workspace:
             argv.append(f"--dir=/box={run.box.workspace}:rw")
         for mount in run.mounts:
