@@ -162,16 +162,17 @@ def cache_without_index(driver):
         for source, target in ((real.goroot, cache_dir / real.goroot.name),
                                (real.std_cache, std)):
             subprocess.run(["cp", "-al", str(source), str(target)], check=True)
-        removed = 0
+        index = []  # (entry, body) of every module index entry (several may share a body)
         for entry in std.glob("??/*-a"):
             output_id = entry.read_text().split()[2]
             body = std / output_id[:2] / f"{output_id}-d"
             with open(body, "rb") as f:
-                if f.read(11) != b"go index v2":
-                    continue
-            entry.unlink()  # links of the copy: the real cache keeps its own
-            body.unlink()
-            removed += 1
+                if f.read(11) == b"go index v2":
+                    index.append((entry, body))
+        for entry, body in index:  # links of the copy: the real cache keeps its own
+            entry.unlink()
+            body.unlink(missing_ok=True)
+        removed = len(index)
         assert removed > 100  # one per standard package at least
         shutil.rmtree(std / toolchain.CACHEPROG_DIR, ignore_errors=True)  # the start builds it
         d = Daemon(driver, f"--cache-dir={cache_dir}").start()
