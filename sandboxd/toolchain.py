@@ -354,6 +354,7 @@ def _run_in_warm_box(driver: Any, argv: list[str], env: dict[str, str], limits: 
     run = SandboxRun(phase=Phase.BUILD, box=box, argv=argv, env=env, cwd=SOURCE_INSIDE,
                      limits=limits, mounts=mounts, with_workspace=False)
     try:
+        driver.prepare(run)  # as for a request's build: its own bounded /tmp (and /etc)
         command, command_env = driver.command(run)
         # The sandbox may report on STATUS_FD (bwrap dies without it, and its half-made
         # child then holds our pipes open forever): give it /dev/null.
