@@ -170,6 +170,7 @@ def iso(tmp_path, monkeypatch) -> IsolateDriver:
     driver = IsolateDriver(tmp_path / "state", NO_CGROUPS)
     driver.use_tmpfs = False
     monkeypatch.setattr(driver, "_fresh_tmp", lambda box, disk_mb, tag="": tmp_path / "fresh-tmp")
+    (tmp_path / "fresh-tmp").mkdir()  # as _fresh_tmp makes it (the box's /etc goes in there)
     return driver
 
 
