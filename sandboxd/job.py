@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sandboxd import diagnostics, gotest, hostfs
+from sandboxd import diagnostics, executable, gotest, hostfs
 from sandboxd.bincache import BinaryCache
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport
@@ -247,6 +247,11 @@ class Job:
         if self.cancel_reason is not None:
             self._finish(Status.CANCELLED, self.cancel_reason)
             return
+        try:  # whatever the cache holds: nothing but a program of this machine is executed
+            executable.check(build.binary)
+        except (OSError, executable.NotAProgram) as e:
+            self._finish(Status.INTERNAL_ERROR, f"the built program cannot be run ({e})")
+            return
         self.phase = Phase.RUN
         await self._run(build.binary)
 
@@ -261,7 +266,7 @@ class Job:
         """
         req, rt, tc = self.request, self.rt, self.toolchain
         files = dict(req.files)
-        files.setdefault("go.mod", tc.go_mod())
+        files["go.mod"] = tc.with_go_line(files["go.mod"]) if "go.mod" in files else tc.go_mod()
         flags: tuple[str, ...] = BUILD_FLAGS
         if self.testing:
             files, self.renamed = gotest.as_test_package(files)
@@ -420,9 +425,17 @@ class Job:
             try:
                 fd, size = hostfs.open_box_file(out, "main", MAX_BINARY_BYTES)
                 try:
+                    executable.check_fd(fd)
                     binary = rt.binaries.put_file(key, fd, size)
                 finally:
                     os.close(fd)
+            except executable.NotAProgram as e:
+                if e.archive:  # a package that is not main: what ``go run`` says of it
+                    said = f"package {_module_path(files)} is not a main package"
+                    return BuildOutcome(None, Status.COMPILE_ERROR, said,
+                                        diagnostics=said + "\n")
+                return BuildOutcome(None, Status.INTERNAL_ERROR,
+                                    f"the build left no usable program ({e})", result=result)
             except OSError as e:
                 return BuildOutcome(None, Status.INTERNAL_ERROR,
                                     f"the build left no usable program ({e.strerror})",
@@ -469,8 +482,8 @@ class Job:
 
     async def _vet(self) -> None:
         """``go vet`` over the sources; findings stream as cleaned stderr lines."""
-        files = dict(self.request.files)
-        files.setdefault("go.mod", self.toolchain.go_mod())
+        files, tc = dict(self.request.files), self.toolchain
+        files["go.mod"] = tc.with_go_line(files["go.mod"]) if "go.mod" in files else tc.go_mod()
         job_dir = self._make_job_dir()
         lines = _LineCleaner(self)
         try:
@@ -809,6 +822,15 @@ def _shareable(outcome: BuildOutcome) -> bool:
     program, or a compile error.  Never a limit, a cancel, or a failure of the sandbox: those
     depend on the moment and the request, and the next one in line builds for itself."""
     return outcome.binary is not None or outcome.status is Status.COMPILE_ERROR
+
+
+_MODULE_LINE = re.compile(rb"^\s*module\s+\"?([^\s\"/]+[^\s\"]*)", re.MULTILINE)
+
+
+def _module_path(files: dict[str, bytes]) -> str:
+    """The main module's path, as the go command names the package in the top directory."""
+    m = _MODULE_LINE.search(files.get("go.mod", b""))
+    return m.group(1).decode("utf-8", "replace") if m else "command-line-arguments"
 
 
 def _collector(limit: int) -> tuple[list[bytes], Callable[[str, bytes, str], int]]:

@@ -190,6 +190,7 @@ def iso(tmp_path, monkeypatch) -> IsolateDriver:
     init.write_bytes(b"\x7fELF init")
     driver.use_init(init)
     monkeypatch.setattr(driver, "_fresh_tmp", lambda box, disk_mb, tag="": tmp_path / "fresh-tmp")
+    (tmp_path / "fresh-tmp").mkdir()  # as _fresh_tmp makes it (the box's /etc goes in there)
     return driver
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from sandboxd import hostfs
+from sandboxd import boxetc, hostfs
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport, RunCgroup
 from sandboxd.limits import PhaseLimits
@@ -146,6 +146,18 @@ class Driver(ABC):
         if path is None:
             raise DriverError(f"{name} is not installed (see README: make setup)")
         return path
+
+    def box_etc(self, run: SandboxRun) -> Path:
+        """The box's own read-only /etc (see ``sandboxd.boxetc``) for ``run``: in its /tmp's
+        tmpfs where it has one.  For every run that does not have the host's network (a
+        module download step keeps the host's name files)."""
+        box = run.box
+        if run.tmp is None:
+            return boxetc.ensure(self.state_dir / "etc", box.uid, box.gid)
+        etc = run.tmp / "etc"
+        if not etc.is_dir():
+            boxetc.write(etc, box.uid, box.gid)
+        return etc
 
     def uid_for(self, number: int) -> int:
         return self.first_uid + number

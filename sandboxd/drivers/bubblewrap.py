@@ -125,6 +125,8 @@ class BubblewrapDriver(Driver):
             for path in NETWORK_FILES:
                 if os.path.exists(path):
                     sandbox += ["--ro-bind", path, path]
+        else:  # its own network namespace (bwrap brings its loopback up), its own /etc
+            sandbox += ["--ro-bind", str(self.box_etc(run)), "/etc"]
         if run.with_workspace:
             sandbox += ["--bind", str(run.box.workspace), "/box"]
         for mount in run.mounts:

@@ -277,6 +277,8 @@ class IsolateDriver(Driver):
                  f"--dir=/var/tmp={tmp}/tmp:rw"]
         if run.network:
             argv += ["--share-net", "--dir=/etc=/etc"]
+        else:
+            argv.append(f"--dir=/etc={self.box_etc(run)}")
         if run.with_workspace:
             argv.append(f"--dir=/box={run.box.workspace}:rw")
         for mount in run.mounts:
