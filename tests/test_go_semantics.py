@@ -14,6 +14,7 @@ import pytest
 
 from sandboxd import toolchain
 from sandboxd.bincache import BinaryCache
+from sandboxd.limits import DEFAULT_LIMITS
 from tests.harness import Daemon, finals, go_main, output
 from tests.test_modules import make_proxy
 
@@ -115,7 +116,7 @@ def test_nothing_but_a_program_of_this_machine_is_ever_executed(driver):
     tc = toolchain.load(toolchain.find_goroot(None), toolchain.DEFAULT_CACHE_DIR)
     code = go_main('\tfmt.Println("built")')
     key = BinaryCache.key({"main.go": code.encode(), "go.mod": tc.go_mod()}, tc.ident,
-                          toolchain.BUILD_FLAGS)
+                          toolchain.BUILD_FLAGS, DEFAULT_LIMITS.build)
     d = Daemon(driver)
     try:
         binaries = d.state_dir / "binaries"
