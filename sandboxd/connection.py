@@ -10,6 +10,9 @@ requests are cancelled.  When the client reads slowly, every child of the connec
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import itertools
 import select
 import socket
 import time
@@ -53,6 +56,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self._hangup_watch: LoopingCall | None = None
         self._pending_counted = 0  # this connection's share of factory.pending_input
         self.last_active = time.monotonic()  # the client's last line or byte
+        self._client: str | None = None
 
     # -- connection life -------------------------------------------------------------------
 
@@ -255,7 +259,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
                                   SHUTDOWN_NOT_STARTED,
                                   Phase.QUEUE))
             return
-        job = Job(self.factory.runtime, request, self.send)
+        job = Job(self.factory.runtime, request, self.send, self.client)
         self.jobs[request.id] = job
         if self.paused:
             job.pause()
@@ -283,6 +287,39 @@ class Connection(protocol.Protocol, TimeoutMixin):
         if self.jobs.get(request_id) is job:
             del self.jobs[request_id]
         self._close_if_done()
+
+    @property
+    def client(self) -> str:
+        """Who this connection's requests count as, for the shares of the queue and of the
+        sessions (``sandboxd.pool``): the client certificate where one was verified (an
+        ``ssl:`` listener with ``--client-ca``), else the peer's address with
+        ``--client-identity=address`` (IPv6: its /64), else this connection alone.  Asked at
+        the first request, after any TLS handshake."""
+        if self._client is None:
+            self._client = self._certificate_identity() or (
+                self.factory.client_identity == "address" and self._address_identity()
+            ) or f"conn:{next(self.factory.serials)}"
+        return self._client
+
+    def _certificate_identity(self) -> str | None:
+        try:
+            cert = self.transport.getPeerCertificate()
+        except Exception:
+            return None  # not a TLS transport
+        if cert is None:
+            return None
+        digest = hashlib.sha256(cert.get_issuer().der() + b"/" + cert.get_subject().der())
+        return f"cert:{digest.hexdigest()[:32]}"
+
+    def _address_identity(self) -> str | None:
+        try:
+            host = self.transport.getPeer().host
+            address = ipaddress.ip_address(host)
+        except Exception:
+            return None  # a Unix socket, say: no address to group by
+        if address.version == 6 and address.ipv4_mapped is None:
+            return f"addr:{ipaddress.ip_network(f'{address}/64', strict=False)}"
+        return f"addr:{address.ipv4_mapped or address}"
 
     # -- output ----------------------------------------------------------------------------
 
@@ -335,8 +372,11 @@ class ConnectionFactory(protocol.Factory):
         idle_timeout: float | None = 600,
         max_pending_input: int = 128 * 1024 * 1024,
         max_connections: int = 4096,
+        client_identity: str = "connection",
     ) -> None:
         self.runtime = runtime
+        self.client_identity = client_identity  # "connection" or "address"
+        self.serials = itertools.count(1)
         self.max_connections = max_connections
         self.max_pending_input = max_pending_input
         self.pending_input = 0  # bytes of unfinished lines held, all connections together

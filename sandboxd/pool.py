@@ -1,16 +1,25 @@
 """The box pool: how many boxes run at once, who waits, which box a request gets.
 
-A ``DeferredSemaphore`` of ``--boxes`` lets that many requests run at once; the rest wait first
-in, first out, up to ``--max-queue``.  A request with a ``session_id`` gets that session's own
-box (same uid, same files) and requests of one session take turns; a request without one gets a
-box that holds no file of any earlier request.  Used anonymous boxes are wiped after their
-request, off the next request's path, and kept ready.  A ``LoopingCall`` expires idle and old
+``FairSlots`` lets ``--boxes`` requests run at once; the rest wait, each client's first in,
+first out, and a freed box goes to the next *client* in turn (round-robin), so one client's
+flood costs that client, not its neighbours.  A client (see ``sandboxd.connection``) may have
+``--max-queue-per-client`` requests waiting and ``--max-sessions-per-client`` live sessions;
+when the whole queue (``--max-queue``) is full, the newest waiting request of the client with
+the most waiting gives its place to a client with fewer.  Session boxes keep their files
+between requests, in memory (tmpfs): the sizes they may grow to are reserved here, and a
+request that would take the total past ``--max-box-memory-mb`` is refused at once.
+
+A request with a ``session_id`` gets that session's own box (same uid, same files) and
+requests of one session take turns; a request without one gets a box that holds no file of
+any earlier request.  Used anonymous boxes are wiped after their request, off the next
+request's path, and kept ready.  A ``LoopingCall`` expires idle and old
 sessions; one failing step is logged and never stops it.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,8 +36,68 @@ log = Logger()
 MAX_BOX_NUMBER = 4000
 
 
+# The client of callers that name none (the health check, unit tests): one client.
+NO_CLIENT = "-"
+
+
 class QueueFull(Exception):
-    """No place to wait: the queue (or the session table) is full."""
+    """No place to wait: the queue, the client's share of it, the session table, the client's
+    share of that, or the memory session boxes may hold is full."""
+
+
+class FairSlots:
+    """``tokens`` slots; waiters are served round-robin between clients, each client's own
+    first in, first out.  A client that was just served goes to the back of the turn."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        # Clients with waiters, in turn order (dicts keep insertion order), and their waiters.
+        self.queues: dict[str, deque[defer.Deferred]] = {}
+
+    def waiting(self, client: str) -> int:
+        return len(self.queues.get(client, ()))
+
+    def acquire(self, client: str) -> defer.Deferred:
+        if self.tokens > 0 and not self.queues:
+            self.tokens -= 1
+            return defer.succeed(self)
+        d: defer.Deferred = defer.Deferred(lambda d: self._forget(client, d))
+        self.queues.setdefault(client, deque()).append(d)
+        return d
+
+    def _forget(self, client: str, d: defer.Deferred) -> None:
+        queue = self.queues.get(client)
+        if queue is not None and d in queue:
+            queue.remove(d)
+            if not queue:
+                del self.queues[client]
+
+    def release(self) -> None:
+        self.tokens += 1
+        while self.tokens > 0 and self.queues:
+            client = next(iter(self.queues))
+            queue = self.queues.pop(client)
+            d = queue.popleft()
+            if queue:
+                self.queues[client] = queue  # its next waiter: after every other client's
+            self.tokens -= 1
+            d.callback(self)
+
+    def push_out(self, client: str, has: int, reason: str) -> bool:
+        """Refuse (``QueueFull``) the newest waiter of the client with the most waiting when
+        it has more than one more than ``client``, which has ``has``: its place goes to
+        ``client``.  False when no client waits more than that."""
+        if not self.queues:
+            return False
+        heaviest = max(self.queues, key=lambda c: len(self.queues[c]))
+        queue = self.queues[heaviest]
+        if heaviest == client or len(queue) <= has + 1:
+            return False
+        d = queue.pop()
+        if not queue:
+            del self.queues[heaviest]
+        d.errback(QueueFull(reason))
+        return True
 
 
 @dataclass
@@ -36,6 +105,10 @@ class PoolSettings:
     boxes: int
     max_queue: int = 100
     max_sessions: int = 256
+    max_queue_per_client: int = 10
+    max_sessions_per_client: int = 16
+    # What all session boxes' files may hold together (MiB; their tmpfs sizes); None: no bound.
+    max_box_memory_mb: int | None = None
     session_idle_s: float = 20 * 60
     session_max_age_s: float = 30 * 60
     cleanup_period_s: float = 5 * 60
@@ -55,12 +128,17 @@ class BoxPool:
         self.settings = settings
         self.clock = clock
         self.now = now
-        self.slots = defer.DeferredSemaphore(settings.boxes)
+        self.slots = FairSlots(settings.boxes)
         self.sessions: dict[str, Box] = {}
         self.session_locks: dict[str, defer.DeferredLock] = {}
+        # Of each live (or starting) session: the client that began it, and the MiB its box
+        # may grow to (the largest run.disk_mb any of its requests asked for).
+        self.session_owner: dict[str, str] = {}
+        self.session_mb: dict[str, int] = {}
         self.ready: list[Box] = []
         self.busy: set[int] = set()
         self.waiting = 0
+        self.waiting_by: dict[str, int] = {}  # per client: requests waiting (lock or slot)
         self._numbers_in_use: set[int] = set()
         self.stopped = False
         self._top_up_pending = False
@@ -95,6 +173,8 @@ class BoxPool:
             self._destroy(box)
         self.ready.clear()
         self.sessions.clear()
+        self.session_owner.clear()
+        self.session_mb.clear()
 
     @property
     def running(self) -> int:
@@ -148,42 +228,118 @@ class BoxPool:
 
     # -- requests --------------------------------------------------------------------------
 
-    def acquire(self, session_id: str | None) -> defer.Deferred[Box]:
-        """A box for one request; cancel the Deferred to stop waiting."""
-        if self.waiting >= self.settings.max_queue:
-            return defer.fail(QueueFull(f"the queue is full ({self.settings.max_queue} waiting)"))
-        if (
-            session_id is not None
-            and session_id not in self.sessions
-            and session_id not in self.session_locks
-            and self._session_count() >= self.settings.max_sessions
-        ):
-            self.cleanup()
-            if self._session_count() >= self.settings.max_sessions:
-                return defer.fail(QueueFull(
-                    f"too many live sessions ({self.settings.max_sessions})"
-                ))
+    def acquire(self, session_id: str | None, client: str = NO_CLIENT,
+                disk_mb: int | None = None) -> defer.Deferred[Box]:
+        """A box for one request of ``client``, whose run may fill ``disk_mb`` MiB of the box
+        (a session's box keeps it); cancel the Deferred to stop waiting."""
+        try:
+            self._admit(session_id, client, disk_mb)
+        except QueueFull as e:
+            return defer.fail(e)
         self.waiting += 1
-        return defer.ensureDeferred(self._acquire(session_id))
+        self.waiting_by[client] = self.waiting_by.get(client, 0) + 1
+        return defer.ensureDeferred(self._acquire(session_id, client))
+
+    def _admit(self, session_id: str | None, client: str, disk_mb: int | None) -> None:
+        """Raise ``QueueFull`` (saying which bound) when the request may not wait; else take
+        its place (pushing a heavier client's newest waiter out if the queue is full)."""
+        s = self.settings
+        need = 0
+        new = False
+        if session_id is not None:
+            new = session_id not in self.sessions and session_id not in self.session_locks
+            if new:
+                self._check_new_session(client)
+            need = self._memory_needed(session_id, disk_mb)
+        mine = self.waiting_by.get(client, 0)
+        if mine >= s.max_queue_per_client:
+            raise QueueFull(
+                f"this client already has {mine} requests waiting for a box, its share of the "
+                f"queue ({s.max_queue_per_client}); send more when some have ended")
+        if self.waiting >= s.max_queue and not self.slots.push_out(
+            client, mine,
+            f"the queue is full ({s.max_queue} waiting) and this client had the most requests "
+            "waiting: this one gave its place to a client with fewer",
+        ):
+            raise QueueFull(f"the queue is full ({s.max_queue} waiting)")
+        if session_id is not None:
+            self.session_mb[session_id] = need
+            self.session_owner.setdefault(session_id, client)
+
+    def _check_new_session(self, client: str) -> None:
+        s = self.settings
+        if self._session_count() >= s.max_sessions:
+            self.cleanup()
+            if self._session_count() >= s.max_sessions:
+                raise QueueFull(f"too many live sessions ({s.max_sessions})")
+        if self._sessions_of(client) >= s.max_sessions_per_client:
+            self.cleanup()
+            owned = self._sessions_of(client)
+            if owned >= s.max_sessions_per_client:
+                raise QueueFull(
+                    f"this client already has {owned} live sessions, its share "
+                    f"({s.max_sessions_per_client}); end one or wait for one to expire")
+
+    def _memory_needed(self, session_id: str, disk_mb: int | None) -> int:
+        """What the session's box may hold in memory after this request: its tmpfs size, the
+        largest ``disk_mb`` any of its requests has asked for (a tmpfs holds no more than its
+        size, and one cannot shrink below what it holds).  ``QueueFull`` when all session
+        boxes together would pass ``max_box_memory_mb``."""
+        bound = self.settings.max_box_memory_mb
+        had = self.session_mb.get(session_id, 0)
+        need = max(had, self.settings.disk_mb, disk_mb or 0)
+        if need == had or bound is None:
+            return need
+        held = self.session_memory_mb - had
+        if held + need > bound:
+            self.cleanup()
+            held = self.session_memory_mb - self.session_mb.get(session_id, 0)
+            if held + need > bound:
+                raise QueueFull(
+                    f"session boxes would hold more memory than this server allows ({bound} "
+                    f"MiB): {held} MiB are taken by live sessions and this session's box "
+                    f"needs {need} MiB (its run.disk_mb); ask for less disk_mb, or try again "
+                    "when sessions have ended")
+        return need
+
+    @property
+    def session_memory_mb(self) -> int:
+        """MiB that session boxes may hold together now (their reserved tmpfs sizes)."""
+        return sum(self.session_mb.values())
 
     def _session_count(self) -> int:
         """Live sessions, and new ones whose first request still waits: each will hold a box."""
         return len(self.sessions.keys() | self.session_locks.keys())
 
-    async def _acquire(self, session_id: str | None) -> Box:
+    def _sessions_of(self, client: str) -> int:
+        return sum(1 for sid in self.sessions.keys() | self.session_locks.keys()
+                   if self.session_owner.get(sid) == client)
+
+    def _forget_session(self, session_id: str) -> None:
+        """A session with no box and no request left: its reservation and owner go."""
+        if session_id not in self.sessions and session_id not in self.session_locks:
+            self.session_owner.pop(session_id, None)
+            self.session_mb.pop(session_id, None)
+
+    async def _acquire(self, session_id: str | None, client: str) -> Box:
         try:
             if session_id is not None:
                 await self.session_locks.setdefault(session_id, defer.DeferredLock()).acquire()
             try:
                 if session_id is None and self.slots.tokens == 0:
                     self._top_up_soon()
-                await self.slots.acquire()
+                await self.slots.acquire(client)
             except BaseException:
                 if session_id is not None:
                     self._release_session_lock(session_id)
                 raise
         finally:
             self.waiting -= 1
+            left = self.waiting_by[client] - 1
+            if left:
+                self.waiting_by[client] = left
+            else:
+                del self.waiting_by[client]
         try:
             box = self._take_box(session_id)
         except BaseException:
@@ -236,6 +392,7 @@ class BoxPool:
         if self.stopped and self.sessions.get(box.session_id or "") is box:
             del self.sessions[box.session_id or ""]
             self._destroy(box)
+            self._forget_session(box.session_id)
         elif box.expired or self._expired(box):
             self._end_session(box)
         self._release_session_lock(box.session_id)
@@ -248,6 +405,7 @@ class BoxPool:
         lock.release()
         if not lock.locked and not lock.waiting:
             del self.session_locks[session_id]
+            self._forget_session(session_id)
 
     def _recycle(self, box: Box) -> None:
         """Wipe a used anonymous box and keep it ready (or drop it when enough are)."""
@@ -276,6 +434,8 @@ class BoxPool:
         if self.sessions.get(box.session_id or "") is box:
             del self.sessions[box.session_id or ""]
         self._destroy(box)
+        if box.session_id is not None:
+            self._forget_session(box.session_id)
         log.info("session {session} ended; {box} removed", session=box.session_id, box=box)
 
     def cleanup(self) -> None:

@@ -37,6 +37,12 @@ def _on_off(value: str) -> str:
     return value
 
 
+def _client_identity(value: str) -> str:
+    if value not in ("connection", "address"):
+        raise ValueError(f"{value!r} is neither connection nor address")
+    return value
+
+
 def _non_negative(value: str) -> float:
     number = float(value)
     if number < 0:
@@ -62,6 +68,17 @@ class Options(usage.Options):
         ["max-queue", None, 100, "requests that may wait for a box; past it: queue_full",
          _positive],
         ["max-sessions", None, 256, "live sessions at most", _positive],
+        ["max-queue-per-client", None, 10, "requests one client may have waiting for a box; "
+         "past it that client gets queue_full (a client: see --client-identity)", _positive],
+        ["max-sessions-per-client", None, 16, "live sessions one client may have begun",
+         _positive],
+        ["client-identity", None, "connection", "who counts as one client for the shares "
+         "above: connection (each connection), or address (the peer's IP address, IPv6 by "
+         "/64; only where no proxy or balancer stands in front); a client certificate "
+         "(--client-ca) always names its client", _client_identity],
+        ["max-box-memory-mb", None, None, "memory all session boxes' files may hold together "
+         "(MiB; each session counts its largest run.disk_mb); a request past it gets "
+         "queue_full [default: a quarter of the machine's memory]", _positive],
         ["state-dir", None, "/var/lib/sandboxd", "boxes, sessions, binary cache"],
         ["cache-dir", None, "/var/cache/sandboxd", "the read-only standard-library cache"],
         ["first-uid", None, 60000, "uid of box 0; box N runs as first-uid + N (bubblewrap)",
@@ -199,6 +216,10 @@ def makeService(options: Options) -> service.MultiService:
         boxes=options["boxes"],
         max_queue=options["max-queue"],
         max_sessions=options["max-sessions"],
+        max_queue_per_client=options["max-queue-per-client"],
+        max_sessions_per_client=options["max-sessions-per-client"],
+        client_identity=options["client-identity"],
+        max_box_memory_mb=options["max-box-memory-mb"],
         state_dir=Path(options["state-dir"]),
         cache_dir=Path(options["cache-dir"]),
         go=options["go"],
