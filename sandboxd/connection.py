@@ -317,9 +317,11 @@ class Connection(protocol.Protocol, TimeoutMixin):
             address = ipaddress.ip_address(host)
         except Exception:
             return None  # a Unix socket, say: no address to group by
-        if address.version == 6 and address.ipv4_mapped is None:
-            return f"addr:{ipaddress.ip_network(f'{address}/64', strict=False)}"
-        return f"addr:{address.ipv4_mapped or address}"
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is None:
+                return f"addr:{ipaddress.ip_network(f'{address}/64', strict=False)}"
+            return f"addr:{address.ipv4_mapped}"
+        return f"addr:{address}"
 
     # -- output ----------------------------------------------------------------------------
 

@@ -182,7 +182,7 @@ class BoxPool:
 
     # -- boxes -----------------------------------------------------------------------------
 
-    def _new_box(self, session_id: str | None = None) -> Box:
+    def _new_box(self, session_id: str | None = None, disk_mb: int | None = None) -> Box:
         first = self.settings.first_box
         number = next(n for n in range(first, first + MAX_BOX_NUMBER)
                       if n not in self._numbers_in_use)
@@ -192,7 +192,7 @@ class BoxPool:
         box = Box(number, uid, uid, self.driver.workspace_for(number), session_id=session_id,
                   created=now, last_used=now)
         try:
-            self.driver.create_box(box, self.settings.disk_mb)
+            self.driver.create_box(box, disk_mb or self.settings.disk_mb)
         except Exception:
             self._numbers_in_use.discard(number)
             raise
@@ -287,7 +287,7 @@ class BoxPool:
         boxes together would pass ``max_box_memory_mb``."""
         bound = self.settings.max_box_memory_mb
         had = self.session_mb.get(session_id, 0)
-        need = max(had, self.settings.disk_mb, disk_mb or 0)
+        need = max(had, disk_mb or self.settings.disk_mb)
         if need == had or bound is None:
             return need
         held = self.session_memory_mb - had
@@ -356,8 +356,8 @@ class BoxPool:
     def _take_box(self, session_id: str | None) -> Box:
         if session_id is not None:
             box = self.sessions.get(session_id)
-            if box is None:
-                box = self._new_box(session_id)
+            if box is None:  # made no bigger than the session reserved
+                box = self._new_box(session_id, self.session_mb.get(session_id))
                 self.sessions[session_id] = box
             return box
         if self.ready:

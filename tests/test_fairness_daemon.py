@@ -1,0 +1,178 @@
+"""Fairness between clients and the memory session boxes hold, on a real daemon: a flooding
+connection beside a benign one, the per-client share of the sessions, and the bound on what
+session boxes keep in memory between requests (and where the kernel counts it)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxd.daemon import _instance_name
+from tests.harness import HANG, Daemon, finals, go_main, output
+
+NAP = go_main('\ttime.Sleep(150 * time.Millisecond)\n\tfmt.Println("nap")',
+              imports=("fmt", "time"))
+HELLO = go_main('\tfmt.Println("hello")')
+FLOOD = 300  # pipelined on one connection: three times the default --max-queue
+
+
+@pytest.fixture(scope="module")
+def default_daemon(driver: str):
+    """Default queue options (--max-queue 100, --max-queue-per-client 10); one box."""
+    d = Daemon(driver, boxes=1).start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+def test_a_flooding_connection_does_not_starve_a_benign_one(default_daemon):
+    d = default_daemon
+    d.run({"code": NAP, "id": "warm"})  # built once: the flood is of runs, not builds
+    flooder = d.connect()
+    flood_events: list[dict] = []
+    reader = threading.Thread(target=lambda: flood_events.extend(flooder.read_all()))
+    lines = b"".join(json.dumps({"id": f"f{i}", "code": NAP}).encode() + b"\n"
+                     for i in range(FLOOD))
+    flooder.send(lines)
+    flooder.shutdown_write()
+    reader.start()
+    time.sleep(1.0)  # the flood is in: the queue is as full as it will get
+    with d.connect() as benign:
+        for i in range(3):
+            benign.send({"id": f"b{i}", "code": NAP})
+        benign.shutdown_write()
+        started = time.monotonic()
+        events = benign.read_all()
+        took = time.monotonic() - started
+    reader.join(HANG)
+    flooder.close()
+    done = finals(events)
+    assert {k: v["status"] for k, v in done.items()} == {f"b{i}": "ok" for i in range(3)}, done
+    assert output(events, "b0") == "nap\n"
+    flood_done = finals(flood_events)
+    assert len(flood_done) == FLOOD  # one final event each
+    statuses = [e["status"] for e in flood_done.values()]
+    refused = [e for e in flood_done.values() if e["status"] == "queue_full"]
+    # the flood paid for itself: at most its share (10) waited, plus the one running
+    assert statuses.count("ok") <= 12 and len(refused) >= FLOOD - 12, statuses
+    assert any("its share of the queue (10)" in e["message"] for e in refused)
+    print(f"benign: 3 requests ok in {took:.2f} s beside a flood of {FLOOD} "
+          f"({statuses.count('ok')} of them ran)")
+
+
+@pytest.fixture(scope="module")
+def share_daemon(driver: str):
+    d = Daemon(driver, "--max-sessions=3", "--max-sessions-per-client=2", boxes=1).start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+def test_one_client_cannot_take_every_session(share_daemon):
+    d = share_daemon
+    with d.connect() as greedy:
+        for sid in ("g1", "g2", "g3"):
+            greedy.send({"id": sid, "code": HELLO, "session_id": sid})
+        greedy.shutdown_write()
+        done = finals(greedy.read_all())
+    assert done["g1"]["status"] == done["g2"]["status"] == "ok"
+    assert done["g3"]["status"] == "queue_full"
+    assert done["g3"]["message"].startswith(
+        "this client already has 2 live sessions, its share (2)")
+    events = d.run({"id": "n1", "code": HELLO, "session_id": "n1"})
+    assert finals(events)["n1"]["status"] == "ok"  # another client still begins one
+    events = d.run({"id": "g1-again", "code": HELLO, "session_id": "g1"})
+    assert finals(events)["g1-again"]["status"] == "ok"  # a live session is anyone's to use
+
+
+WRITE = go_main(
+    '\tf, err := os.Create("/box/big")\n\tif err != nil {\n\t\tpanic(err)\n\t}\n'
+    '\tbuf := make([]byte, 1<<20)\n\tfor i := range buf {\n\t\tbuf[i] = byte(i)\n\t}\n'
+    '\tfor i := 0; i < 24; i++ {\n\t\tif _, err := f.Write(buf); err != nil {\n'
+    '\t\t\tpanic(err)\n\t\t}\n\t}\n\tf.Close()\n\tfmt.Println("written")',
+    imports=("fmt", "os"))
+REMOVE = go_main('\tfmt.Println(os.Remove("/box/big"))', imports=("fmt", "os"))
+BIG = {"disk_mb": 40, "file_size_mb": 30}
+
+
+@pytest.fixture(scope="module")
+def memory_daemon(driver: str):
+    d = Daemon(driver, "--max-box-memory-mb=100", boxes=2).start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+def base_memory_dir(d: Daemon) -> Path | None:
+    """The daemon's base cgroup in the memory controller (v1) or the unified tree (v2)."""
+    assert d.proc is not None
+    name = f"sandboxd-{_instance_name(d.state_dir)}"
+    for line in Path(f"/proc/{d.proc.pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return Path("/sys/fs/cgroup/memory") / path.lstrip("/") / name
+        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            return Path("/sys/fs/cgroup") / path.lstrip("/") / name
+    return None
+
+
+def usage(base: Path) -> int:
+    for name in ("memory.usage_in_bytes", "memory.current"):
+        if (base / name).exists():
+            return int((base / name).read_text())
+    raise AssertionError(f"no memory usage file in {base}")
+
+
+def test_session_boxes_are_bounded_in_memory_and_refused_clearly(memory_daemon):
+    d = memory_daemon
+    first = d.run({"id": "s1", "code": HELLO, "session_id": "s1", "limits": {"disk_mb": 64}})
+    assert finals(first)["s1"]["status"] == "ok"
+    # 64 MiB taken, 100 allowed: another session of 64 would pass the bound
+    second = finals(d.run({"id": "s2", "code": HELLO, "session_id": "s2",
+                           "limits": {"disk_mb": 64}}))["s2"]
+    assert second["status"] == "queue_full" and second["phase"] == "queue"
+    assert second["message"].startswith(
+        "session boxes would hold more memory than this server allows (100 MiB): 64 MiB "
+        "are taken by live sessions and this session's box needs 64 MiB (its run.disk_mb)")
+    # a smaller session fits; anonymous boxes keep nothing and are not refused
+    small = d.run({"id": "s3", "code": HELLO, "session_id": "s3", "limits": {"disk_mb": 30}},
+                  {"id": "anon", "code": HELLO, "limits": {"disk_mb": 1024}})
+    assert {k: v["status"] for k, v in finals(small).items()} == {"s3": "ok", "anon": "ok"}
+    assert "session boxes' files: at most 100 MiB" in d.log()
+
+
+@pytest.fixture(scope="module")
+def charge_daemon(driver: str):
+    d = Daemon(driver, "--max-box-memory-mb=100", boxes=2).start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+def test_what_a_session_box_holds_is_charged_where_a_limit_applies(charge_daemon):
+    d = charge_daemon
+    base = base_memory_dir(d)
+    if base is None or not base.is_dir():
+        pytest.fail(f"no memory cgroup for the daemon ({base}); this host has one")
+    limit_file = base / ("memory.limit_in_bytes" if "memory/" in str(base) else "memory.max")
+    limit = int(limit_file.read_text())
+    # 100 MiB of session boxes + 2 boxes x (4096 build + 4096 run) + 256 MiB margin
+    assert limit == (100 + 2 * (4096 + 4096) + 256) * 1024 * 1024, limit
+    events = d.run({"id": "w", "code": WRITE, "session_id": "big", "limits": BIG})
+    assert finals(events)["w"]["status"] == "ok", events
+    held = usage(base)
+    events = d.run({"id": "rm", "code": REMOVE, "session_id": "big", "limits": BIG})
+    assert output(events, "rm") == "<nil>\n"
+    freed = held - usage(base)
+    print(f"the base cgroup held {held >> 20} MiB with 24 MiB in a session's box; removing "
+          f"the file freed {freed >> 20} MiB of it")
+    # the box's pages stayed charged under the limited base cgroup after their run ended
+    assert freed >= 20 * 1024 * 1024, (held, freed)
