@@ -17,7 +17,7 @@ from tests.harness import HANG, Daemon, finals, go_main, output
 NAP = go_main('\ttime.Sleep(150 * time.Millisecond)\n\tfmt.Println("nap")',
               imports=("fmt", "time"))
 HELLO = go_main('\tfmt.Println("hello")')
-FLOOD = 300  # pipelined on one connection: three times the default --max-queue
+FLOOD = 3000  # at most, pipelined on one connection
 
 
 @pytest.fixture(scope="module")
@@ -31,37 +31,51 @@ def default_daemon(driver: str):
 
 
 def test_a_flooding_connection_does_not_starve_a_benign_one(default_daemon):
+    """The flooder pipelines requests without pause (400 a second) for as long as the benign
+    client's requests take, so the queue stays as full as it can make it."""
     d = default_daemon
     d.run({"code": NAP, "id": "warm"})  # built once: the flood is of runs, not builds
     flooder = d.connect()
     flood_events: list[dict] = []
+    benign_done = threading.Event()
+    sent = [0]
+
+    def flood() -> None:
+        while not benign_done.is_set() and sent[0] < FLOOD:
+            flooder.send(json.dumps({"id": f"f{sent[0]}", "code": NAP}).encode() + b"\n")
+            sent[0] += 1
+            time.sleep(0.0025)
+        flooder.shutdown_write()
+
+    sender = threading.Thread(target=flood)
     reader = threading.Thread(target=lambda: flood_events.extend(flooder.read_all()))
-    lines = b"".join(json.dumps({"id": f"f{i}", "code": NAP}).encode() + b"\n"
-                     for i in range(FLOOD))
-    flooder.send(lines)
-    flooder.shutdown_write()
+    sender.start()
     reader.start()
-    time.sleep(1.0)  # the flood is in: the queue is as full as it will get
-    with d.connect() as benign:
-        for i in range(3):
-            benign.send({"id": f"b{i}", "code": NAP})
-        benign.shutdown_write()
-        started = time.monotonic()
-        events = benign.read_all()
-        took = time.monotonic() - started
-    reader.join(HANG)
-    flooder.close()
+    time.sleep(1.0)  # the flood is going: the queue is as full as it will get
+    try:
+        with d.connect() as benign:
+            for i in range(3):
+                benign.send({"id": f"b{i}", "code": NAP})
+            benign.shutdown_write()
+            started = time.monotonic()
+            events = benign.read_all()
+            took = time.monotonic() - started
+    finally:
+        benign_done.set()
+        sender.join(HANG)
+        reader.join(HANG)
+        flooder.close()
     done = finals(events)
     assert {k: v["status"] for k, v in done.items()} == {f"b{i}": "ok" for i in range(3)}, done
     assert output(events, "b0") == "nap\n"
     flood_done = finals(flood_events)
-    assert len(flood_done) == FLOOD  # one final event each
+    assert len(flood_done) == sent[0]  # one final event each
     statuses = [e["status"] for e in flood_done.values()]
     refused = [e for e in flood_done.values() if e["status"] == "queue_full"]
-    # the flood paid for itself: at most its share (10) waited, plus the one running
-    assert statuses.count("ok") <= 12 and len(refused) >= FLOOD - 12, statuses
+    assert set(statuses) == {"ok", "queue_full"}
+    # the flood paid for itself: its requests past its share (10 waiting) were refused
     assert any("its share of the queue (10)" in e["message"] for e in refused)
-    print(f"benign: 3 requests ok in {took:.2f} s beside a flood of {FLOOD} "
+    print(f"benign: 3 requests ok in {took:.2f} s beside a flood of {sent[0]} "
           f"({statuses.count('ok')} of them ran)")
 
 
