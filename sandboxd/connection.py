@@ -259,7 +259,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
                                   SHUTDOWN_NOT_STARTED,
                                   Phase.QUEUE))
             return
-        job = Job(self.factory.runtime, request, self.send, self.client)
+        job = Job(self.factory.runtime, request, self.send, client=self.client)
         self.jobs[request.id] = job
         if self.paused:
             job.pause()
