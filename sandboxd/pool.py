@@ -18,6 +18,7 @@ sessions; one failing step is logged and never stops it.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,11 +30,20 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from sandboxd.box import Box
-from sandboxd.drivers.base import Driver
+from sandboxd.drivers.base import INODES_PER_MB, Driver
 
 log = Logger()
 
 MAX_BOX_NUMBER = 4000
+# Kernel memory of one tmpfs inode with its dentry, measured ~0.96 KiB for an empty file with
+# a short name (cgroup v1, Linux 6.18); a long name takes more.  A box of disk_mb MiB may hold
+# INODES_PER_MB files per MiB besides its data, so it holds at most this much memory:
+INODE_BYTES = 1280
+
+
+def box_memory_mb(disk_mb: int) -> int:
+    """The most memory a box's files can hold: its tmpfs size and its inodes."""
+    return disk_mb + -(-disk_mb * INODES_PER_MB * INODE_BYTES // (1024 * 1024))
 
 
 # The client of callers that name none (the health check, unit tests): one client.
@@ -46,24 +56,32 @@ class QueueFull(Exception):
 
 
 class FairSlots:
-    """``tokens`` slots; waiters are served round-robin between clients, each client's own
-    first in, first out.  A client that was just served goes to the back of the turn."""
+    """``tokens`` slots; a freed one goes to the waiting client that holds the fewest, among
+    those to the one served longest ago (round-robin), each client's own waiters first in,
+    first out."""
 
     def __init__(self, tokens: int) -> None:
         self.tokens = tokens
-        # Clients with waiters, in turn order (dicts keep insertion order), and their waiters.
-        self.queues: dict[str, deque[defer.Deferred]] = {}
+        self.queues: dict[str, deque[defer.Deferred]] = {}  # clients with waiters: theirs
+        self.held: dict[str, int] = {}  # slots each client holds now
+        self.served: dict[str, int] = {}  # when each client (waiting or holding) got one last
+        self._turns = itertools.count()
 
     def waiting(self, client: str) -> int:
         return len(self.queues.get(client, ()))
 
     def acquire(self, client: str) -> defer.Deferred:
         if self.tokens > 0 and not self.queues:
-            self.tokens -= 1
+            self._give(client)
             return defer.succeed(self)
         d: defer.Deferred = defer.Deferred(lambda d: self._forget(client, d))
         self.queues.setdefault(client, deque()).append(d)
         return d
+
+    def _give(self, client: str) -> None:
+        self.tokens -= 1
+        self.held[client] = self.held.get(client, 0) + 1
+        self.served[client] = next(self._turns)
 
     def _forget(self, client: str, d: defer.Deferred) -> None:
         queue = self.queues.get(client)
@@ -71,17 +89,30 @@ class FairSlots:
             queue.remove(d)
             if not queue:
                 del self.queues[client]
+                self._settle(client)
 
-    def release(self) -> None:
+    def _settle(self, client: str) -> None:
+        """A client that neither waits nor holds a slot has no turn to remember."""
+        if client not in self.queues and client not in self.held:
+            self.served.pop(client, None)
+
+    def release(self, client: str) -> None:
         self.tokens += 1
+        left = self.held.get(client, 0) - 1
+        if left > 0:
+            self.held[client] = left
+        else:
+            self.held.pop(client, None)
         while self.tokens > 0 and self.queues:
-            client = next(iter(self.queues))
-            queue = self.queues.pop(client)
+            nxt = min(self.queues,
+                      key=lambda c: (self.held.get(c, 0), self.served.get(c, -1)))
+            queue = self.queues[nxt]
             d = queue.popleft()
-            if queue:
-                self.queues[client] = queue  # its next waiter: after every other client's
-            self.tokens -= 1
+            if not queue:
+                del self.queues[nxt]
+            self._give(nxt)
             d.callback(self)
+        self._settle(client)
 
     def push_out(self, client: str, has: int, reason: str) -> bool:
         """Refuse (``QueueFull``) the newest waiter of the client with the most waiting when
@@ -96,6 +127,7 @@ class FairSlots:
         d = queue.pop()
         if not queue:
             del self.queues[heaviest]
+            self._settle(heaviest)
         d.errback(QueueFull(reason))
         return True
 
@@ -137,6 +169,7 @@ class BoxPool:
         self.session_mb: dict[str, int] = {}
         self.ready: list[Box] = []
         self.busy: set[int] = set()
+        self.holder: dict[int, str] = {}  # busy box number -> the client its request is of
         self.waiting = 0
         self.waiting_by: dict[str, int] = {}  # per client: requests waiting (lock or slot)
         self._numbers_in_use: set[int] = set()
@@ -281,31 +314,31 @@ class BoxPool:
                     f"({s.max_sessions_per_client}); end one or wait for one to expire")
 
     def _memory_needed(self, session_id: str, disk_mb: int | None) -> int:
-        """What the session's box may hold in memory after this request: its tmpfs size, the
-        largest ``disk_mb`` any of its requests has asked for (a tmpfs holds no more than its
-        size, and one cannot shrink below what it holds).  ``QueueFull`` when all session
-        boxes together would pass ``max_box_memory_mb``."""
+        """The size the session's box may have after this request: the largest ``disk_mb``
+        any of its requests has asked for (a tmpfs cannot shrink below what it holds).
+        ``QueueFull`` when all session boxes together could then hold more memory (files
+        and their inodes: ``box_memory_mb``) than ``max_box_memory_mb``."""
         bound = self.settings.max_box_memory_mb
         had = self.session_mb.get(session_id, 0)
         need = max(had, disk_mb or self.settings.disk_mb)
         if need == had or bound is None:
             return need
-        held = self.session_memory_mb - had
-        if held + need > bound:
+        held = self.session_memory_mb - box_memory_mb(had)
+        if held + box_memory_mb(need) > bound:
             self.cleanup()
-            held = self.session_memory_mb - self.session_mb.get(session_id, 0)
-            if held + need > bound:
+            held = self.session_memory_mb - box_memory_mb(self.session_mb.get(session_id, 0))
+            if held + box_memory_mb(need) > bound:
                 raise QueueFull(
                     f"session boxes would hold more memory than this server allows ({bound} "
                     f"MiB): {held} MiB are taken by live sessions and this session's box "
-                    f"needs {need} MiB (its run.disk_mb); ask for less disk_mb, or try again "
-                    "when sessions have ended")
+                    f"needs {box_memory_mb(need)} MiB (run.disk_mb {need}, and its inodes); "
+                    "ask for less disk_mb, or try again when sessions have ended")
         return need
 
     @property
     def session_memory_mb(self) -> int:
-        """MiB that session boxes may hold together now (their reserved tmpfs sizes)."""
-        return sum(self.session_mb.values())
+        """The most memory session boxes can hold together now (files and inodes)."""
+        return sum(box_memory_mb(mb) for mb in self.session_mb.values())
 
     def _session_count(self) -> int:
         """Live sessions, and new ones whose first request still waits: each will hold a box."""
@@ -343,7 +376,7 @@ class BoxPool:
         try:
             box = self._take_box(session_id)
         except BaseException:
-            self.slots.release()
+            self.slots.release(client)
             if session_id is not None:
                 self._release_session_lock(session_id)
             raise
@@ -351,6 +384,7 @@ class BoxPool:
         box.last_used = self.now()
         box.runs += 1
         self.busy.add(box.number)
+        self.holder[box.number] = client
         return box
 
     def _take_box(self, session_id: str | None) -> Box:
@@ -385,7 +419,7 @@ class BoxPool:
         box.in_use = False
         box.last_used = self.now()
         self.busy.discard(box.number)
-        self.slots.release()
+        self.slots.release(self.holder.pop(box.number, NO_CLIENT))
         if box.session_id is None:
             self.clock.callLater(0, self._recycle, box)
             return

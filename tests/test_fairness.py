@@ -11,7 +11,7 @@ from twisted.internet import defer
 from sandboxd.cgroup import CgroupSupport
 from sandboxd.connection import Connection, ConnectionFactory
 from sandboxd.daemon import default_box_memory_mb
-from sandboxd.pool import QueueFull
+from sandboxd.pool import QueueFull, box_memory_mb
 from tests.test_pool import MIN, got, make_pool, waiting
 
 
@@ -46,8 +46,22 @@ def test_a_freed_box_goes_to_the_next_client_in_turn_not_the_flood():
         pool.release(box)
         clock.advance(0)
         box = given[-1]
-    # turns: each client in the order it began waiting, each client's own in order
-    assert order == ["f0", "b", "t", "f1", "b2", "f2", "f3", "f4"]
+    # the box the flood held goes to the others first, then turn by turn: the client served
+    # longest ago first, each client's own in order
+    assert order == ["b", "t", "f0", "b2", "f1", "f2", "f3", "f4"]
+
+
+def test_a_freed_box_goes_to_the_waiting_client_that_holds_fewest():
+    pool, _, clock = make_pool(boxes=2)
+    held = [got(pool.acquire(None, "flood")), got(pool.acquire(None, "flood"))]
+    flood = [pool.acquire(None, "flood") for _ in range(3)]
+    benign = pool.acquire(None, "benign")
+    pool.release(held[0])
+    assert got(benign) and all(waiting(d) for d in flood)
+    pool.release(held[1])  # the flood holds none now, the benign client one
+    assert got(flood[0]) and waiting(flood[1])
+    assert pool.slots.held == {"flood": 1, "benign": 1}
+    clock.advance(0)
 
 
 def test_each_client_has_a_bounded_share_of_the_queue():
@@ -89,8 +103,9 @@ def test_a_cancelled_waiter_leaves_the_turn():
     later = pool.acquire(None, "b")
     assert pool.slots.queues.keys() == {"b"} and pool.waiting_by == {"b": 1}
     pool.release(busy)
-    assert got(later)
+    pool.release(got(later))
     assert pool.waiting == 0 and pool.waiting_by == {}
+    assert pool.slots.held == pool.slots.served == {} and pool.slots.tokens == 1
 
 
 # -- sessions ----------------------------------------------------------------------------
@@ -118,21 +133,26 @@ def test_the_session_share_counts_new_sessions_still_waiting():
 # -- the memory session boxes hold -------------------------------------------------------
 
 
+def test_a_box_holds_at_most_its_size_and_its_inodes():
+    # 256 inodes per MiB of disk_mb, 1280 bytes each (an empty file measured ~0.96 KiB)
+    assert box_memory_mb(64) == 84 and box_memory_mb(1024) == 1344 and box_memory_mb(0) == 0
+
+
 def test_session_boxes_together_are_bounded_in_memory():
     pool, _, clock = make_pool(boxes=3, max_box_memory_mb=100, disk_mb=64)
     pool.release(got(pool.acquire("a", "x", 64)))
-    assert pool.session_memory_mb == 64
+    assert pool.session_memory_mb == 84
     message = refused(pool.acquire("b", "y", 64))
     assert message.startswith("session boxes would hold more memory than this server allows "
-                              "(100 MiB): 64 MiB are taken by live sessions and this "
-                              "session's box needs 64 MiB (its run.disk_mb)")
+                              "(100 MiB): 84 MiB are taken by live sessions and this "
+                              "session's box needs 84 MiB (run.disk_mb 64, and its inodes)")
     assert "b" not in pool.session_mb and "b" not in pool.session_owner
     pool.release(got(pool.acquire(None, "y", 1024)))  # anonymous boxes keep nothing
-    pool.release(got(pool.acquire("a", "x", 90)))  # the same session may grow within it
-    assert pool.session_memory_mb == 90
-    assert "needs 101 MiB" in refused(pool.acquire("a", "x", 101))
+    pool.release(got(pool.acquire("a", "x", 76)))  # the same session may grow within it
+    assert pool.session_memory_mb == 100
+    assert "needs 102 MiB" in refused(pool.acquire("a", "x", 77))
     pool.release(got(pool.acquire("a", "x", 8)))  # a smaller request keeps its largest
-    assert pool.session_mb == {"a": 90}
+    assert pool.session_mb == {"a": 76}
     clock.advance(21 * MIN)
     assert got(pool.acquire("b", "y", 64)).session_id == "b"
     assert pool.session_mb == {"b": 64}
@@ -150,10 +170,10 @@ def test_a_session_box_is_made_with_the_size_it_reserved():
 
 
 def test_a_new_session_that_never_ran_gives_its_reservation_back():
-    pool, _, _ = make_pool(boxes=1, max_box_memory_mb=100, disk_mb=10)
+    pool, _, _ = make_pool(boxes=1, max_box_memory_mb=200, disk_mb=10)
     busy = got(pool.acquire(None, "x"))
     waiter = pool.acquire("s", "x", 80)
-    assert pool.session_memory_mb == 80
+    assert pool.session_memory_mb == 105
     waiter.addErrback(lambda f: f.trap(defer.CancelledError))
     waiter.cancel()
     assert pool.session_memory_mb == 0 and pool.session_owner == {}
