@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import sys
 import threading
@@ -109,15 +110,13 @@ def one(sock: socket.socket, request: dict) -> tuple[float, dict]:
     return (time.monotonic() - start) * 1000, final
 
 
-def benign(path: str, count: int, stop: threading.Event | None = None) -> list[tuple[float, str]]:
+def benign(path: str, count: int, prefix: str) -> list[tuple[float, str]]:
     sock = connect(path)
     try:
         out = []
         for i in range(count):
-            ms, final = one(sock, {"id": f"b{i}", "code": HELLO})
+            ms, final = one(sock, {"id": f"{prefix}{i}", "code": HELLO})
             out.append((ms, final["status"]))
-            if stop is not None and stop.is_set():
-                break
         return out
     finally:
         sock.close()
@@ -147,6 +146,15 @@ def flood(path: str, total: int, seconds: float, result: dict) -> None:
     result["finals"] = len(got)
 
 
+def queue_ms(log: str, prefix: str) -> str:
+    """p50/p99/max of the queue_ms the daemon logged for requests whose id has ``prefix``
+    and that ran (status ok)."""
+    found = re.findall(rf"request {prefix}\d+ .*?status=ok .*?queue_ms=(\d+)", log)
+    ms = [float(v) for v in found]
+    return (f"p50 {percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms, "
+            f"max {max(ms, default=float('nan')):.0f} ms ({len(ms)} requests)")
+
+
 def summary(samples: list[tuple[float, str]]) -> str:
     ms = [m for m, s in samples if s == "ok"]
     statuses: dict[str, int] = {}
@@ -162,16 +170,18 @@ def run_flood(args: argparse.Namespace) -> None:
         with connect(d.socket_path) as sock:
             warm = one(sock, {"id": "warm", "code": HELLO})[1]
         assert warm["status"] == "ok", warm
-        idle = benign(d.socket_path, args.benign)
+        idle = benign(d.socket_path, args.benign, "i")
         print(f"benign alone:        {summary(idle)}")
         result: dict = {}
         flooder = threading.Thread(target=flood, args=(d.socket_path, args.flood,
                                                        args.flood_seconds, result))
         flooder.start()
         time.sleep(1.0)
-        beside = benign(d.socket_path, args.benign)
+        beside = benign(d.socket_path, args.benign, "b")
         flooder.join(900)
         print(f"benign beside flood: {summary(beside)}")
+        print(f"  waiting for a box (daemon log, queue_ms): {queue_ms(d.log(), 'b')}")
+        print(f"  the flood's requests that ran waited: {queue_ms(d.log(), 'f')}")
         print(f"flood: {args.flood} requests sent over {result.get('sent_s', 0):.1f} s on one "
               f"connection; {result.get('finals')} final events: {result.get('statuses')}")
     finally:
@@ -193,7 +203,8 @@ def available_kb() -> int:
 
 
 def run_memory(args: argparse.Namespace) -> None:
-    d = Daemon(args.driver, f"--max-box-memory-mb={args.bound}", *args.daemon_arg,
+    bound = [f"--max-box-memory-mb={args.bound}"] if args.bound else []
+    d = Daemon(args.driver, *bound, *args.daemon_arg,
                f"--max-sessions-per-client={args.sessions}", f"--max-sessions={args.sessions}",
                boxes=args.boxes).start()
     limits = {"disk_mb": args.disk_mb, "file_size_mb": args.disk_mb, "wall_ms": 60000,
@@ -214,6 +225,8 @@ def run_memory(args: argparse.Namespace) -> None:
         sock.close()
         time.sleep(1)
         after, avail1 = base_cgroup_usage(d), available_kb()
+        said = re.search(r"session boxes' files: at most (\d+) MiB", d.log())
+        args.bound = int(said.group(1)) if said else args.bound
         print(f"--max-box-memory-mb {args.bound}, sessions of run.disk_mb {args.disk_mb} "
               f"(each filled: data, then 255-byte-named empty files until no inode is left)")
         print(f"sessions allowed: {allowed}; the next: {refusal or 'none refused'}")
@@ -236,7 +249,8 @@ def main() -> int:
     parser.add_argument("--flood-seconds", type=float, default=20.0,
                         help="the flood is sent at an even pace over this long")
     parser.add_argument("--benign", type=int, default=100, help="benign requests, one by one")
-    parser.add_argument("--bound", type=int, default=1024, help="--max-box-memory-mb")
+    parser.add_argument("--bound", type=int, default=1024,
+                        help="--max-box-memory-mb (0: the daemon's default)")
     parser.add_argument("--disk-mb", type=int, default=64, help="run.disk_mb of each session")
     parser.add_argument("--sessions", type=int, default=64, help="most sessions to try")
     parser.add_argument("--daemon-arg", action="append", default=[], metavar="ARG")

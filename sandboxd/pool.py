@@ -35,10 +35,11 @@ from sandboxd.drivers.base import INODES_PER_MB, Driver
 log = Logger()
 
 MAX_BOX_NUMBER = 4000
-# Kernel memory of one tmpfs inode with its dentry, measured ~0.96 KiB for an empty file with
-# a short name (cgroup v1, Linux 6.18); a long name takes more.  A box of disk_mb MiB may hold
-# INODES_PER_MB files per MiB besides its data, so it holds at most this much memory:
-INODE_BYTES = 1280
+# Kernel memory of one tmpfs inode with its dentry (charged to the memory cgroup, not counted
+# in the tmpfs size): measured 0.96 KiB for an empty file with a short name and 1.46 KiB with a
+# 248-byte name (cgroup v1, Linux 6.18; bench/flood.py memory).  A box of disk_mb MiB may hold
+# INODES_PER_MB files per MiB besides its data, so it holds at most its size and this each:
+INODE_BYTES = 1536
 
 
 def box_memory_mb(disk_mb: int) -> int:

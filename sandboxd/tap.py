@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from sandboxd.limits import LimitError, LimitPolicy
 from sandboxd.listeners import ListenerError, endpoint_for, load_client_ca
+from sandboxd.pool import box_memory_mb
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 GO_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
@@ -187,6 +188,13 @@ class Options(usage.Options):
         except LimitError as e:
             raise usage.UsageError(str(e)) from None
         self["policy"] = policy
+        bound = self["max-box-memory-mb"]
+        one_box = box_memory_mb(policy.defaults.run.disk_mb)
+        if bound is not None and bound < one_box:
+            raise usage.UsageError(
+                f"--max-box-memory-mb {bound} is less than one session box of the default "
+                f"run.disk_mb ({policy.defaults.run.disk_mb} MiB) may hold with its inodes "
+                f"({one_box} MiB)")
         if self["client-ca"] is not None:
             if not any(e.startswith("ssl:") for e in self["listen"]):
                 raise usage.UsageError("--client-ca needs an ssl: listener")

@@ -4,14 +4,18 @@ who counts as a client."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 from twisted.internet import defer
+from twisted.python import usage
 
 from sandboxd.cgroup import CgroupSupport
 from sandboxd.connection import Connection, ConnectionFactory
 from sandboxd.daemon import default_box_memory_mb
 from sandboxd.pool import QueueFull, box_memory_mb
+from sandboxd.tap import Options
 from tests.test_pool import MIN, got, make_pool, waiting
 
 
@@ -134,32 +138,32 @@ def test_the_session_share_counts_new_sessions_still_waiting():
 
 
 def test_a_box_holds_at_most_its_size_and_its_inodes():
-    # 256 inodes per MiB of disk_mb, 1280 bytes each (an empty file measured ~0.96 KiB)
-    assert box_memory_mb(64) == 84 and box_memory_mb(1024) == 1344 and box_memory_mb(0) == 0
+    # 256 inodes per MiB of disk_mb, 1.5 KiB each (an empty file: 0.96-1.46 KiB measured)
+    assert box_memory_mb(64) == 88 and box_memory_mb(1024) == 1408 and box_memory_mb(0) == 0
 
 
 def test_session_boxes_together_are_bounded_in_memory():
     pool, _, clock = make_pool(boxes=3, max_box_memory_mb=100, disk_mb=64)
     pool.release(got(pool.acquire("a", "x", 64)))
-    assert pool.session_memory_mb == 84
+    assert pool.session_memory_mb == 88
     message = refused(pool.acquire("b", "y", 64))
     assert message.startswith("session boxes would hold more memory than this server allows "
-                              "(100 MiB): 84 MiB are taken by live sessions and this "
-                              "session's box needs 84 MiB (run.disk_mb 64, and its inodes)")
+                              "(100 MiB): 88 MiB are taken by live sessions and this "
+                              "session's box needs 88 MiB (run.disk_mb 64, and its inodes)")
     assert "b" not in pool.session_mb and "b" not in pool.session_owner
     pool.release(got(pool.acquire(None, "y", 1024)))  # anonymous boxes keep nothing
-    pool.release(got(pool.acquire("a", "x", 76)))  # the same session may grow within it
-    assert pool.session_memory_mb == 100
-    assert "needs 102 MiB" in refused(pool.acquire("a", "x", 77))
+    pool.release(got(pool.acquire("a", "x", 72)))  # the same session may grow within it
+    assert pool.session_memory_mb == 99
+    assert "needs 101 MiB" in refused(pool.acquire("a", "x", 73))
     pool.release(got(pool.acquire("a", "x", 8)))  # a smaller request keeps its largest
-    assert pool.session_mb == {"a": 76}
+    assert pool.session_mb == {"a": 72}
     clock.advance(21 * MIN)
     assert got(pool.acquire("b", "y", 64)).session_id == "b"
     assert pool.session_mb == {"b": 64}
 
 
 def test_a_session_box_is_made_with_the_size_it_reserved():
-    pool, driver, _ = make_pool(boxes=2, max_box_memory_mb=100, disk_mb=64)
+    pool, driver, _ = make_pool(boxes=2, max_box_memory_mb=110, disk_mb=64)
     sizes: dict[int, int] = {}
     create = driver.create_box
     driver.create_box = lambda box, mb: (sizes.__setitem__(box.number, mb), create(box, mb))
@@ -173,7 +177,7 @@ def test_a_new_session_that_never_ran_gives_its_reservation_back():
     pool, _, _ = make_pool(boxes=1, max_box_memory_mb=200, disk_mb=10)
     busy = got(pool.acquire(None, "x"))
     waiter = pool.acquire("s", "x", 80)
-    assert pool.session_memory_mb == 105
+    assert pool.session_memory_mb == 110
     waiter.addErrback(lambda f: f.trap(defer.CancelledError))
     waiter.cancel()
     assert pool.session_memory_mb == 0 and pool.session_owner == {}
@@ -304,3 +308,30 @@ def test_a_verified_client_certificate_names_the_client_whatever_the_address():
                               FakeTransport("10.0.0.1", FakeCert(b"alice", b"other"), tls=True))
     # TLS without a client certificate: the address (or the connection)
     assert client_of(factory, FakeTransport("10.0.0.1", None, tls=True)) == "addr:10.0.0.1"
+
+
+# -- the options -------------------------------------------------------------------------
+
+
+def test_the_options_and_their_defaults():
+    options = Options()
+    options.parseOptions([])
+    assert options["max-queue-per-client"] == 10 and options["max-sessions-per-client"] == 16
+    assert options["client-identity"] == "connection" and options["max-box-memory-mb"] is None
+    options = Options()
+    options.parseOptions(["--client-identity=address", "--max-box-memory-mb=512",
+                          "--max-queue-per-client=3", "--max-sessions-per-client=4"])
+    assert (options["client-identity"], options["max-box-memory-mb"],
+            options["max-queue-per-client"], options["max-sessions-per-client"]) == \
+        ("address", 512, 3, 4)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--client-identity=ip"], "neither connection nor address"),
+    (["--max-queue-per-client=0"], "not a positive number"),
+    (["--max-box-memory-mb=80"], "less than one session box of the default run.disk_mb (64 MiB)"
+                                 " may hold with its inodes (88 MiB)"),
+])
+def test_wrong_options_are_one_clear_line(argv: list[str], says: str):
+    with pytest.raises(usage.UsageError, match=re.escape(says)):
+        Options().parseOptions(argv)

@@ -148,15 +148,15 @@ def test_session_boxes_are_bounded_in_memory_and_refused_clearly(memory_daemon):
     d = memory_daemon
     first = d.run({"id": "s1", "code": HELLO, "session_id": "s1", "limits": {"disk_mb": 64}})
     assert finals(first)["s1"]["status"] == "ok"
-    # a box of 64 MiB may hold 84 MiB with its inodes: two would pass 130
+    # a box of 64 MiB may hold 88 MiB with its inodes: two would pass 130
     second = finals(d.run({"id": "s2", "code": HELLO, "session_id": "s2",
                            "limits": {"disk_mb": 64}}))["s2"]
     assert second["status"] == "queue_full" and second["phase"] == "queue"
     assert second["message"].startswith(
-        "session boxes would hold more memory than this server allows (130 MiB): 84 MiB "
-        "are taken by live sessions and this session's box needs 84 MiB (run.disk_mb 64, "
+        "session boxes would hold more memory than this server allows (130 MiB): 88 MiB "
+        "are taken by live sessions and this session's box needs 88 MiB (run.disk_mb 64, "
         "and its inodes)")
-    # a smaller session fits (30 MiB: 40 with its inodes); anonymous boxes keep nothing
+    # a smaller session fits (30 MiB: 42 with its inodes); anonymous boxes keep nothing
     small = d.run({"id": "s3", "code": HELLO, "session_id": "s3", "limits": {"disk_mb": 30}},
                   {"id": "anon", "code": HELLO, "limits": {"disk_mb": 1024}})
     assert {k: v["status"] for k, v in finals(small).items()} == {"s3": "ok", "anon": "ok"}
