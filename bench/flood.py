@@ -110,11 +110,15 @@ def one(sock: socket.socket, request: dict) -> tuple[float, dict]:
     return (time.monotonic() - start) * 1000, final
 
 
-def benign(path: str, count: int, prefix: str) -> list[tuple[float, str]]:
+def benign(path: str, count: int, prefix: str,
+           until: threading.Event | None = None) -> list[tuple[float, str]]:
+    """Up to ``count`` requests one after another (and only while ``until`` is not set)."""
     sock = connect(path)
     try:
         out = []
         for i in range(count):
+            if until is not None and until.is_set():
+                break
             ms, final = one(sock, {"id": f"{prefix}{i}", "code": HELLO})
             out.append((ms, final["status"]))
         return out
@@ -122,7 +126,8 @@ def benign(path: str, count: int, prefix: str) -> list[tuple[float, str]]:
         sock.close()
 
 
-def flood(path: str, total: int, seconds: float, result: dict) -> None:
+def flood(path: str, total: int, seconds: float, result: dict,
+          all_sent: threading.Event) -> None:
     sock = connect(path)
     got: list[dict] = []
     reader = threading.Thread(target=lambda: got.extend(finals(sock)))
@@ -137,6 +142,7 @@ def flood(path: str, total: int, seconds: float, result: dict) -> None:
         if pause > 0:
             time.sleep(pause)
     result["sent_s"] = time.monotonic() - start
+    all_sent.set()
     sock.shutdown(socket.SHUT_WR)
     reader.join(600)
     sock.close()
@@ -149,7 +155,7 @@ def flood(path: str, total: int, seconds: float, result: dict) -> None:
 def queue_ms(log: str, prefix: str) -> str:
     """p50/p99/max of the queue_ms the daemon logged for requests whose id has ``prefix``
     and that ran (status ok)."""
-    found = re.findall(rf"request {prefix}\d+ .*?status=ok .*?queue_ms=(\d+)", log)
+    found = re.findall(rf"request {prefix}\d+ [^\n]*?status=ok [^\n]*?queue_ms=(\d+)", log)
     ms = [float(v) for v in found]
     return (f"p50 {percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms, "
             f"max {max(ms, default=float('nan')):.0f} ms ({len(ms)} requests)")
@@ -173,15 +179,17 @@ def run_flood(args: argparse.Namespace) -> None:
         idle = benign(d.socket_path, args.benign, "i")
         print(f"benign alone:        {summary(idle)}")
         result: dict = {}
+        sent = threading.Event()
         flooder = threading.Thread(target=flood, args=(d.socket_path, args.flood,
-                                                       args.flood_seconds, result))
+                                                       args.flood_seconds, result, sent))
         flooder.start()
         time.sleep(1.0)
-        beside = benign(d.socket_path, args.benign, "b")
+        beside = benign(d.socket_path, args.benign, "b", until=sent)  # only during the flood
         flooder.join(900)
         print(f"benign beside flood: {summary(beside)}")
-        print(f"  waiting for a box (daemon log, queue_ms): {queue_ms(d.log(), 'b')}")
-        print(f"  the flood's requests that ran waited: {queue_ms(d.log(), 'f')}")
+        log = "".join(f.read_text() for f in d.log_path.parent.glob("twistd.log*"))  # rotated
+        print(f"  waiting for a box (daemon log, queue_ms): {queue_ms(log, 'b')}")
+        print(f"  the flood's requests that ran waited: {queue_ms(log, 'f')}")
         print(f"flood: {args.flood} requests sent over {result.get('sent_s', 0):.1f} s on one "
               f"connection; {result.get('finals')} final events: {result.get('statuses')}")
     finally:
@@ -248,7 +256,9 @@ def main() -> int:
     parser.add_argument("--flood", type=int, default=10000, help="requests the flood sends")
     parser.add_argument("--flood-seconds", type=float, default=20.0,
                         help="the flood is sent at an even pace over this long")
-    parser.add_argument("--benign", type=int, default=100, help="benign requests, one by one")
+    parser.add_argument("--benign", type=int, default=100,
+                        help="benign requests, one by one, at most (and only while the flood "
+                        "is being sent)")
     parser.add_argument("--bound", type=int, default=1024,
                         help="--max-box-memory-mb (0: the daemon's default)")
     parser.add_argument("--disk-mb", type=int, default=64, help="run.disk_mb of each session")
