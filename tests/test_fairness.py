@@ -4,11 +4,14 @@ who counts as a client."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python import usage
 
 from sandboxd.cgroup import CgroupSupport
@@ -335,3 +338,75 @@ def test_the_options_and_their_defaults():
 def test_wrong_options_are_one_clear_line(argv: list[str], says: str):
     with pytest.raises(usage.UsageError, match=re.escape(says)):
         Options().parseOptions(argv)
+
+
+# -- a connection's lines, turn by turn --------------------------------------------------
+
+
+@pytest.fixture
+def turns(monkeypatch):
+    from sandboxd import connection
+    from sandboxd.limits import LimitPolicy
+    from tests.test_connection import FakeJob
+
+    FakeJob.made = []
+    monkeypatch.setattr(connection, "Job", FakeJob)
+    clock = Clock()
+    factory = ConnectionFactory(runtime=None, policy=LimitPolicy(), idle_timeout=None,
+                                lines_per_turn=2, reactor=clock)
+
+    def connect() -> tuple[Connection, StringTransport]:
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    return connect, clock, FakeJob
+
+
+def request_line(rid: str) -> bytes:
+    return json.dumps({"code": "x", "id": rid}).encode() + b"\n"
+
+
+def test_a_pipelining_connection_gets_its_lines_handled_a_turn_at_a_time(turns):
+    connect, clock, fake = turns
+    flood, flood_transport = connect()
+    other, _ = connect()
+    flood.dataReceived(b"".join(request_line(f"f{i}") for i in range(5)))
+    assert [j.request.id for j in fake.made] == ["f0", "f1"]
+    assert flood_transport.producerState == "paused"  # the rest waits in the socket
+    other.dataReceived(request_line("o"))  # another connection is not behind the flood
+    assert [j.request.id for j in fake.made] == ["f0", "f1", "o"]
+    clock.advance(0)
+    clock.advance(0)
+    assert [j.request.id for j in fake.made] == ["f0", "f1", "o", "f2", "f3", "f4"]
+    assert flood_transport.producerState == "producing"
+
+
+def test_the_last_line_after_a_half_close_waits_for_the_lines_before_it(turns):
+    connect, clock, fake = turns
+    proto, transport = connect()
+    proto.dataReceived(b"".join(request_line(f"r{i}") for i in range(3))
+                       + b'{"code": "x", "id": "last"}')
+    proto.readConnectionLost()
+    assert [j.request.id for j in fake.made] == ["r0", "r1"]
+    for _ in range(3):
+        clock.advance(0)
+    assert [j.request.id for j in fake.made] == ["r0", "r1", "r2", "last"]
+    assert not transport.disconnecting  # its requests still run
+    for job in fake.made:
+        job.finish()
+    assert transport.disconnecting
+
+
+def test_a_client_that_does_not_read_gets_no_more_lines_handled(turns):
+    connect, clock, fake = turns
+    proto, _ = connect()
+    proto.dataReceived(b"".join(request_line(f"r{i}") for i in range(5)))
+    proto.pauseProducing()  # its answers back up
+    clock.advance(0)
+    assert len(fake.made) == 2
+    proto.resumeProducing()
+    clock.advance(0)
+    clock.advance(0)
+    assert len(fake.made) == 5
