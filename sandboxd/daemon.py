@@ -171,12 +171,11 @@ class SandboxDaemon(service.MultiService):
         what the ``--boxes`` requests running at once may use at their maximum limits, plus
         a margin for the launchers held ahead.  The pool's reservation refuses a session
         clearly before this is reached; this bounds anything that gets past it."""
-        if self.cgroups.version is None:
-            return
         settings, maxima = self.pool.settings, self.policy.maximums
         running = settings.boxes * (maxima.build.memory_mb + maxima.run.memory_mb)
         total_mb = (settings.max_box_memory_mb or 0) + running + BASE_MARGIN_MB
-        problem = self.cgroups.limit_memory(total_mb * 1024 * 1024)
+        problem = (self.cgroups.limit_memory(total_mb * 1024 * 1024)
+                   if self.cgroups.version is not None else self.cgroups.describe())
         if problem is None:
             log.info("memory of all boxes together: at most {mb} MiB (cgroup v{v}); session "
                      "boxes' files: at most {box} MiB", mb=total_mb, v=self.cgroups.version,
