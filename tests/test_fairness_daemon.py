@@ -191,3 +191,43 @@ def test_what_a_session_box_holds_is_charged_where_a_limit_applies(charge_daemon
           f"the file freed {freed >> 20} MiB of it")
     # the box's pages stayed charged under the limited base cgroup after their run ended
     assert freed >= 20 * 1024 * 1024, (held, freed)
+
+
+SLEEPER = go_main('\tfmt.Println("up")\n\ttime.Sleep(1500 * time.Millisecond)',
+                  imports=("fmt", "time"))
+
+
+def test_a_client_certificate_is_one_client_over_all_its_connections(driver: str,
+                                                                      tmp_path: Path):
+    from tests.certs import make_cert, make_certs
+    from tests.test_listeners import free_port, tls_connect, wait_port
+
+    certs = make_certs(tmp_path)
+    bob, bob_key = make_cert(tmp_path, "bob", "ca",
+                             "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    port = free_port()
+    d = Daemon(driver, f"--client-ca={certs.ca}", "--max-queue-per-client=1", boxes=1, listen=[
+        f"ssl:{port}:interface=127.0.0.1:privateKey={certs.server_key}:certKey={certs.server}"])
+    try:
+        d.start()
+        wait_port(port)
+        first = tls_connect(port, certs, certs.client, certs.client_key)
+        first.send({"id": "run", "code": SLEEPER, "limits": {"wall_ms": 20000}})
+        assert first.read_event()["output"] == "up\n"  # it holds the only box
+        first.send({"id": "wait", "code": HELLO})  # the client's one waiting request
+        time.sleep(0.5)
+        with tls_connect(port, certs, certs.client, certs.client_key) as again:
+            again.send({"id": "more", "code": HELLO})  # the same certificate, a new connection
+            refused = again.read_until_done("more")[-1]
+        assert refused["status"] == "queue_full", refused
+        assert "this client already has 1 requests waiting" in refused["message"]
+        with tls_connect(port, certs, bob, bob_key) as other:  # another certificate
+            other.send({"id": "bob", "code": HELLO})
+            other_final = other.read_until_done("bob")[-1]
+        assert other_final["status"] == "ok", other_final
+        first.read_until_done("wait")  # TLS has no half-close: read to the last final event
+        done = finals(first.events)
+        first.close()
+        assert done["run"]["status"] == done["wait"]["status"] == "ok"
+    finally:
+        d.cleanup()
