@@ -31,7 +31,7 @@ from sandboxd.heldbuild import (
 )
 from sandboxd.metrics import Metrics
 from sandboxd.modules import MODCACHE_INSIDE, PROXY_INSIDE, ModuleSource
-from sandboxd.pool import BoxPool, QueueFull
+from sandboxd.pool import NO_CLIENT, BoxPool, QueueFull
 from sandboxd.request import Request
 from sandboxd.singleflight import SingleFlight
 from sandboxd.status import Phase, Status
@@ -100,10 +100,12 @@ class BuildOutcome:
 class Job:
     """Runs one ``Request``; every path out of it sends exactly one final event."""
 
-    def __init__(self, runtime: Runtime, request: Request, emit: Emit) -> None:
+    def __init__(self, runtime: Runtime, request: Request, emit: Emit,
+                 client: str = NO_CLIENT) -> None:
         self.rt = runtime
         self.request = request
         self.emit = emit
+        self.client = client  # whose share of the queue and sessions it takes (pool.py)
         self.number = next(_job_numbers)
         self.phase = Phase.QUEUE
         self.box: Box | None = None
@@ -217,7 +219,8 @@ class Job:
     async def _serve(self) -> None:
         req = self.request
         try:
-            self._waiting = self.rt.pool.acquire(req.session_id)
+            self._waiting = self.rt.pool.acquire(req.session_id, self.client,
+                                                 req.limits.run.disk_mb)
             self.box = await self._waiting
         except QueueFull as e:
             self._finish(Status.QUEUE_FULL, str(e))
