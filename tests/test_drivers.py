@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport, RunCgroup
-from sandboxd.drivers.base import HOLD_FD, LAUNCHER_FAILED, Driver, Mount, SandboxRun
-from sandboxd.drivers.bubblewrap import BubblewrapDriver
+from sandboxd.drivers.base import ARGS_FD, HOLD_FD, LAUNCHER_FAILED, Driver, Mount, SandboxRun
+from sandboxd.drivers.bubblewrap import BubblewrapDriver, read_options
 from sandboxd.drivers.isolate import BUILD_SYSCALLS, IsolateDriver, parse_meta
 from sandboxd.limits import DEFAULT_LIMITS
 from sandboxd.status import Phase
@@ -47,6 +48,18 @@ def run_run(box: Box, binary: Path, cgroup: RunCgroup | None = None) -> SandboxR
     )
 
 
+def bwrap_command(bwrap: BubblewrapDriver, run: SandboxRun) -> tuple[list[str], dict[str, str]]:
+    """``bwrap.command(run)`` with the options bwrap reads from ARGS_FD put back in place,
+    after checking that no host path is left on its command line (a box reads it)."""
+    argv, env = bwrap.command(run)
+    at = argv.index("--args")
+    assert argv[at + 1] == str(ARGS_FD) and argv[at + 2] == "--"
+    assert argv[at + 3:] == run.argv  # nothing else after bwrap's own name
+    options = read_options(run.fds[ARGS_FD])
+    os.close(run.fds.pop(ARGS_FD))
+    return [*argv[:at], *options, *argv[at + 2:]], env
+
+
 def pairs(argv: list[str], flag: str) -> list[tuple[str, str]]:
     """The (a, b) arguments following each ``flag`` that takes two."""
     return [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == flag]
@@ -69,7 +82,7 @@ def split_bwrap(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 def test_bwrap_run_command(bwrap, tmp_path):
     box = make_box(tmp_path)
-    argv, env = bwrap.command(run_run(box, tmp_path / "bin" / "main"))
+    argv, env = bwrap_command(bwrap, run_run(box, tmp_path / "bin" / "main"))
     assert env == {"PATH": "/usr/bin:/bin"}  # the daemon's own environment stays out
     limits, identity, sandbox = split_bwrap(argv)
     lim = DEFAULT_LIMITS.run
@@ -103,7 +116,7 @@ def test_bwrap_run_command(bwrap, tmp_path):
 
 def test_bwrap_build_has_no_workspace_and_only_out_writable(bwrap, tmp_path):
     box = make_box(tmp_path)
-    argv, _ = bwrap.command(build_run(box, tmp_path))
+    argv, _ = bwrap_command(bwrap, build_run(box, tmp_path))
     _, _, sandbox = split_bwrap(argv)
     assert "/box" not in sandbox and str(box.workspace) not in sandbox
     assert pairs(sandbox, "--bind") == [(str(tmp_path / "out"), "/out")]
@@ -116,14 +129,14 @@ def test_bwrap_build_has_no_workspace_and_only_out_writable(bwrap, tmp_path):
 
 def test_bwrap_held_run_waits_on_its_pipe_and_only_then(bwrap, tmp_path):
     box = make_box(tmp_path)
-    plain, _ = bwrap.command(run_run(box, tmp_path / "main"))
+    plain, _ = bwrap_command(bwrap, run_run(box, tmp_path / "main"))
     assert "--block-fd" not in plain
     held = run_run(box, tmp_path / "main")
     held.hold = True
     with pytest.raises(ValueError):
         bwrap.command(held)  # no pipe given: it would never start, or start at once
     held.fds[HOLD_FD] = 99
-    argv, _ = bwrap.command(held)
+    argv, _ = bwrap_command(bwrap, held)
     _, _, sandbox = split_bwrap(argv)
     at = sandbox.index("--block-fd")
     assert sandbox[at + 1] == str(HOLD_FD) and sandbox.count("--block-fd") == 1
@@ -133,7 +146,7 @@ def test_bwrap_held_run_waits_on_its_pipe_and_only_then(bwrap, tmp_path):
 
 def test_bwrap_with_a_cgroup_joins_it_first_and_drops_the_address_space_limit(bwrap, tmp_path):
     cg = RunCgroup({"memory": tmp_path / "cg-mem", "pids": tmp_path / "cg-pids"}, 1)
-    argv, _ = bwrap.command(run_run(make_box(tmp_path), tmp_path / "main", cg))
+    argv, _ = bwrap_command(bwrap, run_run(make_box(tmp_path), tmp_path / "main", cg))
     assert argv[:3] == ["/bin/sh", "-c", argv[2]] and "sandboxd-join" in argv
     joined = argv[argv.index("sandboxd-join") + 1: argv.index("--")]
     assert joined == [str(tmp_path / "cg-mem" / "cgroup.procs"),
