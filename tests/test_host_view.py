@@ -1,0 +1,186 @@
+"""What a box and a client get to see of the host: no host path inside a box (mount tables,
+pid 1's command line and environment, cgroups, links, error texts), and no raw control
+character in any line sent to a client.  Real programs, real boxes, a real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import HANG, ROOT, Daemon, finals, output
+from tests.hostile import box_uids, processes_of, program
+
+DEFAULT_CACHE_DIR = "/var/cache/sandboxd"
+
+
+@pytest.fixture(scope="module")
+def daemon(driver: str):
+    d = Daemon(driver, boxes=2).start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+def host_paths(daemon: Daemon) -> list[str]:
+    """Every host path of this daemon a box must not learn."""
+    from sandboxd.daemon import _instance_name
+
+    paths = [
+        str(daemon.dir),  # its state dir (boxes, jobs, binaries), socket, log, working dir
+        str(daemon.state_dir.resolve()),
+        DEFAULT_CACHE_DIR,  # toolchain copy and standard-library cache
+        str(ROOT),  # the checkout
+        str(Path(sys.executable).parent.parent),  # its virtual environment
+        f"sandboxd-{_instance_name(daemon.state_dir)}",  # its cgroups' base name
+        "/sys/fs/cgroup",
+        "/var/local/lib/isolate",  # isolate's own box directories
+        "isolate-meta", "isolate-prog",
+    ]
+    return paths
+
+
+def leaks(text: str, daemon: Daemon) -> list[str]:
+    return [f"{path!r} in: {line[:300]!r}" for path in host_paths(daemon)
+            for line in text.splitlines() if path in line]
+
+
+def test_nothing_a_program_reads_names_a_host_path(daemon):
+    files = program("hostpaths")
+    events = daemon.run(
+        {"id": "plain", "files": files},  # anonymous: its run's sandbox made during the build
+        {"id": "interactive", "files": files, "interactive": True},  # started after the build
+        {"id": "session", "files": files, "session_id": "host-view"},  # a session's own box
+        {"id": "cached", "files": files},  # a cached binary, no build
+    )
+    done = finals(events)
+    for rid in ("plain", "interactive", "session", "cached"):
+        assert done[rid]["status"] == "ok", (done[rid], output(events, rid)[-2000:])
+        text = output(events, rid)
+        # It did read what it was meant to (not an empty or refused /proc).
+        assert "== end" in text and "/prog/main" in text and " /box " in text, text[:3000]
+        assert "== /proc/1/cmdline\n" in text and "== /proc/self/mountinfo\n" in text
+        found = leaks(text, daemon)
+        assert not found, f"{rid}: " + "\n".join(found[:20])
+    assert done["cached"]["cached"] is True
+
+
+def test_a_build_box_names_no_host_path(daemon):
+    """A build runs only the toolchain, but the assembler shows the first word of any file it
+    is made to #include, so what a build box could read matters too.  While a slow build runs,
+    the host reads what its processes see (their mount table, command lines, environment;
+    pid 1 is the sandbox's own init) straight from /proc."""
+    body = "".join(f"\tv{i} := []int{{{i}, {i} + 1, {i} * 2}}\n\t_ = v{i}\n"
+                   for i in range(6000))
+    code = f"package main\n\nfunc main() {{\n{body}}}\n"
+    seen: dict[str, str] = {}
+    host_mnt = os.readlink("/proc/self/ns/mnt")
+    with daemon.connect() as client:
+        client.send({"id": "slow-build", "code": code})
+        client.shutdown_write()
+        deadline = time.monotonic() + HANG
+        while time.monotonic() < deadline and not any(
+                "/gocache" in text for text in seen.values()):
+            for entry in processes_of(box_uids(daemon)):
+                pid = entry.split()[0]
+                try:  # inside a box only: the sandbox's own monitor stays outside as its uid
+                    if os.readlink(f"/proc/{pid}/ns/mnt") == host_mnt:
+                        continue
+                except OSError:
+                    continue
+                # (not cgroup: /proc/PID/cgroup is shown relative to the reader's cgroup
+                # namespace; the program of the test above reads its own from inside.)
+                for name in ("mountinfo", "cmdline", "environ"):
+                    try:
+                        data = Path(f"/proc/{pid}/{name}").read_bytes()
+                    except OSError:
+                        continue
+                    seen[f"{pid}/{name}"] = data.replace(b"\0", b" ").decode(errors="replace")
+            time.sleep(0.005)
+        events = client.read_all()
+    assert finals(events)["slow-build"]["status"] == "ok", events[-1]
+    mounts = "\n".join(text for key, text in seen.items() if key.endswith("mountinfo"))
+    assert " /go " in mounts and " /gocache " in mounts and " /src " in mounts, seen
+    text = "\n".join(f"{key}: {value}" for key, value in seen.items())
+    found = leaks(text, daemon)
+    assert not found, "\n".join(found[:20])
+
+
+def test_what_a_build_can_include_names_no_host_path(daemon):
+    """The assembler's #include reads any file the build box can: its errors must not show
+    a host path either."""
+    main = "package main\n\nfunc f()\n\nfunc main() { f() }\n"
+    requests = [{"id": f"asm-{i}", "files": {"main.go": main, "f_amd64.s": f'#include "{name}"\n'}}
+                for i, name in enumerate(["/proc/1/cmdline", "/proc/self/mountinfo",
+                                          "/proc/1/environ", "/proc/self/cgroup"])]
+    events = daemon.run(*requests)
+    done = finals(events)
+    for request in requests:
+        final = done[request["id"]]
+        assert final["status"] == "compile_error", final
+        text = output(events, request["id"]) + json.dumps(final)
+        assert not leaks(text, daemon), text
+
+
+# -- bytes that reach a client ----------------------------------------------------------------
+
+TRICKY = "del\x7f nel\x85 csi\x9b[2J osc\x9d0;x\x9c ls\u2028ps\u2029 esc\x1b[31m bel\x07 é😀\n"
+TRICKY_ESCAPES = [b"\\u007f", b"\\u0085", b"\\u009b", b"\\u009d", b"\\u009c", b"\\u2028",
+                  b"\\u2029", b"\\u001b", b"\\u0007"]
+
+
+def raw_lines(daemon: Daemon, *requests: dict) -> list[bytes]:
+    """Every line the daemon sent, as raw bytes (not parsed), until it closed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(HANG)
+        sock.connect(daemon.socket_path)
+        for request in requests:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.endswith(b"\n")
+    return data[:-1].split(b"\n")
+
+
+def assert_no_raw_controls(line: bytes) -> None:
+    assert all(byte >= 0x20 and byte != 0x7F for byte in line), line
+    text = line.decode("utf-8")
+    bad = [c for c in text if 0x80 <= ord(c) <= 0x9F or c in "\u2028\u2029"]
+    assert not bad, (bad, line)
+
+
+def test_control_characters_reach_a_client_only_as_escapes(daemon):
+    # A Go string literal of the same text (JSON's escapes are Go's; the rest raw in the source).
+    go_text = json.dumps(TRICKY, ensure_ascii=False)
+    code = ("package main\n\nimport (\n\t\"fmt\"\n\t\"os\"\n)\n\nfunc main() {\n"
+            f"\tfmt.Print({go_text})\n\tfmt.Fprint(os.Stderr, {go_text})\n}}\n")
+    lines = raw_lines(
+        daemon,
+        {"id": "printer", "code": code},
+        # A request whose bad field name (echoed in the error) holds the same characters.
+        {"id": "bad-field", "code": code, "limits": {TRICKY: 1}},
+        # A compile error over a source holding them raw.
+        {"id": "compile", "code": f"package main\n\nfunc main() {{ x := \"{TRICKY.strip()}\" }}\n"},
+    )
+    for line in lines:
+        assert_no_raw_controls(line)
+    events = [json.loads(line) for line in lines]
+    printer = b"\n".join(line for line in lines if b'"id":"printer"' in line)
+    for escape in TRICKY_ESCAPES:
+        assert escape in printer, escape
+    assert "é😀".encode() in printer  # other non-ASCII stays as it is
+    # The escapes decode back to exactly the text printed.
+    assert output(events, "printer", "stdout") == TRICKY
+    assert output(events, "printer", "stderr") == TRICKY
+    done = finals(events)
+    assert done["printer"]["status"] == "ok"
+    assert done["bad-field"]["status"] == "bad_request"
+    assert done["compile"]["status"] == "compile_error"
