@@ -42,8 +42,9 @@ SECCOMP_FD = 4
 # Where a held sandbox (see ``Driver.can_hold``) waits for the byte that lets its program start.
 HOLD_FD = 5
 # Where bwrap reads its options (--args): a box's pid 1 is bwrap, and its command line is
-# readable inside the box, so no host path may be on it.
-ARGS_FD = 6
+# readable inside the box, so no host path may be on it.  (Not 6: another branch gives the
+# program's own stderr that number.)
+ARGS_FD = 7
 
 # What a program sees as its whole environment.
 RUN_ENV = {
