@@ -182,7 +182,9 @@ def iso(tmp_path, monkeypatch) -> IsolateDriver:
     monkeypatch.setattr("sandboxd.drivers.isolate.read_config", lambda: {})
     driver = IsolateDriver(tmp_path / "state", NO_CGROUPS)
     driver.use_tmpfs = False
-    monkeypatch.setattr(driver, "_fresh_tmp", lambda box, disk_mb, tag="": tmp_path / "fresh-tmp")
+    fresh = tmp_path / "fresh-tmp"
+    fresh.mkdir()
+    monkeypatch.setattr(driver, "_fresh_tmp", lambda box, disk_mb, tag="": fresh)
     return driver
 
 
@@ -193,7 +195,9 @@ def test_isolate_run_command(iso, tmp_path):
     binary.write_bytes(b"\x7fELF")
     argv, env = iso.command(run_run(box, binary))
     assert env == {"PATH": "/usr/bin:/bin"}
-    assert argv[:4] == ["/usr/bin/setsid", "/usr/bin/isolate", "-b", "3"]
+    # A cgroup namespace of its own: /proc/self/cgroup names no cgroup of the host's.
+    assert argv[:6] == ["/usr/bin/unshare", "--cgroup", "/usr/bin/setsid", "/usr/bin/isolate",
+                        "-b", "3"]
     assert "-s" in argv and argv[-3:] == ["--run", "--", "/prog/main"]
     lim = DEFAULT_LIMITS.run
     assert f"--processes={lim.processes}" in argv
@@ -222,7 +226,8 @@ def test_isolate_build_command(iso, tmp_path):
     argv, _ = iso.command(build_run(box, tmp_path))
     assert f"--syscalls={BUILD_SYSCALLS}" in argv  # go build needs flock
     dirs = [a.removeprefix("--dir=") for a in argv if a.startswith("--dir=")]
-    assert not any(d.startswith("/box=") for d in dirs)
+    # Not isolate's own /box (under its box_root): an empty one on the run's tmpfs.
+    assert [d for d in dirs if d.startswith("/box=")] == [f"/box={tmp_path / 'fresh-tmp'}/box:rw"]
     assert f"/go={tmp_path / 'goroot'}" in dirs and f"/gocache={tmp_path / 'std'}" in dirs
     assert f"/src={tmp_path / 'src'}" in dirs and f"/out={tmp_path / 'out'}:rw" in dirs
     assert "--chdir=/src" in argv and argv[-7:-5] == ["--", "/go/bin/go"]

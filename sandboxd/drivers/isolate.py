@@ -81,6 +81,7 @@ class IsolateDriver(Driver):
         super().__init__(state_dir, cgroups, first_uid)
         self.isolate = self.tool("isolate")
         self.setsid = self.tool("setsid")
+        self.unshare = self.tool("unshare")
         config = read_config()
         self.box_root = Path(config.get("box_root", "/var/local/lib/isolate"))
         self.first_uid = int(config.get("first_uid", "60000"))
@@ -159,7 +160,12 @@ class IsolateDriver(Driver):
         meta = self._meta(run)
         meta.unlink(missing_ok=True)
         cpu = lim.cpu_ms / 1000
+        # isolate (without --cg) gives the box no cgroup namespace of its own: its
+        # /proc/self/cgroup would name the daemon's cgroups (and the host's above them).  A
+        # new one made after the launcher joined the run's cgroup shows that cgroup as "/".
+        private_cgroups = [] if self.own_cgroups else [self.unshare, "--cgroup"]
         argv = [
+            *private_cgroups,
             self.setsid, self.isolate, "-b", str(run.box.number), "-s", f"--meta={meta}",
             f"--processes={self.nproc(run)}",
             f"--time={cpu:.3f}", f"--extra-time={cpu + 0.5:.3f}",
@@ -181,6 +187,12 @@ class IsolateDriver(Driver):
             argv += ["--share-net", "--dir=/etc=/etc"]
         if run.with_workspace:
             argv.append(f"--dir=/box={run.box.workspace}:rw")
+        else:
+            # Not isolate's own /box (a plain directory under its box_root: the box would see
+            # that path in its mount table, and it would outlive the run): an empty one on
+            # the run's own tmpfs.
+            hostfs.make_private_dir(tmp / "box", run.box.uid, run.box.gid, 0o700)
+            argv.append(f"--dir=/box={tmp}/box:rw")
         for mount in run.mounts:
             host = mount.host
             inside = mount.inside

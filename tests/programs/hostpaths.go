@@ -82,7 +82,8 @@ func main() {
 	// Every name reachable from / (the box's whole tree), without /proc and /sys.
 	fmt.Println("== tree")
 	filepath.WalkDir("/", func(path string, d os.DirEntry, err error) error {
-		if path == "/proc" || path == "/sys" || path == "/usr" || path == "/dev" {
+		switch path {
+		case "/proc", "/sys", "/usr", "/dev", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin":
 			fmt.Println(path)
 			return filepath.SkipDir
 		}
