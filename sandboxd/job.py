@@ -739,12 +739,21 @@ class Job:
             "request {id} session={session} box={box} status={status} phase={phase} "
             "queue_ms={queue_ms} build_ms={build_ms} cached={cached} run_ms={run_ms} "
             "bytes={bytes}",
-            id=self.request.id, session=self.request.session_id,
+            id=_loggable(self.request.id), session=self.request.session_id,
             box=self.box.number if self.box else None, status=str(status),
             phase=str(self.phase), queue_ms=self.queue_ms, build_ms=self.build_ms,
             cached=self.cached, run_ms=self.run_ms, bytes=self.sent_bytes,
         )
         self.emit(final_event(self.request.id, status, message, self.phase, **fields))
+
+
+def _loggable(request_id: str) -> str:
+    """A client's request id for the one-line-per-request log: as it is when plain, quoted
+    (repr) when it holds a space, '=', a quote or a backslash, so that an id cannot pass for
+    more fields of the line ("x status=ok").  Ids are printable (request.py): no newline."""
+    if any(c.isspace() or c in "='\"\\" for c in request_id):
+        return repr(request_id)
+    return request_id
 
 
 def _place_binary(binary: Path, prog: Path) -> None:

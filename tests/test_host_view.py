@@ -231,3 +231,18 @@ def test_control_characters_reach_a_client_only_as_escapes(daemon):
     assert done["printer"]["status"] == "ok"
     assert done["bad-field"]["status"] == "bad_request"
     assert done["compile"]["status"] == "compile_error"
+
+
+def test_a_request_id_cannot_forge_log_fields_or_carry_controls(daemon):
+    code = 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("hi") }\n'
+    forged = "x status=ok box=99"
+    lines = raw_lines(daemon, {"id": forged, "code": code},
+                      {"id": "bad\x9bid\u2028", "code": code}, {"id": "nl\nid", "code": code})
+    for line in lines:
+        assert_no_raw_controls(line)
+    done = finals([json.loads(line) for line in lines])
+    assert done[forged]["status"] == "ok"
+    refused = done[None]  # the two refused ids: id null, a clear message
+    assert refused["status"] == "bad_request" and "printable" in refused["message"]
+    log = [line for line in daemon.log().splitlines() if "request 'x status=ok" in line]
+    assert len(log) == 1 and f"request {forged!r} session=None" in log[0], log
