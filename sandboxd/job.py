@@ -48,6 +48,9 @@ Emit = Callable[[dict[str, Any]], None]
 _job_numbers = itertools.count(1)
 BINARY_DIR_INSIDE, BINARY_NAME = os.path.split(BINARY_INSIDE)
 MAX_BINARY_BYTES = 256 * MIB
+# A run's /prog is unmounted this long after the run: after the reactor has written its final
+# event (a delay of 0 would run first, in the next iteration's timed calls).
+PROG_REMOVE_DELAY_S = 0.01
 
 
 @dataclass
@@ -509,7 +512,7 @@ class Job:
                 stdin = None if self.request.interactive else self.request.stdin
                 result = await self._child(run, self._stream, stdin)
             finally:
-                hostfs.remove_scratch_dir(prog)
+                self._remove_prog_dir(prog)
         self.run_ms = result.wall_ms
         rt.metrics.run_seconds.observe(result.wall_ms / 1000)
         self._flush()
@@ -580,6 +583,10 @@ class Job:
         hostfs.make_scratch_dir(prog, MAX_BINARY_BYTES, 16)
         return prog
 
+    def _remove_prog_dir(self, prog: Path) -> None:
+        """After the run: its unmount (~3 ms here) waits until the final event is written."""
+        self.rt.reactor.callLater(PROG_REMOVE_DELAY_S, remove_job_dir, prog)
+
     async def _release_held(self, binary: Path) -> ChildResult:
         held = self.held
         assert held is not None
@@ -593,7 +600,7 @@ class Job:
             return await held.done
         finally:
             self.child = None
-            hostfs.remove_scratch_dir(held.prog)
+            self._remove_prog_dir(held.prog)
 
     async def _drop_held(self) -> None:
         """The build failed or the request ended early: end the held sandbox unused."""
@@ -606,7 +613,7 @@ class Job:
         except Exception:
             log.failure("ending a held run")
         finally:
-            hostfs.remove_scratch_dir(held.prog)
+            self._remove_prog_dir(held.prog)
 
     def _spawn(self, run: SandboxRun, sink, stdin: bytes | None) -> tuple[SandboxChild,
                                                                             defer.Deferred]:
