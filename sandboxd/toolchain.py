@@ -517,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         driver = choose(args.sandbox, state_dir=state, cgroups=cgroup.CgroupSupport(None, {}),
                         first_uid=args.first_uid)
         built = warm(tc, driver)
+        try:
+            make_images(tc)
+        except (OSError, subprocess.SubprocessError) as e:
+            print(f"sandboxd-warm: no images of the toolchain ({e}); the daemon will try "
+                  "again and, failing, mount the plain directories", file=sys.stderr)
     except (ToolchainError, DriverError, OSError, subprocess.SubprocessError) as e:
         print(f"sandboxd-warm: {e}", file=sys.stderr)
         return 1
