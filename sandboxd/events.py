@@ -41,7 +41,13 @@ def encode(event: dict[str, Any]) -> bytes:
     JSON strings here (keys and values; never in the syntax), where an escape means the same
     character, so replacing them in the whole line is exact."""
     text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return _UNSAFE.sub(_escape, text).encode("utf-8") + b"\n"
+    return escape_json_text(text).encode("utf-8") + b"\n"
+
+
+def escape_json_text(text: str) -> str:
+    """JSON text (``json.dumps`` output) with DEL, C1 and U+2028/U+2029 as ``\\u`` escapes:
+    they can only stand inside its strings, where the escape means the same character."""
+    return _UNSAFE.sub(_escape, text)
 
 
 class StreamDecoder:

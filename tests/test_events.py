@@ -140,3 +140,16 @@ def test_encode_escapes_them_in_every_field_and_key():
     line = encode({"id": None, "message": "x\x9by", "for_id": "\u2028", "k\x85": "v"})
     assert b"\\u009b" in line and b"\\u2028" in line and b"k\\u0085" in line
     assert json.loads(line) == {"id": None, "message": "x\x9by", "for_id": "\u2028", "k\x85": "v"}
+
+
+def test_json_log_lines_escape_them_too():
+    from twisted.logger import LogLevel
+
+    from sandboxd.journal import event_as_json
+
+    line = event_as_json({"log_format": "said {what}", "what": "a\x9b2Jb\u2028c\x1b",
+                          "log_level": LogLevel.info, "log_namespace": "t", "log_time": 1.0})
+    assert "\\u009b" in line and "\\u2028" in line and "\\u001b" in line
+    assert not any(0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" or ord(c) < 0x20 for c in line)
+    assert json.loads(line)["what"] == "a\x9b2Jb\u2028c\x1b"
+    assert json.loads(line)["message"] == "said a\x9b2Jb\u2028c\x1b"
