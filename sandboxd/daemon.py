@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,16 @@ class SandboxDaemon(service.MultiService):
             self.toolchains[name] = toolchain.load(toolchain.find_goroot(path), cache_dir, name)
         for tc in self.toolchains.values():  # each has its own standard-library cache
             toolchain.warm(tc, self.driver, quiet=False)
+        self.toolchains_dir = state_dir / "toolchains"
+        toolchain.unmount_images(self.toolchains_dir)  # a dead daemon's
+        try:
+            self.toolchains = {name: toolchain.mount_images(tc, self.toolchains_dir)
+                               for name, tc in self.toolchains.items()}
+        except (OSError, subprocess.SubprocessError) as e:
+            toolchain.unmount_images(self.toolchains_dir)
+            log.warn("cannot mount the toolchain's images ({e}); builds see the cache "
+                     "directory's path in their mount table", e=e)
+        self.toolchain = self.toolchains[self.toolchain.name]
         jobs_dir = state_dir / "jobs"
         if jobs_dir.is_dir() and not jobs_dir.is_symlink():
             for entry in jobs_dir.iterdir():  # a dead daemon's build dirs (tmpfs mounts)
@@ -262,6 +273,7 @@ class SandboxDaemon(service.MultiService):
             await self._until(lambda: not held.ending, SHUTDOWN_FLUSH_S)
         await self._stop_children([s for s in reversed(list(self)) if s.running])
         self._sweep_leftovers()
+        toolchain.unmount_images(self.toolchains_dir)
         log.info("sandboxd stopped; every box removed")
 
     def _sweep_leftovers(self) -> None:
