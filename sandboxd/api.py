@@ -7,6 +7,14 @@
 ``tls:HOST:PORT:trustRoots=DIR:certificate=PEM:privateKey=PEM``; ``tls:`` checks the server's
 name with service-identity).  Every request gets an id unless it has one; events are routed to
 the request they belong to, and ``request()`` fires with its final event.
+
+Behind a balancer (deploy/haproxy/) a connection stays on the daemon its first request was
+sent to, chosen by that request's ``session_id``.  So a request's ``session_id`` is always
+sent first in its JSON (inside the bytes the balancer reads), and one connection carries at
+most one session, named by its first request: a request of another session raises
+``OneSessionPerConnection`` (connect again for it).  When the connection ends before a
+request's final event — the daemon behind the balancer was killed, say — ``request()`` fails
+with ``ConnectionClosed``, whose message says what that means.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import clientFromString
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -29,10 +37,18 @@ class ConnectionClosed(Exception):
     """The connection ended before the request's final event."""
 
 
+class OneSessionPerConnection(ValueError):
+    """A request of another session than the connection's: open a connection per session."""
+
+
+_UNSET = object()
+
+
 class _Pending:
     def __init__(self, on_event: EventHandler | None) -> None:
         self.on_event = on_event
         self.done: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self.events = 0  # seen so far: did it start?
 
 
 class SandboxdProtocol(LineOnlyReceiver):
@@ -45,14 +61,25 @@ class SandboxdProtocol(LineOnlyReceiver):
     def __init__(self) -> None:
         self.pending: dict[str, _Pending] = {}
         self.closed: defer.Deferred[None] = defer.Deferred()
+        self.session: object = _UNSET  # the first request's session_id (None: anonymous)
 
     # -- requests --------------------------------------------------------------------------
 
     def request(
         self, request: dict[str, Any], on_event: EventHandler | None = None
     ) -> defer.Deferred[dict[str, Any]]:
-        """Send one request; fires with its final event, ``on_event`` sees every event."""
-        request = dict(request)
+        """Send one request; fires with its final event, ``on_event`` sees every event.
+        Raises ``OneSessionPerConnection`` for a session other than the connection's."""
+        session = request.get("session_id")
+        if self.session is _UNSET:
+            self.session = session
+        elif session is not None and session != self.session:
+            raise OneSessionPerConnection(
+                f"this connection carries {_which(self.session)}, not session {session!r}: "
+                "behind a balancer a connection stays on the daemon its first request chose, "
+                "so open a connection per session")
+        # session_id first: a balancer reads only the first bytes of a connection.
+        request = {"session_id": session, **request} if session is not None else dict(request)
         request_id = request.setdefault("id", f"c{next(self._ids)}")
         pending = _Pending(on_event)
         self.pending[request_id] = pending
@@ -103,6 +130,7 @@ class SandboxdProtocol(LineOnlyReceiver):
         pending = self.pending.get(request_id)
         if pending is None:
             return
+        pending.events += 1
         if pending.on_event is not None:
             pending.on_event(event)
         if event.get("done"):
@@ -114,9 +142,29 @@ class SandboxdProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason: Any = None) -> None:
         pending, self.pending = self.pending, {}
-        for p in pending.values():
-            p.done.errback(ConnectionClosed("the connection to sandboxd ended"))
+        how = "was reset" if reason is not None and not reason.check(
+            error.ConnectionDone) else "was closed"
+        for request_id, p in pending.items():
+            p.done.errback(ConnectionClosed(_lost(request_id, p.events, how)))
         self.closed.callback(None)
+
+
+def _which(session: object) -> str:
+    return "anonymous requests" if session is None else f"session {session!r}"
+
+
+def _lost(request_id: str, events: int, how: str) -> str:
+    """What a connection that ended under a running request means, in words."""
+    if events:
+        where = (f"{events} of its events had come, then no final event: the daemon running it "
+                 "stopped without finishing it (killed or crashed)")
+    else:
+        where = ("no event of it had come: no daemon may have taken it (behind a balancer: "
+                 "none could), or the one that did was killed")
+    return (f"the connection to sandboxd {how} before request {request_id!r} ended; {where}, or "
+            "something between (a balancer, the network) dropped the connection. Whether it "
+            "ran is unknown; sending it again runs it again, and a session's files may be gone "
+            "(its next request may start it anew: \"session_new\": true)")
 
 
 class _Factory(protocol.Factory):

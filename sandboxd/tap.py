@@ -13,6 +13,7 @@ from twisted.python import usage
 from sandboxd.limits import LimitError, LimitPolicy
 from sandboxd.listeners import ListenerError, endpoint_for, load_client_ca
 from sandboxd.pool import box_memory_mb
+from sandboxd.request import SESSION_ID as NODE_NAME  # the same rule: safe in JSON and labels
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 GO_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
@@ -41,6 +42,13 @@ def _on_off(value: str) -> str:
 def _client_identity(value: str) -> str:
     if value not in ("connection", "address"):
         raise ValueError(f"{value!r} is neither connection nor address")
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not NODE_NAME.match(value):
+        raise ValueError(f"{value!r} is not 1-64 characters of A-Z a-z 0-9 . _ - starting "
+                         "with a letter or digit")
     return value
 
 
@@ -112,6 +120,13 @@ class Options(usage.Options):
          "on, e.g. tcp:9100:interface=127.0.0.1 [default: none, no metrics listener]"],
         ["shutdown-grace", None, 10.0, "seconds running requests get to finish after SIGTERM "
          "before they are cancelled", _non_negative],
+        ["drain-time", None, 0.0, "seconds after SIGTERM during which /healthz answers 503 "
+         "while everything else goes on (new connections and requests are taken), so that a "
+         "balancer checking /healthz stops sending work here before the listeners close; "
+         "then the --shutdown-grace begins", _non_negative],
+        ["node-name", None, None, "this daemon's name in final events (\"node\"), metrics "
+         "(label node) and /healthz: 1-64 characters of A-Z a-z 0-9 . _ - [default: the host "
+         "name]", _node_name],
     ]
 
     def __init__(self) -> None:
@@ -260,6 +275,8 @@ def _make_service(options: Options) -> service.MultiService:
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
         shutdown_grace=options["shutdown-grace"],
+        drain_time=options["drain-time"],
+        node_name=options["node-name"],
     )
     for description, endpoint in zip(options["listen"], listen, strict=True):
         listener = _listener(endpoint, daemon.factory, daemon)
