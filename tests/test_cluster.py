@@ -33,6 +33,7 @@ CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 CLIENT = Path(sys.executable).parent / "sandboxd-client"
 NODES = ("node-a", "node-b", "node-c")
 DRAIN_S = 4  # what haproxy.cfg's checks need to see a 503 (its comment says why)
+INSPECT_DELAY_S = 5  # haproxy.cfg's tcp-request inspect-delay
 
 pytestmark = [
     pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed here, so the cluster "
@@ -145,6 +146,15 @@ class Cluster:
             client.shutdown_write()
             return client.read_all()
 
+    def run_open(self, request: dict[str, Any]) -> tuple[dict, float]:
+        """One request on a connection that stays open (as sandboxd.api keeps it): its final
+        event, and the seconds it took."""
+        start = time.monotonic()
+        with self.connect() as client:
+            client.send(request)
+            events = client.read_until_done(request["id"])
+        return finals(events)[request["id"]], time.monotonic() - start
+
 
 def session_first(request: dict[str, Any]) -> dict[str, Any]:
     """The request with session_id as its first key, as the docs and sandboxd.api send it."""
@@ -191,6 +201,18 @@ def test_sessions_stick_and_anonymous_requests_spread(cluster: Cluster, homes: d
     sid, node = next(iter(homes.items()))
     late = finals(cluster.run({"id": "late", "code": COUNTER, "session_id": sid}))["late"]
     assert (late["status"], late["node"], late["session_new"]) == ("ok", node, False)
+
+    # On a connection that stays open, HAProxy routes by the first line as soon as its newline
+    # came: not after its 5 s inspect-delay (a rule waiting for bytes that never come).
+    for request in ({"id": "open-a", "code": COUNTER},
+                    {"session_id": sid, "id": "open-s", "code": COUNTER}):
+        final, took = cluster.run_open(request)
+        assert final["status"] == "ok" and took < INSPECT_DELAY_S - 1, (final, took)
+    assert final["node"] == node
+    # A line longer than HAProxy reads (16 KiB) is routed by its session too: the id is first.
+    big = {"session_id": sid, "id": "big", "code": COUNTER + "// " + "x" * 20_000 + "\n"}
+    final, _ = cluster.run_open(big)
+    assert (final["status"], final["node"], final["session_new"]) == ("ok", node, False), final
 
     # Anonymous requests, each on its own connection, nine at once: every daemon gets some.
     results: list[dict] = []
