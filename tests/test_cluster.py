@@ -359,3 +359,22 @@ def test_sigkill_ends_its_requests_clearly_and_leaves_the_others(cluster: Cluste
     back = finals(cluster.run(session_first({"id": "back", "code": COUNTER,
                                              "session_id": sid})))["back"]
     assert (back["status"], back["node"], back["session_new"]) == ("ok", victim, True), back
+
+
+def test_a_daemon_failing_its_checks_is_taken_out_and_put_back_by_haproxy_alone(
+        cluster: Cluster):
+    node = "node-b"
+    pid = cluster.daemons[node].proc.pid  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGSTOP)  # hung: its /healthz no longer answers
+    try:
+        cluster.wait_state(node, "DOWN", 30)
+        served = [finals(cluster.run({"id": f"out-{i}", "code": NAP}))[f"out-{i}"]
+                  for i in range(6)]
+        assert all(f["status"] == "ok" for f in served), served
+        assert node not in {f["node"] for f in served}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    cluster.wait_state(node, "UP", 30)
+    served = [finals(cluster.run({"id": f"back-{i}", "code": NAP}))[f"back-{i}"]
+              for i in range(6)]
+    assert node in {f["node"] for f in served}, served
