@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 ARGS ?=
+# make run also serves the HTTP face and the playground page here (make run HTTP= for none).
+HTTP ?= tcp:8081:interface=127.0.0.1
 # Only the directories that exist: ruff fails on a missing one (bench/ comes with issue 4).
 LINT_DIRS := $(wildcard sandboxd tests twisted bench)
 
@@ -30,7 +32,7 @@ test-tools:
 	@PYTHON=$(PYTHON) bash scripts/sandbox-tools.sh --test
 
 run: setup
-	$(BIN)/twistd -n sandboxd $(ARGS)
+	$(BIN)/twistd -n sandboxd $(if $(HTTP),--http $(HTTP)) $(ARGS)
 
 test: setup test-tools
 	$(BIN)/ruff check $(LINT_DIRS)
