@@ -4,7 +4,7 @@
 # prlimit). As root on Debian, install; otherwise say exactly what is missing.
 #   scripts/sandbox-tools.sh           what the daemon needs
 #   scripts/sandbox-tools.sh --test    also what the test suite drives (socat, nc, openssl,
-#                                        systemd-analyze)
+#                                        systemd-analyze, headless chromium + chromedriver)
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 need=()
@@ -20,6 +20,9 @@ if [ "${1:-}" = --test ]; then
   { command -v nc && nc -h 2>&1 | grep -qw -- "-N"; } >/dev/null 2>&1 || need+=(netcat-openbsd)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # verifies systemd/*.service
+  # The playground page's tests drive Debian's chromium through its chromedriver (selenium).
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)

@@ -7,7 +7,6 @@ from typing import Any
 from sandboxd.events import encode, final_event
 from sandboxd.status import Phase, Status
 
-
 REASONS = {421: b"Misdirected Request", 413: b"Content Too Large"}
 
 

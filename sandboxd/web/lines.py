@@ -4,7 +4,7 @@ Each text (or binary) message is one line: requests run concurrently and their e
 interleave, each carrying its ``id``; ``stdin`` and ``cancel`` act on the requests of the same
 WebSocket, exactly as on a line connection.  When the socket closes, its requests are
 cancelled.  While the client reads slowly, its requests' programs are paused.  The framing is
-autobahn's; a message longer than ``--max-line-bytes`` closes the socket (code 1009).
+autobahn's; a message longer than ``--max-line-bytes`` closes the socket.
 """
 
 from __future__ import annotations
