@@ -32,6 +32,22 @@ if TYPE_CHECKING:
 log = Logger()
 
 
+def client_for(factory: ConnectionFactory, transport: Any) -> str:
+    """Who a web connection's requests count as in the fair shares of the queue and the
+    sessions, by the line connection's own rules (``Connection.client``): the verified client
+    certificate, else the peer address with ``--client-identity=address``, else this
+    connection alone (``http:N``)."""
+    from types import SimpleNamespace
+
+    from sandboxd.connection import Connection
+
+    view = SimpleNamespace(transport=transport)
+    return (Connection._certificate_identity(view)  # type: ignore[arg-type]
+            or (getattr(factory, "client_identity", None) == "address"
+                and Connection._address_identity(view))  # type: ignore[arg-type]
+            or f"http:{next(factory.serials)}")
+
+
 class LineSession:
     """What one client's lines do, apart from how the lines travel: parse, answer ``version``,
     act on ``stdin``/``cancel``, submit the rest and keep them until their final event."""
@@ -149,7 +165,8 @@ class LineSocket(WebSocketServerProtocol):
         return bool(self.lines is not None and self.lines.jobs)
 
     def onOpen(self) -> None:
-        self.lines = LineSession(self.factory.lines_factory, self._send)
+        factory = self.factory.lines_factory
+        self.lines = LineSession(factory, self._send, client_for(factory, self.transport))
         try:  # the HTTP channel that handed the socket over was its producer
             self.transport.unregisterProducer()
         except Exception:

@@ -36,6 +36,7 @@ from twisted.web import resource, server
 from sandboxd import gotest, txtar
 from sandboxd.request import BadRequest, parse_line
 from sandboxd.web.errors import refuse
+from sandboxd.web.stream import channel_client
 
 if TYPE_CHECKING:
     from sandboxd.connection import ConnectionFactory
@@ -144,7 +145,7 @@ class PlayResource(resource.Resource):
             collected.events.append({"done": True, "status": "bad_request",
                                      "message": e.message})
             return collected
-        handle = factory.requests.submit(parsed, collected)
+        handle = factory.requests.submit(parsed, collected, channel_client(factory, request))
         request.notifyFinish().addErrback(
             lambda _: handle.cancel("the client disconnected"))
         await handle.start()

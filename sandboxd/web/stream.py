@@ -25,6 +25,7 @@ from sandboxd.events import encode
 from sandboxd.request import BadRequest, Control, Request, parse_line
 from sandboxd.status import Status
 from sandboxd.web.errors import refuse
+from sandboxd.web.lines import client_for
 from sandboxd.web.site import SESSION_HEADER, NotFound
 
 if TYPE_CHECKING:
@@ -121,6 +122,15 @@ class Stream(resource.Resource):
         return server.NOT_DONE_YET
 
 
+def channel_client(factory: ConnectionFactory, request: Any) -> str:
+    """The client an HTTP request counts as: its connection's, asked once per connection."""
+    channel = request.channel
+    client = getattr(channel, "sandboxd_client", None)
+    if client is None:
+        client = channel.sandboxd_client = client_for(factory, channel.transport)
+    return client
+
+
 def run_streamed(factory: ConnectionFactory, req: Request, request: Any) -> None:
     """Run ``req``, writing each of its events to ``request`` as one line."""
     gone = False
@@ -129,7 +139,7 @@ def run_streamed(factory: ConnectionFactory, req: Request, request: Any) -> None
         if not gone:
             request.write(encode(event))
 
-    handle = factory.requests.submit(req, emit)
+    handle = factory.requests.submit(req, emit, channel_client(factory, request))
 
     def disconnected(failure: Any) -> None:
         nonlocal gone
