@@ -346,3 +346,65 @@ def test_playground_fmt_and_vet(web):
     status, _, body = exchange(port, "POST", "/compile",
                                json.dumps({"Body": STDOUT_STDERR}).encode())
     assert status == 200 and json.loads(body)["Events"]
+
+
+def test_shutdown_ends_an_http_stream_with_its_final_event():
+    """SIGTERM: a request streaming over HTTP is one of the daemon's requests like any other:
+    it gets the grace period, then its one final event (cancelled), and the stream ends."""
+    daemon, port = http_daemon("--shutdown-grace=1")
+    try:
+        loop = go_main('for i := 0; ; i++ { fmt.Println(i); time.Sleep(100 * time.Millisecond) }',
+                       imports=("fmt", "time"))
+        conn = RawHTTP(port)
+        conn.request("POST", "/v1/run", json.dumps({"code": loop}).encode())
+        assert conn.head()[0] == 200
+        chunks = conn.chunks()
+        next(chunks)
+        daemon.proc.send_signal(15)
+        lines = b"".join(chunk for _, chunk in chunks).splitlines()
+        conn.close()
+        events = [json.loads(line) for line in lines]
+        ends = [e for e in events if e.get("done")]
+        assert len(ends) == 1 and events[-1] is ends[0]
+        assert ends[0]["status"] == "cancelled"
+        assert "shutting down" in ends[0]["message"]
+        assert daemon.proc.wait(timeout=60) in (0, -15)  # as tests/test_operations.py
+        assert "sandboxd stopped; every box removed" in daemon.log()
+    finally:
+        daemon.cleanup()
+
+
+def test_http_connections_are_bounded():
+    """At --max-connections the HTTP connection idle the longest is closed for a new one; when
+    every one is busy, the new one is refused, and the busy ones go on."""
+    daemon, port = http_daemon("--max-connections=2")
+    try:
+        sleeper = go_main('fmt.Println("start"); time.Sleep(3 * time.Second); '
+                          'fmt.Println("done")', imports=("fmt", "time"))
+        idle = RawHTTP(port)
+        status, _, _ = exchange(port, "GET", "/v1/version")  # a second, short-lived one
+        assert status == 200
+        busy = []
+        for _ in range(2):  # two streaming requests: the idle connection makes room
+            conn = RawHTTP(port)
+            conn.request("POST", "/v1/run", json.dumps({"code": sleeper}).encode())
+            assert conn.head()[0] == 200
+            busy.append(conn)
+        with pytest.raises((EOFError, ConnectionError)):
+            idle.request("GET", "/v1/version")
+            idle.head()
+        refused = RawHTTP(port)
+        with pytest.raises((EOFError, ConnectionError)):
+            refused.request("GET", "/v1/version")
+            refused.head()
+        for conn in busy:
+            events = conn.events()
+            assert events[-1][1]["status"] == "ok"
+            assert "".join(e.get("output", "") for _, e in events) == "start\ndone\n"
+            conn.close()
+        assert exchange(port, "GET", "/v1/version")[0] == 200
+    except BaseException:
+        print(daemon.log())
+        raise
+    finally:
+        daemon.cleanup()

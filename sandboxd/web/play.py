@@ -136,6 +136,10 @@ class PlayResource(resource.Resource):
     async def run(self, line: dict[str, Any], request: Any) -> _Collected:
         """Run one line-protocol request to its end; cancelled if the client goes away."""
         collected = _Collected()
+        if request._disconnected:  # gone during an earlier step: nothing more runs for it
+            collected.events.append({"done": True, "status": "cancelled",
+                                     "message": "the client disconnected"})
+            return collected
         factory = self.factory
         runtime = factory.runtime
         try:

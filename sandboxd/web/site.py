@@ -189,7 +189,9 @@ class WebSite(server.Site):
         victim = min(idle, key=lambda c: self.open[c])
         log.info("{n} HTTP connections open: closing the one idle longest", n=len(self.open))
         self.open.pop(victim, None)
-        victim.transport.abortConnection()
+        transport = getattr(getattr(victim, "_channel", victim), "transport", None)
+        if transport is not None:
+            transport.abortConnection()
         return True
 
 

@@ -154,6 +154,7 @@ def run_streamed(factory: ConnectionFactory, req: Request, request: Any) -> None
             log.failure("a streamed request", result)
 
     request.notifyFinish().addErrback(disconnected)
+    request.write(b"")  # the status and headers now: the client knows it was accepted
     request.registerProducer(_JobProducer(handle), True)
     handle.start().addBoth(done)
 
