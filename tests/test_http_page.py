@@ -202,3 +202,36 @@ def test_format_and_vet_buttons(page):
     wait_for(page, "return document.getElementById('status').className",
              lambda c: c == "status err")
     assert status_text(page).startswith("vet_issues"), status_text(page)
+
+
+def test_test_button_and_session_toggle(page):
+    from selenium.webdriver.common.by import By
+
+    page.execute_script("window.sandboxdEditor.setValue(arguments[0])",
+                        'package main\n\nimport "testing"\n\nfunc main() {}\n\n'
+                        'func TestOne(t *testing.T) {}\n')
+    page.find_element(By.ID, "test").click()
+    wait_for(page, "return document.getElementById('status').className",
+             lambda c: c == "status ok")
+    assert "1 passed, 0 failed" in status_text(page), status_text(page)
+    assert "--- PASS: TestOne" in page.find_element(By.ID, "output").text
+
+    def run(code: str) -> str:
+        page.execute_script("window.sandboxdEditor.setValue(arguments[0])", code)
+        page.find_element(By.ID, "run").click()
+        wait_for(page, "return document.getElementById('status').className",
+                 lambda c: c in ("status ok", "status err"))
+        return page.find_element(By.ID, "output").text
+
+    write = ('package main\n\nimport "os"\n\nfunc main() { os.WriteFile("kept", []byte("yes"), '
+             '0o644) }\n')
+    read = ('package main\n\nimport (\n\t"fmt"\n\t"os"\n)\n\nfunc main() {\n\tb, err := '
+            'os.ReadFile("kept")\n\tfmt.Println(string(b), err == nil)\n}\n')
+    box = page.find_element(By.ID, "session")
+    assert not box.is_selected()
+    run(write)
+    assert run(read).strip() == "false"  # without a session every run has a fresh box
+    box.click()
+    run(write)
+    assert run(read).strip() == "yes true"  # the session's box kept the file
+    box.click()
