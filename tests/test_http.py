@@ -97,6 +97,11 @@ def test_bad_requests_get_clear_4xx_json(web):
         ("POST", "/v1/run", b'{"code":"x","bogus":1}', {}, 400, "bogus"),
         ("GET", "/v1/run", b"", {}, 405, "POST"),
         ("GET", "/nothing/here", b"", {}, 404, "no such resource"),
+        ("GET", "/static/nothing.js", b"", {}, 404, "no such resource"),
+        ("GET", "/static/", b"", {}, 404, "no such resource"),
+        ("DELETE", "/v1/run", b"", {}, 405, "not allowed here (allowed: "),
+        ("POST", "/", b"", {}, 405, "allowed: GET"),
+        ("POST", "/v1/sessions/s1/bogus", b"{}", {}, 404, "no such resource"),
         ("POST", "/v1/run", b"x" * (2 * 1024 * 1024 + 1), {}, 413, "longer than"),
     ]
     for method, path, body, headers, code, words in cases:

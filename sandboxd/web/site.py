@@ -18,6 +18,7 @@ A web server on loopback is reachable from every page the user's browser opens, 
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ log = Logger()
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SESSION_HEADER = b"sandboxd-session"
+LINGER_S = 2.0  # after a 413: how long the rest of a refused body is read and dropped
 # The page and its files: only this site's own scripts, styles and connections.
 PAGE_HEADERS = {
     b"content-security-policy": (b"default-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -85,6 +87,7 @@ class WebRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         limit = self.channel.site.settings.max_body_bytes
         if length is not None and length > limit:
+            self.content = io.BytesIO()  # stays empty: the body is dropped as it comes
             self._too_big(limit)
             return
         super().gotLength(length)
@@ -111,7 +114,17 @@ class WebRequest(server.Request):
                         b"content-type: application/json; charset=utf-8\r\n"
                         b"connection: close\r\n"
                         b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        transport.loseConnection()
+        # A lingering close: stop writing, but take (and drop) what the client still sends
+        # for a moment, so that closing with its bytes unread (a reset) does not destroy the
+        # answer before the client has read it.
+        try:
+            transport.loseWriteConnection()
+        except Exception:
+            transport.loseConnection()
+        else:
+            from twisted.internet import reactor
+
+            reactor.callLater(LINGER_S, transport.abortConnection)
 
     def process(self) -> None:
         if self._refused:
@@ -125,6 +138,21 @@ class WebRequest(server.Request):
             self.finish()
             return
         super().process()
+
+    def render(self, resrc: resource.Resource) -> None:
+        super().render(_JsonErrors(resrc))
+
+    def processingFailed(self, reason: Any) -> None:
+        """A bug in a resource: logged; the client gets a JSON 500, never a traceback."""
+        log.failure("an HTTP request to {path}", reason, path=self.path)
+        if self.finished or self._disconnected:
+            return
+        body = refuse(self, 500, "internal error: the server failed to answer this request",
+                      Status.INTERNAL_ERROR)
+        if not self.startedWriting:
+            self.setHeader(b"content-length", str(len(body)).encode())
+        self.write(body)
+        self.finish()
 
     def _check(self) -> tuple[int, str] | None:
         settings = self.channel.site.settings
@@ -154,6 +182,25 @@ class WebRequest(server.Request):
     def header(self, name: str) -> str | None:
         value = self.getHeader(name.encode())
         return value.decode("latin-1") if value is not None else None
+
+
+class _JsonErrors(resource.Resource):
+    """A resource's answer, with a method it does not take refused in JSON (405)."""
+
+    isLeaf = True
+
+    def __init__(self, wrapped: resource.Resource) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+
+    def render(self, request: Any) -> Any:
+        try:
+            return self.wrapped.render(request)
+        except resource.UnsupportedMethod as e:
+            allowed = [m.decode() for m in e.allowedMethods if m != b"HEAD"]
+            request.setHeader(b"allow", ", ".join(allowed).encode())
+            return refuse(request, 405, f"{request.method.decode('latin-1')} is not allowed "
+                          f"here (allowed: {', '.join(allowed)})")
 
 
 class WebSite(server.Site):
@@ -243,6 +290,8 @@ class Page(resource.Resource):
 
 
 class StaticFiles(static.File):
+    childNotFound = None  # set below: JSON, not Twisted's HTML page
+    indexNames: list[str] = []  # /static/ is no page
     def render_GET(self, request: Any) -> Any:
         for name, value in PAGE_HEADERS.items():
             request.setHeader(name, value)
@@ -272,6 +321,7 @@ def make_site(factory: ConnectionFactory, settings: WebSettings, reactor: Any = 
     from sandboxd.web.play import play_resources
     from sandboxd.web.stream import V1
 
+    StaticFiles.childNotFound = NotFound()
     static_files = StaticFiles(str(STATIC_DIR))
     static_files.contentTypes.update({".js": "text/javascript; charset=utf-8",
                                       ".css": "text/css; charset=utf-8"})
