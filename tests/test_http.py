@@ -212,6 +212,23 @@ def test_websocket_pipelining_stdin_cancel(web):
     assert ends["nobody"]["status"] == "bad_request" and ends["nobody"]["for_type"] == "stdin"
 
 
+def test_websocket_long_and_bad_lines_are_refused_and_it_goes_on(web):
+    from websockets.sync.client import connect
+
+    _, port = web
+    with connect(f"ws://127.0.0.1:{port}/v1/ws", open_timeout=30,
+                 max_size=None) as ws:
+        ws.send("x" * (2 * 1024 * 1024 + 1))
+        event = json.loads(ws.recv(timeout=60))
+        assert event["status"] == "bad_request" and "longer than" in event["message"]
+        ws.send("{nope")
+        event = json.loads(ws.recv(timeout=60))
+        assert event["status"] == "bad_request" and "not valid JSON" in event["message"]
+        ws.send(json.dumps({"id": "ok", "code": go_main('fmt.Println("after")')}))
+        events = [json.loads(ws.recv(timeout=60)) for _ in range(2)]
+        assert events[0]["output"] == "after\n" and events[1]["status"] == "ok"
+
+
 def test_websocket_refused_cross_origin(web):
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
@@ -411,5 +428,40 @@ def test_http_connections_are_bounded():
     except BaseException:
         print(daemon.log())
         raise
+    finally:
+        daemon.cleanup()
+
+
+def test_https_with_client_certificates(tmp_path):
+    """An ssl: --http listener with --client-ca demands a client certificate from that CA,
+    as --listen does; with one, NDJSON streams as over plain HTTP."""
+    import ssl
+    import urllib.request
+
+    from tests.certs import make_certs
+    from tests.httpface import free_port
+
+    certs = make_certs(tmp_path)
+    tls_port = free_port()
+    daemon, _ = http_daemon(
+        f"--http=ssl:{tls_port}:interface=127.0.0.1:privateKey={certs.server_key}:"
+        f"certKey={certs.server}", f"--client-ca={certs.ca}")
+    try:
+        url = f"https://127.0.0.1:{tls_port}/v1/run"
+        body = json.dumps({"code": go_main('fmt.Println("over tls")')}).encode()
+
+        def post(cert=None, key=None):
+            context = ssl.create_default_context(cafile=str(certs.ca))
+            if cert is not None:
+                context.load_cert_chain(str(cert), str(key))
+            req = urllib.request.Request(url, data=body, method="POST")
+            with urllib.request.urlopen(req, context=context, timeout=60) as answer:
+                return [json.loads(line) for line in answer]
+
+        events = post(certs.client, certs.client_key)
+        assert events[0]["output"] == "over tls\n" and events[-1]["status"] == "ok"
+        for cert, key in ((None, None), (certs.stranger, certs.stranger_key)):
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                post(cert, key)
     finally:
         daemon.cleanup()

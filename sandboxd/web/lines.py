@@ -4,7 +4,8 @@ Each text (or binary) message is one line: requests run concurrently and their e
 interleave, each carrying its ``id``; ``stdin`` and ``cancel`` act on the requests of the same
 WebSocket, exactly as on a line connection.  When the socket closes, its requests are
 cancelled.  While the client reads slowly, its requests' programs are paused.  The framing is
-autobahn's; a message longer than ``--max-line-bytes`` closes the socket.
+autobahn's; a message longer than ``--max-line-bytes`` is answered ``bad_request`` like
+a long line; one longer than twice that closes the socket.
 """
 
 from __future__ import annotations
@@ -60,9 +61,15 @@ class LineSession:
         self.paused = False
 
     def line(self, data: bytes) -> None:
+        factory = self.factory
+        if len(data) > factory.max_line_bytes:
+            self.send(final_event(
+                None, Status.BAD_REQUEST,
+                f"the line is longer than this server's maximum ({factory.max_line_bytes} "
+                "bytes); it was skipped", Phase.QUEUE))
+            return
         if not data.strip():
             return
-        factory = self.factory
         runtime = factory.runtime
         try:
             request = parse_line(data, factory.policy, factory.sources,
@@ -210,8 +217,10 @@ def websocket_resource(factory: ConnectionFactory, settings: WebSettings) -> Web
     ws_factory.site = None
     # The site checked Host and Origin before the upgrade reached this resource.
     ws_factory.setProtocolOptions(
-        maxMessagePayloadSize=settings.max_body_bytes,
-        maxFramePayloadSize=settings.max_body_bytes,
+        # Up to twice a line's bound a message is read and refused as a line would be; past
+        # that the socket is closed before more is held.
+        maxMessagePayloadSize=2 * settings.max_body_bytes,
+        maxFramePayloadSize=2 * settings.max_body_bytes,
         autoPingInterval=30, autoPingTimeout=30,
     )
     return _Upgrade(ws_factory)
