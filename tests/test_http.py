@@ -98,6 +98,8 @@ def test_bad_requests_get_clear_4xx_json(web):
         ("GET", "/v1/run", b"", {}, 405, "POST"),
         ("GET", "/nothing/here", b"", {}, 404, "no such resource"),
         ("GET", "/static/nothing.js", b"", {}, 404, "no such resource"),
+        ("POST", "/compile", b"", {}, 400, "no program"),
+        ("POST", "/_/fmt?backend=", b"[1]", {}, 400, "JSON body is"),
         ("GET", "/static/", b"", {}, 404, "no such resource"),
         ("DELETE", "/v1/run", b"", {}, 405, "not allowed here (allowed: "),
         ("POST", "/", b"", {}, 405, "allowed: GET"),
@@ -368,6 +370,10 @@ def test_playground_fmt_and_vet(web):
     status, _, body = exchange(port, "POST", "/compile",
                                json.dumps({"Body": STDOUT_STDERR}).encode())
     assert status == 200 and json.loads(body)["Events"]
+    # go.dev's front end posts under /_/ (with ?backend=).
+    status, _, body = exchange(port, "POST", "/_/compile?backend=", urllib.parse.urlencode(
+        {"version": "2", "body": STDOUT_STDERR}).encode(), form)
+    assert status == 200 and json.loads(body)["Errors"] == ""
 
 
 def test_shutdown_ends_an_http_stream_with_its_final_event():

@@ -72,12 +72,11 @@ def _playground_request(request: Any) -> tuple[str, bool]:
     if body:
         return body, (_field(request, "withVet") or "").lower() in ("1", "t", "true")
     content = request.content.read()
-    if not content.strip() or request.args:
-        return body or "", False
     try:
         obj = json.loads(content)
     except ValueError:
-        raise BadRequest("the body is neither form fields nor JSON") from None
+        raise BadRequest("no program: send the form field body (or a JSON body "
+                         "{\"Body\": \"…\"})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("Body", ""), str):
         raise BadRequest("a JSON body is {\"Body\": \"…\", \"WithVet\": false}")
     return obj.get("Body", ""), obj.get("WithVet") is True

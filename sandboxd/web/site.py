@@ -326,6 +326,10 @@ def make_site(factory: ConnectionFactory, settings: WebSettings, reactor: Any = 
     static_files.contentTypes.update({".js": "text/javascript; charset=utf-8",
                                       ".css": "text/css; charset=utf-8"})
     v1 = V1(factory, websocket_resource(factory, settings))
-    children: dict[bytes, resource.Resource] = {b"static": static_files, b"v1": v1,
-                                                **play_resources(factory)}
+    play = play_resources(factory)
+    under = resource.Resource()  # go.dev's own front end posts to /_/compile, /_/fmt, …
+    for name, child in play.items():
+        under.putChild(name, child)
+    children: dict[bytes, resource.Resource] = {b"static": static_files, b"v1": v1, b"_": under,
+                                                **play}
     return WebSite(Root(children), settings, reactor)
