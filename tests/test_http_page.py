@@ -235,3 +235,20 @@ def test_test_button_and_session_toggle(page):
     run(write)
     assert run(read).strip() == "yes true"  # the session's box kept the file
     box.click()
+
+
+def test_a_compile_error_in_another_file_links_to_its_section(page):
+    from selenium.webdriver.common.by import By
+
+    page.execute_script("window.sandboxdEditor.setValue(arguments[0]);"
+                        "window.sandboxdEditor.setCursor({line: 0, ch: 0})",
+                        'package main\n\nfunc main() { hello() }\n-- hello.go --\npackage main\n\n'
+                        'func hello() {\n\tnotThere()\n}\n')
+    page.find_element(By.ID, "run").click()
+    wait_for(page, "return document.getElementById('status').className",
+             lambda c: c == "status err")
+    link = page.find_element(By.CSS_SELECTOR, "#output a.diag")
+    assert link.text == "hello.go:4:2"
+    link.click()
+    cursor = page.execute_script("return window.sandboxdEditor.getCursor()")
+    assert (cursor["line"], cursor["ch"]) == (7, 1)  # the 4th line after "-- hello.go --"

@@ -55,18 +55,20 @@
     var span = document.createElement("span");
     span.className = cls;
     if (cls.indexOf("build") >= 0) {
-      // main.go:9:7: … becomes a link to line 9, column 7
-      var re = /(^|\n)((?:\.\/)?(?:main|prog)(?:_test)?\.go):(\d+)(?::(\d+))?/g, last = 0, m;
+      // main.go:9:7: … (or lib/x.go:3:1: of a "-- lib/x.go --" section) links to its line
+      var re = /(^|\n)((?:\.\/)?([\w.+\/-]+\.go)):(\d+)(?::(\d+))?/g, last = 0, m;
       while ((m = re.exec(text)) !== null) {
-        var at = m.index + m[1].length;
+        var start = fileStart(m[3]);
+        if (start < 0) continue;
+        var at = m.index + m[1].length, line = start + parseInt(m[4], 10) - 1;
         span.appendChild(document.createTextNode(text.slice(last, at)));
         var a = document.createElement("a");
         a.className = "diag";
         a.textContent = m[0].slice(m[1].length);
-        a.dataset.line = m[3]; a.dataset.col = m[4] || "1";
+        a.dataset.line = String(line + 1); a.dataset.col = m[5] || "1";
         a.onclick = jump;
         span.appendChild(a);
-        errorLines.push(editor.addLineClass(parseInt(m[3], 10) - 1, "background", "error-line"));
+        errorLines.push(editor.addLineClass(line, "background", "error-line"));
         last = at + a.textContent.length;
       }
       span.appendChild(document.createTextNode(text.slice(last)));
@@ -76,6 +78,17 @@
     var atBottom = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
     out.appendChild(span);
     if (atBottom) out.scrollTop = out.scrollHeight;
+  }
+  // Where a file of the editor's text starts: main.go (or prog.go) at the top, any other
+  // after its "-- name --" line (the Playground's several-files form); -1 if it is not there.
+  function fileStart(name) {
+    name = name.replace(/^\.\//, "");
+    var lines = editor.getValue().split("\n");
+    for (var i = 0; i < lines.length; i++) {
+      var marker = /^-- (.+?) --[ \t]*$/.exec(lines[i]);
+      if (marker && marker[1].trim() === name) return i + 1;
+    }
+    return /^(main|prog)(_test)?\.go$/.test(name) ? 0 : -1;
   }
   function jump(e) {
     e.preventDefault();
