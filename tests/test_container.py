@@ -257,3 +257,26 @@ def test_stop_finishes_a_running_request_then_restart_keeps_the_cache(
         assert STD_BUILD not in again.logs(), again.logs()
     finally:
         again.remove()
+
+
+def test_without_systempaths_unconfined_the_start_ends_with_one_message(engine: str):
+    """docs/operations.md: the narrower set needs systempaths=unconfined (Docker's masked /proc
+    paths make the kernel refuse each box's fresh /proc). Without it, on an empty cache volume,
+    the first box (the standard-library build) fails: the container must say so plainly."""
+    at = NARROW.index("systempaths=unconfined")
+    flags = NARROW[:at - 1] + NARROW[at + 1:]  # without "--security-opt systempaths=unconfined"
+    name = f"sandboxd-test-cache-empty-{os.getpid()}"
+    _sh(engine, "volume", "create", name, check=True)
+    c = Container(engine, flags, name)
+    try:
+        started = _sh(engine, "run", "-d", "--name", c.name, *flags,
+                      "-v", f"{name}:/var/cache/sandboxd", IMAGE)
+        assert started.returncode == 0, started.stderr
+        waited = _sh(engine, "wait", c.name, timeout=COLD)
+        assert int(waited.stdout) != 0
+        logs = c.logs()
+        assert "sandboxd: building the standard library failed" in logs, logs
+        assert "Can't mount proc" in logs and "Traceback" not in logs, logs
+    finally:
+        c.remove()
+        _sh(engine, "volume", "rm", "-f", name)
