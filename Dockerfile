@@ -8,10 +8,11 @@
 #       -p 127.0.0.1:8080:8080 -v sandboxd-cache:/var/cache/sandboxd sandboxd
 #
 # Why --privileged: the daemon mounts a tmpfs per box, makes cgroups for every build and run,
-# and isolate makes mount, pid, network and IPC namespaces for each box. The precise set
-# instead of --privileged, and its caveats, are in README.md ("Docker"). The host should run
-# cgroup v2 (docker info: "Cgroup Version: 2"); --cgroupns=private gives the container its own
-# writable cgroup subtree.
+# and the sandbox makes mount, pid, network and IPC namespaces (and a fresh /proc) for each box.
+# The narrower set that is enough (tested by tests/test_container.py) and its caveats are in
+# docs/operations.md ("Docker"). --cgroupns=private gives the container its own cgroup subtree,
+# which the entrypoint mounts writable (tested on a cgroup v1 host; v2 is handled alike).
+
 # BASE: any Debian image; where no registry is reachable, scripts/make-base-image.sh makes
 # sandboxd-base:bookworm from Debian packages (debootstrap + docker import): `make image` does.
 ARG BASE=debian:trixie-slim
