@@ -148,7 +148,8 @@ def _start(engine: str, which: str, volume: str) -> Container:
         bounding = _missing_capabilities()
         if which == "privileged" and "unable to apply caps" in str(e) and bounding:
             pytest.skip(f"--privileged cannot start here: this machine's capability bounding "
-                        f"set lacks {', '.join(bounding)} ({engine}: {e})")
+                        f"set lacks {', '.join(bounding)} ({engine}: {e}); podman can: "
+                        "docs/operations.md, Docker")
         raise
 
 
