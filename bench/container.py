@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import Client, Daemon, go_main  # noqa: E402
-from tests.test_container import NARROW  # noqa: E402
+from tests.test_container import ARGS, NARROW  # noqa: E402
 
 HELLO = go_main('\tfmt.Println("hello")')
 
@@ -54,7 +54,7 @@ def first_answer(engine: str, image: str, volume: str, name: str) -> tuple[float
     subprocess.run([engine, "rm", "-f", name], capture_output=True)
     t0 = time.perf_counter()
     sh(engine, "run", "-d", "--name", name, *NARROW, "-p", "127.0.0.1::8080",
-       "-v", f"{volume}:/var/cache/sandboxd", image)
+       "-v", f"{volume}:/var/cache/sandboxd", image, *ARGS)
     port = int(sh(engine, "port", name, "8080/tcp").split()[0].rsplit(":", 1)[1])
     while True:
         try:
