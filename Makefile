@@ -5,10 +5,23 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 ARGS ?=
+, := ,
 # Only the directories that exist: ruff fails on a missing one (bench/ comes with issue 4).
 LINT_DIRS := $(wildcard sandboxd tests twisted bench)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean image
+
+# The container image, built with docker or podman (whichever answers). SANDBOX=isolate takes
+# isolate from its authors' apt repository; SANDBOX=bubblewrap uses Debian packages only;
+# auto: isolate when that repository answers, else bubblewrap (said so).
+# BASE empty: a local Debian base made from Debian packages (scripts/make-base-image.sh),
+# for machines that cannot pull debian:trixie-slim from a registry.
+IMAGE ?= sandboxd
+SANDBOX ?= auto
+ISOLATE_REPO := https://www.ucw.cz/isolate/debian/signing-key.asc
+BASE ?=
+# A CA bundle for pip inside the build (a TLS-inspecting proxy), passed as a build secret.
+PIP_CA ?= $(PIP_CERT)
 
 setup: system-packages $(STAMP)
 	@$(BIN)/sandboxd-warm
@@ -43,6 +56,16 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/bench.py
+
+image:
+	@engine=$$(bash scripts/container-engine.sh) && \
+	sandbox='$(SANDBOX)' && if [ "$$sandbox" = auto ]; then \
+	    if curl -fsS -m 10 -o /dev/null $(ISOLATE_REPO) 2>/dev/null; then sandbox=isolate; \
+	    else sandbox=bubblewrap; echo "isolate's apt repository does not answer: the bubblewrap variant"; fi; fi && \
+	base='$(BASE)' && if [ -z "$$base" ]; then bash scripts/make-base-image.sh "$$engine" && base=sandboxd-base:bookworm; fi && \
+	echo "building $(IMAGE) ($$engine, SANDBOX=$$sandbox, BASE=$$base)" && \
+	DOCKER_BUILDKIT=1 $$engine build --build-arg BASE="$$base" --build-arg SANDBOX="$$sandbox" \
+	    $(if $(PIP_CA),--secret id=pip-ca$(,)src=$(PIP_CA)) -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

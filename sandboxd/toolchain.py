@@ -556,7 +556,9 @@ def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
             run.close_fds()
             driver.destroy_box(box)
         if proc.returncode != 0:
-            raise ToolchainError("building the standard library failed:\n" + log_text)
+            how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+                   else f"exit status {proc.returncode}")
+            raise ToolchainError(f"building the standard library failed ({how}):\n" + log_text)
         for root, dirs, files in os.walk(cache, followlinks=False):
             os.chown(root, 0, 0, follow_symlinks=False)
             os.chmod(root, 0o755)
