@@ -217,6 +217,23 @@ def test_tls_client_that_closed_after_close_notify_is_found(served: Daemon, cert
     assert "status=cancelled" in logged, logged
 
 
+def test_idle_tls_connection_is_closed(certs: Certs):
+    """--idle-timeout closes a TLS connection too (Twisted's TLS held the close back for the
+    connection's registered producer: an idle TLS connection stayed open for ever)."""
+    port = free_port()
+    d = Daemon(first_driver(), "--idle-timeout=1", listen=[
+        f"ssl:{port}:interface=127.0.0.1:privateKey={certs.server_key}:certKey={certs.server}"])
+    try:
+        d.start()
+        wait_port(port)
+        with tls_connect(port, certs) as client:
+            started = time.monotonic()
+            assert client.read_event(HANG) is None  # closed by the server, cleanly
+            assert time.monotonic() - started < 10
+    finally:
+        d.cleanup()
+
+
 # -- Unix sockets ----------------------------------------------------------------------------
 
 def test_unix_socket_is_owner_and_group_only_by_default(served: Daemon):
