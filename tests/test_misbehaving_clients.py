@@ -354,7 +354,9 @@ def test_tcp_client_that_closed_after_its_request_frees_its_box_soon(driver):
         sock.shutdown(socket.SHUT_WR)  # like nc -N: end of input
         buffer = b""
         while b'"up\\n"' not in buffer:
-            buffer += sock.recv(65536)
+            chunk = sock.recv(65536)
+            assert chunk, buffer  # ended before the program started (it spun here for ever)
+            buffer += chunk
         assert processes_of(box_uids(d))
         gone = time.monotonic()
         sock.close()  # and now the client is gone for good (a FIN, no reset)
