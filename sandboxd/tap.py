@@ -252,7 +252,7 @@ def _make_service(options: Options) -> service.MultiService:
         http = [endpoint_for(reactor, e, client_ca) for e in options["http"]]
     except ListenerError as e:
         raise SystemExit(f"sandboxd: {e}") from None
-    daemon = SandboxDaemon(
+    daemon = _or_exit(SandboxDaemon)(
         policy=options["policy"],
         sandbox=options["sandbox"],
         cgroups=options["cgroups"],
@@ -306,6 +306,22 @@ def _make_service(options: Options) -> service.MultiService:
 
         _listener(metrics, metrics_site(daemon), daemon)
     return daemon
+
+
+def _or_exit(make: Any) -> Any:
+    """``make`` whose setup failures (no toolchain, a sandbox that cannot run a box: e.g. a
+    container without the privileges docs/operations.md lists) end the start with one message
+    instead of a traceback."""
+    from sandboxd.drivers import DriverError
+    from sandboxd.toolchain import ToolchainError
+
+    def made(**kwargs: Any) -> Any:
+        try:
+            return make(**kwargs)
+        except (ToolchainError, DriverError) as e:
+            raise SystemExit(f"sandboxd: {e}") from None
+
+    return made
 
 
 def _listener(endpoint: Any, factory: Any, parent: service.MultiService) -> service.Service:
