@@ -9,7 +9,8 @@ Every Twisted server endpoint string works (``tcp:``, ``ssl:``, ``unix:``, ``sys
   hundreds of idle connections do not keep a real client from connecting;
 - takes over a ``unix:`` socket a killed daemon left (see ``_clear_stale_unix_socket``);
 - with ``--client-ca``, makes every ``ssl:`` listener demand a client certificate signed by
-  one of the CA's certificates, at the handshake (``ssl:`` strings have no option for that).
+  one of the CA's certificates, at the handshake (``ssl:`` strings have no option for that);
+- makes a client's TLS ``close_notify`` a half-close, like TCP's (``sandboxd.tlshalfclose``).
 """
 
 from __future__ import annotations
@@ -146,4 +147,8 @@ def endpoint_for(reactor: Any, description: str,
         raise ListenerError(f"cannot listen on {description}: {e}") from None
     if client_ca and description.startswith("ssl:"):
         require_client_certificates(endpoint, client_ca)
+    if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        from sandboxd.tlshalfclose import HalfCloseTLSEndpoint
+
+        return HalfCloseTLSEndpoint(endpoint)
     return endpoint
