@@ -9,6 +9,8 @@ Bounded: a few hundred requests at most, about a minute on two cores.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -61,20 +63,23 @@ class Cluster:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="sandboxd-cluster-"))
-        self.port = free_port()
+        self.port, self.http_port = free_port(), free_port()
         self.admin = str(self.dir / "admin.sock")
         self.daemons: dict[str, Daemon] = {}
         self.env = {**os.environ, "SANDBOXD_BIND": f"127.0.0.1:{self.port}",
+                    "SANDBOXD_HTTP_BIND": f"127.0.0.1:{self.http_port}",
                     "HAPROXY_ADMIN_SOCKET": self.admin, "HAPROXY_LOG": "stdout"}
         for node in NODES:
-            port, health = free_port(), free_port()
+            port, health, web = free_port(), free_port(), free_port()
             self.daemons[node] = Daemon(
                 "bubblewrap", f"--node-name={node}", f"--drain-time={DRAIN_S}",
                 "--shutdown-grace=20", f"--metrics=tcp:{health}:interface=127.0.0.1",
+                f"--http=tcp:{web}:interface=127.0.0.1",
                 listen=[f"tcp:{port}:interface=127.0.0.1"])
             key = node.replace("-", "_").upper()
             self.env[key] = f"127.0.0.1:{port}"
             self.env[f"{key}_HEALTH"] = str(health)
+            self.env[f"{key}_HTTP"] = f"127.0.0.1:{web}"
         self.haproxy: subprocess.Popen | None = None
         self.log = self.dir / "haproxy.log"
 
@@ -145,6 +150,21 @@ class Cluster:
             client.send(request)
             client.shutdown_write()
             return client.read_all()
+
+    def post(self, path: str, request: dict[str, Any],
+             headers: dict[str, str] | None = None) -> dict:
+        """One HTTP request to HAProxy's HTTP face on a connection of its own: the final
+        event of its NDJSON answer (which must be complete: one final event, the last)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=HANG)
+        try:
+            conn.request("POST", path, json.dumps(request), headers or {})
+            answer = conn.getresponse()
+            events = [json.loads(line) for line in answer.read().splitlines() if line.strip()]
+        finally:
+            conn.close()
+        assert answer.status == 200, (answer.status, events)
+        assert [e.get("done") for e in events].count(True) == 1 and events[-1]["done"], events
+        return events[-1]
 
     def run_open(self, request: dict[str, Any]) -> tuple[dict, float]:
         """One request on a connection that stays open (as sandboxd.api keeps it): its final
@@ -231,9 +251,44 @@ def test_sessions_stick_and_anonymous_requests_spread(cluster: Cluster, homes: d
     assert all("session_new" not in r for r in results)
 
 
+def test_http_and_websocket_sessions_reach_the_same_daemon(cluster: Cluster,
+                                                           homes: dict[str, str]):
+    from websockets.sync.client import connect
+
+    for sid, node in list(homes.items())[:4]:
+        # By header and by path: the daemon that holds the session's box for the line protocol.
+        for how, path, headers in (("header", "/v1/run", {"Sandboxd-Session": sid}),
+                                   ("path", f"/v1/sessions/{sid}/run", {})):
+            final = cluster.post(path, {"id": f"{sid}-{how}", "code": COUNTER}, headers)
+            assert (final["status"], final["node"], final["session_new"]) == (
+                "ok", node, False), (how, final)
+        # A WebSocket by ?session= (what a browser can give): one session per socket.
+        with connect(f"ws://127.0.0.1:{cluster.http_port}/v1/ws?session={sid}",
+                     open_timeout=30) as ws:
+            ws.send(json.dumps({"session_id": sid, "id": "ws", "code": COUNTER}))
+            while not (event := json.loads(ws.recv(timeout=HANG))).get("done"):
+                pass
+        assert (event["status"], event["node"], event["session_new"]) == ("ok", node, False)
+
+    # Anonymous HTTP requests, nine at once: every daemon gets some.
+    results: list[dict] = []
+
+    def one(i: int) -> None:
+        results.append(cluster.post("/v1/run", {"id": f"h-{i}", "code": NAP}))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG)
+    assert [r["status"] for r in results] == ["ok"] * 9, results
+    assert set(Counter(r["node"] for r in results)) == set(NODES)
+
+
 class Load:
     """Steady load through the balancer: ``workers`` clients, each sending one request after
-    another, each on a new connection, anonymous and session requests in turn."""
+    another, each on a new connection, anonymous and session requests in turn; the third
+    client over the HTTP face."""
 
     def __init__(self, cluster: Cluster, workers: int = 3, most: int = 400) -> None:
         self.cluster = cluster
@@ -262,7 +317,12 @@ class Load:
             if n % 2:
                 request["session_id"] = f"load_{worker}_{n % 3}"
             try:
-                self.done.append((rid, self.cluster.run(session_first(request))))
+                if worker == 2:  # the HTTP face: the session in the header
+                    session = request.pop("session_id", None)
+                    headers = {"Sandboxd-Session": session} if session else {}
+                    self.done.append((rid, [self.cluster.post("/v1/run", request, headers)]))
+                else:
+                    self.done.append((rid, self.cluster.run(session_first(request))))
             except Exception as e:  # a lost request: the test reports it
                 self.errors.append(f"{rid}: {type(e).__name__}: {e}")
 
@@ -334,7 +394,7 @@ def test_sigkill_ends_its_requests_clearly_and_leaves_the_others(cluster: Cluste
     _, err = cli.communicate(timeout=HANG)
     assert cli.returncode == 1, err
     message = err.decode()
-    assert "before request 'run' ended" in message and "killed" in message, message
+    assert "before request 'run" in message and "killed" in message, message
     assert "Traceback" not in message
     # The others' requests are untouched: every tick, and their final events.
     for node, c in clients.items():

@@ -69,6 +69,7 @@ def test_haproxy_runs_the_tested_configuration_against_every_daemon():
     for i, name in enumerate(names):  # each server line is one pod, by its stable DNS name
         assert env[name] == f"sandboxd-{i}.{service}.{namespace}.svc.cluster.local:8080"
         assert env[f"{name}_HEALTH"] == "9100"
+        assert env[f"{name}_HTTP"] == f"sandboxd-{i}.{service}.{namespace}.svc.cluster.local:8081"
 
 
 def test_the_daemons_drain_longer_than_haproxy_takes_to_notice():
