@@ -18,6 +18,7 @@ daemons a target load needs.  See docs/performance.md ("Several daemons").
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -74,6 +75,20 @@ def one(port: int, request: dict) -> float:
                     return ms_since(start)
 
 
+def one_http(port: int, request: dict, headers: dict[str, str]) -> float:
+    """One POST /v1/run on a new HTTP connection: ms until its NDJSON answer ended ``ok``."""
+    start = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", "/v1/run", json.dumps(request), headers)
+        final = json.loads(conn.getresponse().read().splitlines()[-1])
+    finally:
+        conn.close()
+    if final.get("status") != "ok":
+        raise RuntimeError(f"request failed: {final}")
+    return ms_since(start)
+
+
 def haproxy_cpu_ms(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:13]) * 1000 / os.sysconf("SC_CLK_TCK")
@@ -106,7 +121,7 @@ def cpu_block(meter: Meter, idle_per_s: dict[str, float], run: Callable[[], None
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=200, help="latency rounds (4 requests each)")
+    p.add_argument("--rounds", type=int, default=150, help="latency rounds (8 requests each)")
     p.add_argument("--cpu-requests", type=int, default=200, help="cached requests per CPU block")
     p.add_argument("--fresh", type=int, default=15, help="new programs for the fresh CPU block")
     p.add_argument("--target", type=float, default=500.0, help="requests/s to plan for")
@@ -121,13 +136,17 @@ def main() -> int:
         return 1
 
     port, health, front = free_port(), free_port(), free_port()
+    web, web_front = free_port(), free_port()
     d = Daemon("bubblewrap", "--node-name=bench", f"--metrics=tcp:{health}:interface=127.0.0.1",
+               f"--http=tcp:{web}:interface=127.0.0.1",
                boxes=os.cpu_count() or 2, listen=[f"tcp:{port}:interface=127.0.0.1"])
     work = Path(tempfile.mkdtemp(prefix="sandboxd-bench-cluster-"))
     env = {**os.environ, "SANDBOXD_BIND": f"127.0.0.1:{front}",
+           "SANDBOXD_HTTP_BIND": f"127.0.0.1:{web_front}",
            "HAPROXY_ADMIN_SOCKET": str(work / "admin.sock"), "HAPROXY_LOG": "stdout"}
     for node in ("NODE_A", "NODE_B", "NODE_C"):
         env[node], env[f"{node}_HEALTH"] = f"127.0.0.1:{port}", str(health)
+        env[f"{node}_HTTP"] = f"127.0.0.1:{web}"
     proxy = None
     try:
         d.start()
@@ -148,12 +167,23 @@ def main() -> int:
 
         anon = {"code": CACHED}
         session = {"session_id": "bench_s", "code": CACHED}
-        sides = {"direct, anonymous": (port, anon), "HAProxy, anonymous": (front, anon),
-                 "direct, session": (port, session), "HAProxy, session": (front, session)}
+        by_header = {"Sandboxd-Session": "bench_h"}
+        sides: dict[str, Callable[[], float]] = {
+            "direct, anonymous": lambda: one(port, anon),
+            "HAProxy, anonymous": lambda: one(front, anon),
+            "direct, session": lambda: one(port, session),
+            "HAProxy, session": lambda: one(front, session),
+            "HTTP direct, anonymous": lambda: one_http(web, anon, {}),
+            "HTTP HAProxy, anonymous": lambda: one_http(web_front, anon, {}),
+            "HTTP direct, session": lambda: one_http(web, anon, by_header),
+            "HTTP HAProxy, session": lambda: one_http(web_front, anon, by_header),
+        }
+        for side in sides.values():  # the HTTP servers' checks are the line servers'
+            side()
         walls: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(args.rounds):
-            for name, (where, req) in sides.items():
-                walls[name].append(one(where, req))
+            for name, side in sides.items():
+                walls[name].append(side())
 
         meter = Meter(d, proxy.pid)
         idle0, t0 = meter.read(), time.monotonic()
@@ -177,11 +207,12 @@ def main() -> int:
     print("|---|---|---|")
     for name, values in walls.items():
         print(f"| {name} | {median(values):.1f} | {percentile(values, 99):.1f} |")
-    for kind in ("anonymous", "session"):
-        hop = [b - a for a, b in zip(walls[f"direct, {kind}"], walls[f"HAProxy, {kind}"],
-                                     strict=True)]
-        print(f"| hop ({kind}: HAProxy - direct, same round) | {median(hop):+.1f} | "
-              f"{percentile(hop, 99):+.1f} |")
+    for face in ("", "HTTP "):
+        for kind in ("anonymous", "session"):
+            hop = [b - a for a, b in zip(walls[f"{face}direct, {kind}"],
+                                         walls[f"{face}HAProxy, {kind}"], strict=True)]
+            print(f"| {face}hop ({kind}: HAProxy - direct, same round) | {median(hop):+.1f} | "
+                  f"{percentile(hop, 99):+.1f} |")
 
     print("\nidle background, CPU ms per second: " +
           ", ".join(f"{k} {v:.1f}" for k, v in idle.items()))
