@@ -268,7 +268,10 @@ def test_http_and_websocket_sessions_reach_the_same_daemon(cluster: Cluster,
             ws.send(json.dumps({"session_id": sid, "id": "ws", "code": COUNTER}))
             while not (event := json.loads(ws.recv(timeout=HANG))).get("done"):
                 pass
+            ws.send("not json")  # a refused line names its daemon too
+            refused = json.loads(ws.recv(timeout=HANG))
         assert (event["status"], event["node"], event["session_new"]) == ("ok", node, False)
+        assert (refused["status"], refused["node"]) == ("bad_request", node), refused
 
     # Anonymous HTTP requests, nine at once: every daemon gets some.
     results: list[dict] = []
