@@ -12,7 +12,7 @@ from twisted.internet import defer, task
 from twisted.internet import reactor as default_reactor
 from twisted.logger import Logger
 
-from sandboxd import cgroup, hostfs, toolchain
+from sandboxd import cgroup, hostfs, instance, toolchain
 from sandboxd.bincache import BinaryCache
 from sandboxd.connection import SHUTDOWN_NOT_STARTED, ConnectionFactory
 from sandboxd.drivers import DriverError, choose
@@ -73,7 +73,10 @@ class SandboxDaemon(service.MultiService):
         self.stopping = False
         self.listeners: list[service.Service] = []
         _raise_open_files()
-        state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything of the state directory is touched (the sweep of a dead daemon's
+        # leftovers above all): one daemon per state directory.
+        self.state_lock = instance.lock_state_dir(state_dir)
+        self.range_lock: int | None = None
         os.chmod(state_dir, 0o711)
         if cgroups == "off":
             self.cgroups = cgroup.CgroupSupport(None, {}, "turned off with --cgroups=off")
@@ -87,6 +90,17 @@ class SandboxDaemon(service.MultiService):
             if self.driver.name != "isolate":
                 raise DriverError("--cgroups=isolate needs the isolate driver")
             self.driver.own_cgroups = True
+        # Box numbers first_box .. first_box + boxes + max_sessions (+ the health probe's
+        # spare box): no other running daemon may use their uids.
+        last_box = first_box + boxes + max_sessions
+        self.range_lock = instance.register_range(state_dir, instance.Range(
+            first_box, last_box, self.driver.uid_for(first_box), self.driver.uid_for(last_box)))
+        # The lock is ours: whatever a previous daemon of this state directory left (it was
+        # killed) can go now, before this one makes anything.
+        swept = self.cgroups.sweep()
+        if swept:
+            log.info("removed {n} cgroups a previous daemon left", n=swept)
+        self.driver.sweep()
         self.toolchain = toolchain.load(toolchain.find_goroot(go), cache_dir)
         self.toolchains = {self.toolchain.name: self.toolchain}
         for name, path in (more_go or {}).items():
@@ -146,9 +160,9 @@ class SandboxDaemon(service.MultiService):
         )
 
     def startService(self) -> None:
-        swept = self.cgroups.sweep()
-        if swept:
-            log.info("removed {n} cgroups a previous daemon left", n=swept)
+        instance.mark_holder(self.state_lock)  # twistd may have forked to daemonize
+        if self.range_lock is not None:
+            instance.update_range_pid(self.range_lock)
         self.pool.start()
         go = ", ".join(f"{n}={tc.version}" for n, tc in self.toolchains.items())
         log.info("sandboxd: {driver} driver, {n} boxes, Go {go}, {cg}", driver=self.driver.name,
@@ -219,6 +233,7 @@ class SandboxDaemon(service.MultiService):
         if held is not None:  # their launchers are killed: let their cgroups and dirs go
             await self._until(lambda: not held.ending, SHUTDOWN_FLUSH_S)
         await self._stop_children([s for s in reversed(list(self)) if s.running])
+        self.cgroups.remove_bases()
         log.info("sandboxd stopped; every box removed")
 
     async def _stop_children(self, children: list[service.Service]) -> None:

@@ -38,6 +38,9 @@ STATUS_FD = 3
 SECCOMP_FD = 4
 # Where a held sandbox (see ``Driver.can_hold``) waits for the byte that lets its program start.
 HOLD_FD = 5
+# The program's own stderr where the sandbox tool's stderr (fd 2) is kept apart from it (see
+# ``Driver.stderr_fd``): what bwrap says about the host never reaches a client.
+PROGRAM_STDERR_FD = 6
 
 # What a program sees as its whole environment.
 RUN_ENV = {
@@ -111,8 +114,9 @@ class Report:
     memory_kb: int | None = None
     timed_out: str | None = None  # "wall" or "cpu" when the driver itself stopped it
     memory_exceeded: bool = False
-    message: str = ""
+    message: str = ""  # fixed wording, sent to the client: never a host path
     failed: bool = False  # the sandbox itself failed (not the program)
+    detail: str = ""  # for the log only (what the sandbox tool said, host paths and all)
 
 
 class Driver(ABC):
@@ -123,6 +127,9 @@ class Driver(ABC):
     graceful_stop = False
     # True: the sandbox makes and enforces its own cgroup (isolate --cg); the daemon makes none.
     own_cgroups = False
+    # The descriptor the program's stderr arrives on; 2 means the sandbox tool's own messages
+    # share it.  Another number: fd 2 carries only the tool's messages, logged, never sent.
+    stderr_fd = 2
     # True: a run can be set up ahead and held until its program may start (``SandboxRun.hold``).
     can_hold = False
     warm_box_number = 4095
