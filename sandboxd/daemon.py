@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,9 @@ class SandboxDaemon(service.MultiService):
             if self.driver.name != "isolate":
                 raise DriverError("--cgroups=isolate needs the isolate driver")
             self.driver.own_cgroups = True
-        # Box numbers first_box .. first_box + boxes + max_sessions (+ the health probe's
-        # spare box): no other running daemon may use their uids.
-        last_box = first_box + boxes + max_sessions
+        # Box numbers first_box .. first_box + boxes + max_sessions + 1 (the pool's, a spare for
+        # the health probe, the start-up check's): no other running daemon may use their uids.
+        last_box = self.check_box = first_box + boxes + max_sessions + 1
         self.range_lock = instance.register_range(state_dir, instance.Range(
             first_box, last_box, self.driver.uid_for(first_box), self.driver.uid_for(last_box)))
         # The lock is ours: whatever a previous daemon of this state directory left (it was
@@ -148,6 +149,7 @@ class SandboxDaemon(service.MultiService):
             self.pool.on_retire = held.retire
         self.runtime.metrics.watch(self)
         self.health = HealthCheck(self)
+        self.checked = ""  # what the start-up check found (see ``check``)
         self.factory = ConnectionFactory(
             self.runtime,
             policy,
@@ -159,7 +161,21 @@ class SandboxDaemon(service.MultiService):
             max_connections=max_connections,
         )
 
+    def check(self) -> None:
+        """Prove this daemon can serve (see ``sandboxd.selfcheck``), before any listener
+        opens; StartError with the cause and the fix otherwise (what it made is removed)."""
+        from sandboxd import selfcheck
+
+        try:
+            self.checked = selfcheck.check(self, self.check_box)
+        except BaseException:
+            self.cgroups.remove_bases()
+            raise
+
     def startService(self) -> None:
+        # SIGHUP (the terminal of a foreground daemon closed) stops it the way SIGTERM and
+        # SIGINT do: gracefully, every box removed.  Logs are not reopened on SIGHUP.
+        signal.signal(signal.SIGHUP, self._hangup)
         instance.mark_holder(self.state_lock)  # twistd may have forked to daemonize
         if self.range_lock is not None:
             instance.update_range_pid(self.range_lock)
@@ -172,23 +188,35 @@ class SandboxDaemon(service.MultiService):
             log.info("limit mechanism: {line}", line=line)
         if self.runtime.modules is not None:
             log.info("{modules}", modules=self.runtime.modules.describe())
+        if self.checked:
+            log.info("{checked}", checked=self.checked)
         super().startService()
         for listener in self.listeners:
-            waiting = getattr(listener, "_waitingForPort", None)
-            if waiting is not None:  # say where: an onion address, a port chosen by the kernel
-                waiting.addCallback(self._listening, listener)
+            if listener.port is not None:  # listening since the start (sandboxd.listening)
+                self._listening(listener.port, listener)
+            elif listener.waiting is not None:  # an onion service: once tor published it
+                listener.waiting.addCallbacks(self._listening, self._not_listening,
+                                              callbackArgs=(listener,),
+                                              errbackArgs=(listener,))
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        log.info("Received SIGHUP, shutting down.")
+        self.reactor.callFromThread(self.reactor.stop)
+
+    def _not_listening(self, failure: Any, listener: Any) -> None:
+        # A listener the operator asked for and cannot have (an onion service tor could not
+        # publish, say) is a failed start: stop, exit 1, and let the service manager retry
+        # (Restart=on-failure), rather than run without it.
+        if self.stopping or failure.check(defer.CancelledError):
+            return
+        from sandboxd.listening import describe_failure
+
+        log.critical("sandboxd: {why}; stopping",
+                     why=describe_failure(listener.description, failure.value))
+        self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+        self.reactor.callWhenRunning(self.reactor.stop)  # it may fail before the reactor runs
 
     def _listening(self, port: Any, listener: Any) -> Any:
-        if port is None:
-            # Twisted logged why (an onion service tor could not publish, say). A listener the
-            # operator asked for and cannot have is a failed start: stop, exit 1, and let the
-            # service manager retry (Restart=on-failure), rather than run without it.
-            if not self.stopping:
-                log.critical("--listen {what} failed; stopping",
-                             what=getattr(listener, "description", "?"))
-                self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
-                self.reactor.stop()
-            return port
         host = port.getHost()
         where = getattr(host, "onion_uri", None)
         where = f"{where}:{host.onion_port}" if where else str(host)
