@@ -79,14 +79,10 @@ class SandboxDaemon(service.MultiService):
         self.state_lock = instance.lock_state_dir(state_dir)
         self.range_lock: int | None = None
         os.chmod(state_dir, 0o711)
-        if cgroups == "off":
-            self.cgroups = cgroup.CgroupSupport(None, {}, "turned off with --cgroups=off")
-        elif cgroups == "isolate":
-            self.cgroups = cgroup.CgroupSupport(None, {}, "isolate --cg makes the cgroups")
-        else:
-            self.cgroups = cgroup.detect(f"sandboxd-{_instance_name(state_dir)}")
-        self.driver = choose(sandbox, state_dir=state_dir, cgroups=self.cgroups,
-                             first_uid=first_uid)
+        # Nothing that can fail for an operator's reason comes after the cgroups are made
+        # (they would be left behind): the driver (its tools), the box range, the toolchains.
+        self.driver = choose(sandbox, state_dir=state_dir, cgroups=cgroup.CgroupSupport(
+            None, {}, "not looked for yet"), first_uid=first_uid)
         if cgroups == "isolate":
             if self.driver.name != "isolate":
                 raise DriverError("--cgroups=isolate needs the isolate driver")
@@ -96,18 +92,23 @@ class SandboxDaemon(service.MultiService):
         last_box = self.check_box = first_box + boxes + max_sessions + 1
         self.range_lock = instance.register_range(state_dir, instance.Range(
             first_box, last_box, self.driver.uid_for(first_box), self.driver.uid_for(last_box)))
-        # The lock is ours: whatever a previous daemon of this state directory left (it was
-        # killed) can go now, before this one makes anything.
-        swept = self.cgroups.sweep()
-        if swept:
-            log.info("removed {n} cgroups a previous daemon left", n=swept)
-        self.driver.sweep()
         self.toolchain = toolchain.load(toolchain.find_goroot(go), cache_dir)
         self.toolchains = {self.toolchain.name: self.toolchain}
         for name, path in (more_go or {}).items():
             self.toolchains[name] = toolchain.load(toolchain.find_goroot(path), cache_dir, name)
         for tc in self.toolchains.values():  # each has its own standard-library cache
             toolchain.warm(tc, self.driver, quiet=False)
+        if cgroups == "off":
+            self.cgroups = cgroup.CgroupSupport(None, {}, "turned off with --cgroups=off")
+        elif cgroups == "isolate":
+            self.cgroups = cgroup.CgroupSupport(None, {}, "isolate --cg makes the cgroups")
+        else:
+            self.cgroups = cgroup.detect(f"sandboxd-{_instance_name(state_dir)}")
+        self.driver.cgroups = self.cgroups
+        # The lock is ours: whatever a previous daemon of this state directory left (it was
+        # killed) can go now, before this one makes anything.
+        self.swept = self.cgroups.sweep()  # logged once logging has begun (startService)
+        self.driver.sweep()
         jobs_dir = state_dir / "jobs"
         if jobs_dir.is_dir() and not jobs_dir.is_symlink():
             for entry in jobs_dir.iterdir():  # a dead daemon's build dirs (tmpfs mounts)
@@ -188,6 +189,8 @@ class SandboxDaemon(service.MultiService):
             log.info("limit mechanism: {line}", line=line)
         if self.runtime.modules is not None:
             log.info("{modules}", modules=self.runtime.modules.describe())
+        if self.swept:
+            log.info("removed {n} cgroups a previous daemon left", n=self.swept)
         if self.checked:
             log.info("{checked}", checked=self.checked)
         super().startService()
