@@ -129,6 +129,7 @@ class Daemon:
             point = mount.split()[1]
             if point.startswith(str(self.state_dir)):
                 subprocess.run(["umount", "-l", point], capture_output=True)
+        _remove_cgroups(self.state_dir)
         shutil.rmtree(self.dir, ignore_errors=True)
         if self._lock_fd in _held:
             _held.remove(self._lock_fd)
@@ -144,6 +145,35 @@ class Daemon:
                 client.send(r)
             client.shutdown_write()
             return client.read_all(timeout)
+
+
+def _remove_cgroups(state_dir: Path) -> None:
+    """What a daemon that was killed (SIGKILL, never restarted) left in the cgroup trees: its
+    ``sandboxd-<hash>`` base cgroups and any run cgroups in them. A daemon stopped cleanly
+    leaves none (tests/test_failures.py checks that); this only keeps a test run from leaving
+    killed daemons' behind."""
+    from sandboxd.daemon import _instance_name
+
+    name = f"sandboxd-{_instance_name(state_dir)}"
+    bases = [p for pattern in (name, f"*/{name}", f"*/*/*/{name}")
+             for p in Path("/sys/fs/cgroup").glob(pattern) if p.is_dir()]
+    for base in bases:
+        for child in [c for c in base.iterdir() if c.is_dir()]:
+            for pid in (child / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+            for _ in range(100):
+                try:
+                    child.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+        try:
+            base.rmdir()
+        except OSError:
+            pass
 
 
 class Client:
