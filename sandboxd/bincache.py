@@ -1,9 +1,11 @@
 """Built programs, kept outside every box so the same source is never built twice.
 
-The key covers every input of the build: each file's name and bytes, the toolchain's identity
-and the build flags.  Entries are written only by the daemon (root-owned, read-only), copied
-out of the build box without following links, bounded in total size (least recently used out)
-and placed read-only into the run's sandbox.
+The key covers every input of the build: each file's name and bytes, the toolchain's identity,
+the build flags, and the build's limits: a program is never served to a request whose own
+build settings differ from the build that made it (a request whose build limits would not let
+it build gets its own answer, never another request's program).  Entries are written only by
+the daemon (root-owned, read-only), copied out of the build box without following links,
+bounded in total size (least recently used out) and placed read-only into the run's sandbox.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from sandboxd import hostfs
+from sandboxd.limits import PhaseLimits
 
 log = Logger()
 
@@ -45,9 +48,12 @@ class BinaryCache:
         self._shrink()
 
     @staticmethod
-    def key(files: dict[str, bytes], toolchain_ident: str, flags: tuple[str, ...]) -> str:
+    def key(files: dict[str, bytes], toolchain_ident: str, flags: tuple[str, ...],
+            limits: PhaseLimits) -> str:
         digest = hashlib.sha256()
         digest.update(f"toolchain {toolchain_ident}\nflags {' '.join(flags)}\n".encode())
+        settings = " ".join(f"{name}={value}" for name, value in sorted(limits.as_dict().items()))
+        digest.update(f"limits {settings}\n".encode())
         for name in sorted(files):
             data = files[name]
             digest.update(f"file {len(name)} {name} {len(data)}\n".encode())

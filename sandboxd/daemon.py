@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from sandboxd.job import Runtime
 from sandboxd.limits import LimitPolicy
 from sandboxd.metrics import Metrics
 from sandboxd.modules import ModuleSource
-from sandboxd.pool import BoxPool, PoolSettings
+from sandboxd.pool import MAX_BOX_NUMBER, BoxPool, PoolSettings
 from sandboxd.request import SourceLimits
 
 log = Logger()
@@ -31,6 +32,18 @@ log = Logger()
 SHUTDOWN_POLL_S = 0.05
 SHUTDOWN_KILL_WAIT_S = 10.0  # cancelled requests: their boxes are killed, this is a hang bound
 SHUTDOWN_FLUSH_S = 5.0  # connections get this long to take their last events
+BASE_MARGIN_MB = 256  # launchers held ahead, the health probe: over the boxes' own bounds
+
+
+def default_box_memory_mb(meminfo: str = "/proc/meminfo") -> int:
+    """A quarter of the machine's memory: what session boxes may hold by default."""
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return max(64, int(line.split()[1]) // 1024 // 4)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1024
 
 
 class SandboxDaemon(service.MultiService):
@@ -66,6 +79,10 @@ class SandboxDaemon(service.MultiService):
         reactor: Any = None,
         cgroups: str = "auto",
         hold_builds: bool = True,
+        max_queue_per_client: int = 10,
+        max_sessions_per_client: int = 16,
+        client_identity: str = "connection",
+        max_box_memory_mb: int | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor or default_reactor
@@ -83,13 +100,16 @@ class SandboxDaemon(service.MultiService):
         # (they would be left behind): the driver (its tools), the box range, the toolchains.
         self.driver = choose(sandbox, state_dir=state_dir, cgroups=cgroup.CgroupSupport(
             None, {}, "not looked for yet"), first_uid=first_uid)
+        # The pool's box numbers, then one more: the start-up check's (sandboxd.selfcheck).
+        self.check_box = first_box + min(MAX_BOX_NUMBER, 3 * boxes + max_sessions + 2)
+        self.driver.check_box_range(first_box, self.check_box - first_box + 1)
         if cgroups == "isolate":
             if self.driver.name != "isolate":
                 raise DriverError("--cgroups=isolate needs the isolate driver")
             self.driver.own_cgroups = True
-        # Box numbers first_box .. first_box + boxes + max_sessions + 1 (the pool's, a spare for
-        # the health probe, the start-up check's): no other running daemon may use their uids.
-        last_box = self.check_box = first_box + boxes + max_sessions + 1
+        # Those box numbers (the pool's: 3 x boxes + max_sessions + 2, and the check's): no
+        # other running daemon may use their uids.
+        last_box = self.check_box
         self.range_lock = instance.register_range(state_dir, instance.Range(
             first_box, last_box, self.driver.uid_for(first_box), self.driver.uid_for(last_box)))
         self.toolchain = toolchain.load(toolchain.find_goroot(go), cache_dir)
@@ -98,6 +118,16 @@ class SandboxDaemon(service.MultiService):
             self.toolchains[name] = toolchain.load(toolchain.find_goroot(path), cache_dir, name)
         for tc in self.toolchains.values():  # each has its own standard-library cache
             toolchain.warm(tc, self.driver, quiet=False)
+        self.toolchains_dir = state_dir / "toolchains"
+        toolchain.unmount_images(self.toolchains_dir)  # a dead daemon's
+        try:
+            self.toolchains = {name: toolchain.mount_images(tc, self.toolchains_dir)
+                               for name, tc in self.toolchains.items()}
+        except (OSError, subprocess.SubprocessError) as e:
+            toolchain.unmount_images(self.toolchains_dir)
+            log.warn("cannot mount the toolchain's images ({e}); builds see the cache "
+                     "directory's path in their mount table", e=e)
+        self.toolchain = self.toolchains[self.toolchain.name]
         if cgroups == "off":
             self.cgroups = cgroup.CgroupSupport(None, {}, "turned off with --cgroups=off")
         elif cgroups == "isolate":
@@ -121,6 +151,9 @@ class SandboxDaemon(service.MultiService):
                 boxes=boxes,
                 max_queue=max_queue,
                 max_sessions=max_sessions,
+                max_queue_per_client=max_queue_per_client,
+                max_sessions_per_client=max_sessions_per_client,
+                max_box_memory_mb=max_box_memory_mb or default_box_memory_mb(),
                 session_idle_s=session_idle,
                 session_max_age_s=session_max_age,
                 cleanup_period_s=cleanup_period,
@@ -160,6 +193,7 @@ class SandboxDaemon(service.MultiService):
             idle_timeout=idle_timeout,
             max_pending_input=max_pending_input,
             max_connections=max_connections,
+            client_identity=client_identity,
         )
 
     def check(self) -> None:
@@ -170,8 +204,34 @@ class SandboxDaemon(service.MultiService):
         try:
             self.checked = selfcheck.check(self, self.check_box)
         except BaseException:
-            self.cgroups.remove_bases()
+            self.abort()
             raise
+
+    def abort(self) -> None:
+        """A start that fails after the cgroups were made: remove what was made (the locks go
+        with the process)."""
+        self.cgroups.remove_bases()
+        toolchain.unmount_images(self.toolchains_dir)
+
+    def _limit_box_memory(self) -> None:
+        """Account what boxes hold where a limit applies: the base cgroup of every build and
+        run gets a memory limit of what session boxes may hold (--max-box-memory-mb), plus
+        what the ``--boxes`` requests running at once may use at their maximum limits, plus
+        a margin for the launchers held ahead.  The pool's reservation refuses a session
+        clearly before this is reached; this bounds anything that gets past it."""
+        settings, maxima = self.pool.settings, self.policy.maximums
+        running = settings.boxes * (maxima.build.memory_mb + maxima.run.memory_mb)
+        total_mb = (settings.max_box_memory_mb or 0) + running + BASE_MARGIN_MB
+        problem = (self.cgroups.limit_memory(total_mb * 1024 * 1024)
+                   if self.cgroups.version is not None else self.cgroups.describe())
+        if problem is None:
+            log.info("memory of all boxes together: at most {mb} MiB (cgroup v{v}); session "
+                     "boxes' files: at most {box} MiB", mb=total_mb, v=self.cgroups.version,
+                     box=settings.max_box_memory_mb)
+        else:
+            log.warn("memory of all boxes together is not bounded by a cgroup ({why}); "
+                     "session boxes' files: at most {box} MiB", why=problem,
+                     box=settings.max_box_memory_mb)
 
     def startService(self) -> None:
         # SIGHUP (the terminal of a foreground daemon closed) stops it the way SIGTERM and
@@ -180,6 +240,7 @@ class SandboxDaemon(service.MultiService):
         instance.mark_holder(self.state_lock)  # twistd may have forked to daemonize
         if self.range_lock is not None:
             instance.update_range_pid(self.range_lock)
+        self._limit_box_memory()
         self.pool.start()
         go = ", ".join(f"{n}={tc.version}" for n, tc in self.toolchains.items())
         log.info("sandboxd: {driver} driver, {n} boxes, Go {go}, {cg}", driver=self.driver.name,
@@ -264,8 +325,38 @@ class SandboxDaemon(service.MultiService):
         if held is not None:  # their launchers are killed: let their cgroups and dirs go
             await self._until(lambda: not held.ending, SHUTDOWN_FLUSH_S)
         await self._stop_children([s for s in reversed(list(self)) if s.running])
+        self._sweep_leftovers()
+        toolchain.unmount_images(self.toolchains_dir)
         self.cgroups.remove_bases()
         log.info("sandboxd stopped; every box removed")
+
+    def _sweep_leftovers(self) -> None:
+        """The last step of a shutdown: whatever is still there though every box was
+        destroyed (a request that did not end, a bug) is removed like a dead daemon's at start:
+        box directories and their mounts, build directories, this daemon's cgroups."""
+        steps = (
+            ("box directories", self.driver.boxes_dir, self.driver.sweep),
+            ("build directories", self.runtime.jobs_dir, self._remove_job_dirs),
+        )
+        for what, directory, sweep in steps:
+            try:
+                left = sorted(entry.name for entry in directory.iterdir())
+                if left:
+                    log.warn("shutting down: {n} {what} left behind ({names}); removing them",
+                             n=len(left), what=what, names=", ".join(left[:10]))
+                    sweep()
+            except Exception:
+                log.failure("shutting down: removing the {what} left behind", what=what)
+        try:
+            swept = self.cgroups.sweep()
+            if swept:
+                log.warn("shutting down: {n} cgroups left behind; removed them", n=swept)
+        except Exception:
+            log.failure("shutting down: removing the cgroups left behind")
+
+    def _remove_job_dirs(self) -> None:
+        for entry in self.runtime.jobs_dir.iterdir():
+            hostfs.remove_scratch_dir(entry)
 
     async def _stop_children(self, children: list[service.Service]) -> None:
         results = await defer.DeferredList(

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from sandboxd.child import SandboxChild
 from sandboxd.drivers.base import RUN_ENV, SandboxRun
+from sandboxd.singleflight import SingleFlight
 from sandboxd.status import Phase
 
 if TYPE_CHECKING:
@@ -38,35 +39,30 @@ class HealthCheck:
         self.daemon = daemon
         self.ttl_s = ttl_s
         self._last: tuple[float, tuple[bool, str]] | None = None
-        self._in_flight: list[defer.Deferred] | None = None
+        self._probes: SingleFlight[tuple[bool, str]] = SingleFlight()  # one probe at a time
 
     @property
     def probing(self) -> bool:
-        return self._in_flight is not None
+        return "probe" in self._probes
 
     def check(self) -> defer.Deferred[tuple[bool, str]]:
-        """(healthy, why)."""
+        """(healthy, why); a check that comes while a probe runs gets that probe's answer."""
         if self.daemon.stopping:
             return defer.succeed((False, "the server is shutting down"))
         now = self.daemon.reactor.seconds()
         if self._last is not None and now - self._last[0] < self.ttl_s:
             return defer.succeed(self._last[1])
-        waiter: defer.Deferred[tuple[bool, str]] = defer.Deferred()
-        if self._in_flight is not None:
-            self._in_flight.append(waiter)
-            return waiter
-        self._in_flight = [waiter]
-        defer.ensureDeferred(self._probe()).addBoth(self._answer)
-        return waiter
+        return self._probes.run("probe", self._probe_once)
 
-    def _answer(self, verdict: object) -> None:
+    def _probe_once(self) -> defer.Deferred[tuple[bool, str]]:
+        return defer.ensureDeferred(self._probe()).addBoth(self._answer)
+
+    def _answer(self, verdict: object) -> tuple[bool, str]:
         if not isinstance(verdict, tuple):
             log.failure("health probe", verdict)
             verdict = (False, "the health probe failed unexpectedly")
         self._last = (self.daemon.reactor.seconds(), verdict)
-        waiters, self._in_flight = self._in_flight or [], None
-        for waiter in waiters:
-            waiter.callback(verdict)
+        return verdict
 
     async def _probe(self) -> tuple[bool, str]:
         daemon = self.daemon

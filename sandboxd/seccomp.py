@@ -8,6 +8,21 @@ to ``bwrap --seccomp FD``.  Denied calls return EPERM; ``clone3`` returns ENOSYS
 behind a pointer the filter cannot read), so libc and Go fall back to ``clone``, whose flags the
 filter checks for new namespaces.  Calls of another architecture (i386 or x32 on x86_64) are
 refused outright, so they cannot be used to get round the numbers below.
+
+Sockets: ``socket`` and ``socketpair`` may make only the families a box's own network namespace
+holds: AF_UNIX, AF_INET, AF_INET6 (its own loopback) and AF_NETLINK with protocol NETLINK_ROUTE
+(Go's ``net.Interfaces`` reads the box's own interfaces with it).  Any other family (AF_VSOCK,
+which no namespace separates, AF_PACKET, AF_ALG, AF_KEY, AF_BLUETOOTH, ... and with them the
+kernel modules a socket of a rare family would load) fails with EAFNOSUPPORT, what a kernel
+without the family says; any other netlink protocol (netfilter, audit, uevents, xfrm, ...) fails
+with EPROTONOSUPPORT.  ``ioctl`` TIOCSTI and TIOCLINUX (typing into or driving a terminal) fail
+with EPERM, though a box is never given a terminal.
+
+The same program is installed in isolate boxes by ``sandboxd/boxinit`` (see
+``sandboxd.drivers.isolate``).  There a build may also be given ``fake_flock``: ``flock`` then
+returns 0 without locking, overriding isolate's own ENOSYS (released isolate forbids file locks
+machine-wide, and ``go build`` cannot read go.mod without ``flock``; one build runs one ``go``
+command in directories of its own, so there is nothing to lock against).
 """
 
 from __future__ import annotations
@@ -19,7 +34,7 @@ import platform
 import struct
 
 # struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6];
-_NR, _ARCH, _ARG0_LOW = 0, 4, 16
+_NR, _ARCH, _ARG0_LOW, _ARG1_LOW, _ARG2_LOW = 0, 4, 16, 24, 32
 
 _LD_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
 _JEQ = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
@@ -32,6 +47,12 @@ RET_ERRNO = 0x00050000
 
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 X32_SYSCALL_BIT = 0x40000000
+
+# Socket families a box's own network namespace holds (see the module's doc).
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+NETLINK_ROUTE = 0
+ALLOWED_FAMILIES = (AF_UNIX, AF_INET, AF_INET6)
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 
 # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME
 CLONE_NAMESPACES = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
@@ -46,6 +67,9 @@ DENIED = (
     "io_uring_setup", "io_uring_enter", "io_uring_register",
     "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
     "syslog", "lookup_dcookie", "vhangup",
+    # A watch on an inode every box shares with the host (/usr, the toolchain) sees the
+    # host's and other boxes' opens and reads of it.
+    "inotify_init1", "fanotify_init",
 )
 
 SYSCALLS = {
@@ -61,8 +85,10 @@ SYSCALLS = {
         "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
         "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "clone3": 435,
         "mount_setattr": 442, "quotactl_fd": 443,
+        "socket": 41, "socketpair": 53, "ioctl": 16, "flock": 73, "inotify_init1": 294,
+        "fanotify_init": 300,
         # x86_64 only
-        "iopl": 172, "ioperm": 173, "uselib": 134,
+        "iopl": 172, "ioperm": 173, "uselib": 134, "inotify_init": 253,
     },
     "aarch64": {
         "lookup_dcookie": 18, "umount2": 39, "mount": 40, "pivot_root": 41, "chroot": 51,
@@ -75,10 +101,11 @@ SYSCALLS = {
         "kexec_file_load": 294, "io_uring_setup": 425, "io_uring_enter": 426,
         "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430,
         "fsconfig": 431, "fsmount": 432, "fspick": 433, "clone3": 435, "mount_setattr": 442,
-        "quotactl_fd": 443,
+        "quotactl_fd": 443, "socket": 198, "socketpair": 199, "ioctl": 29, "flock": 32,
+        "inotify_init1": 26, "fanotify_init": 262,
     },
 }
-X86_ONLY = ("iopl", "ioperm", "uselib")
+X86_ONLY = ("iopl", "ioperm", "uselib", "inotify_init")
 
 
 class UnsupportedArch(RuntimeError):
@@ -89,8 +116,9 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("<HBBI", code, jt, jf, k)
 
 
-def program(arch: str | None = None) -> bytes:
-    """The compiled filter (an array of ``struct sock_filter``) for ``arch``."""
+def program(arch: str | None = None, fake_flock: bool = False) -> bytes:
+    """The compiled filter (an array of ``struct sock_filter``) for ``arch``; ``fake_flock``:
+    ``flock`` returns 0 without locking (a build under isolate: see the module's doc)."""
     arch = arch or platform.machine()
     if arch not in SYSCALLS:
         raise UnsupportedArch(f"no seccomp filter for {arch}")
@@ -112,24 +140,58 @@ def program(arch: str | None = None) -> bytes:
         body.append(("DENY",))  # type: ignore[arg-type]
     body.append((_JEQ, 0, 1, table["clone3"]))
     body.append(("NOSYS",))  # type: ignore[arg-type]
+    if fake_flock:
+        body.append((_JEQ, 0, 1, table["flock"]))
+        body.append(("ZERO",))  # type: ignore[arg-type]
+    # ioctl: no typing into a terminal (TIOCSTI) nor driving the console (TIOCLINUX).
+    body.append((_JEQ, 0, 4, table["ioctl"]))
+    body.append((_LD_ABS, 0, 0, _ARG1_LOW))
+    body.append((_JEQ, 1, 0, TIOCSTI))
+    body.append((_JEQ, 0, 1, TIOCLINUX))
+    body.append(("DENY",))  # type: ignore[arg-type]
+    body.append((_LD_ABS, 0, 0, _NR))
+    # socket and socketpair: only the families of the box's own network namespace.
+    body.append((_JEQ, 1, 0, table["socket"]))
+    body.append((_JEQ, 0, 9, table["socketpair"]))
+    body.append((_LD_ABS, 0, 0, _ARG0_LOW))
+    for family in ALLOWED_FAMILIES:
+        body.append((_JEQ, ("ALLOW",), 0, family))  # type: ignore[arg-type]
+    body.append((_JEQ, 1, 0, AF_NETLINK))
+    body.append(("NOFAMILY",))  # type: ignore[arg-type]
+    body.append((_LD_ABS, 0, 0, _ARG2_LOW))
+    body.append((_JEQ, ("ALLOW",), 0, NETLINK_ROUTE))  # type: ignore[arg-type]
+    body.append(("NOPROTO",))  # type: ignore[arg-type]
+    body.append((_LD_ABS, 0, 0, _NR))
     body.append((_JEQ, 0, 3, table["clone"]))
     body.append((_LD_ABS, 0, 0, _ARG0_LOW))
     body.append((_JSET, 0, 1, CLONE_NAMESPACES))
     body.append(("DENY",))  # type: ignore[arg-type]
-    body.append((_RET, 0, 0, RET_ALLOW))
+    body.append(("ALLOW",))  # type: ignore[arg-type]
+    returns = {
+        ("DENY",): eperm, ("NOSYS",): enosys, ("ALLOW",): RET_ALLOW,
+        ("ZERO",): RET_ERRNO | 0,
+        ("NOFAMILY",): RET_ERRNO | errno.EAFNOSUPPORT,
+        ("NOPROTO",): RET_ERRNO | errno.EPROTONOSUPPORT,
+    }
+    # The last instruction is the final ALLOW; a jump to ("ALLOW",) goes there.
+    end = len(body) - 1
     out = []
-    for item in body:
-        if item == ("DENY",):
-            out.append(_insn(_RET, 0, 0, eperm))
-        elif item == ("NOSYS",):
-            out.append(_insn(_RET, 0, 0, enosys))
-        else:
-            out.append(_insn(*item))
+    for pc, item in enumerate(body):
+        if item in returns:
+            out.append(_insn(_RET, 0, 0, returns[item]))
+            continue
+        code, jt, jf, k = item
+        if jt == ("ALLOW",):
+            jt = end - pc - 1
+            if jt > 255:
+                raise AssertionError("jump too far")
+        out.append(_insn(code, jt, jf, k))
     return b"".join(out)
 
 
-def program_fd(arch: str | None = None) -> int:
-    """A fresh file descriptor, positioned at the start, holding the filter (for one bwrap)."""
+def program_fd(arch: str | None = None, fake_flock: bool = False) -> int:
+    """A fresh file descriptor, positioned at the start, holding the filter (for one bwrap, or
+    one isolate box's init)."""
     fd = os.memfd_create("sandboxd-seccomp", os.MFD_CLOEXEC)
     if fd < 16:
         # Never the number it gets in the child: dup2 onto itself would keep CLOEXEC.
@@ -137,7 +199,7 @@ def program_fd(arch: str | None = None) -> int:
         os.close(fd)
         fd = high
     try:
-        data = program(arch)
+        data = program(arch, fake_flock)
         os.write(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
     except BaseException:

@@ -123,7 +123,8 @@ def check(daemon: Any, number: int) -> str:
             os.close(fd)
         run = SandboxRun(phase=Phase.RUN, box=box, argv=[BINARY_INSIDE], env=dict(RUN_ENV),
                          cwd="/box", limits=defaults.run,
-                         mounts=[Mount(prog / "main", BINARY_INSIDE)], with_workspace=True)
+                         mounts=[Mount(prog, os.path.dirname(BINARY_INSIDE))],
+                         with_workspace=True)
         output = _run(daemon, run, "run")
         if output != EXPECTED:
             raise StartError(f"cannot serve: the start-up program printed {output[:200]!r}, "

@@ -13,6 +13,7 @@ class Status(StrEnum):
     TIMEOUT = "timeout"
     MEMORY_LIMIT = "memory_limit"
     OUTPUT_LIMIT = "output_limit"
+    BUILD_LIMIT = "build_limit"  # the build failed at its file size, disk, process or files limit
     CANCELLED = "cancelled"
     BAD_REQUEST = "bad_request"
     QUEUE_FULL = "queue_full"

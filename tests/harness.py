@@ -79,9 +79,9 @@ class Daemon:
         self._lock_fd, self.first_box = _claim_box_range()
         self.argv.insert(self.argv.index("sandboxd") + 1, f"--first-box={self.first_box}")
         self.argv.insert(self.argv.index("sandboxd") + 1, f"--first-uid={100000 + self.first_box}")
-        # Box numbers first-box .. first-box + boxes + max-sessions are this daemon's alone
-        # (sandboxd refuses overlapping ranges): 8 sessions keep them inside the 16 claimed.
-        self.argv.insert(self.argv.index("sandboxd") + 1, "--max-sessions=8")
+        # Box numbers first-box .. first-box + 3 x boxes + max-sessions + 2 are this daemon's alone
+        # (sandboxd refuses overlapping ranges): 3 x boxes + 4 sessions + 3 fit in the 16 claimed.
+        self.argv.insert(self.argv.index("sandboxd") + 1, "--max-sessions=4")
 
     def start(self, wait_for: str | None = None) -> Daemon:
         self.proc = subprocess.Popen(

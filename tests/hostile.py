@@ -33,9 +33,9 @@ def box_uids(daemon: Daemon) -> set[int]:
     """Every uid a box of this daemon can run as."""
     numbers = range(daemon.first_box, daemon.first_box + 16)
     if daemon.driver == "isolate":
-        from sandboxd.drivers.isolate import read_config
+        from sandboxd.drivers.isolate import box_ids, read_config
 
-        first = int(read_config().get("first_uid", "60000"))
+        first = box_ids(read_config())[0]
     else:
         first = 100000 + daemon.first_box
     return {first + n for n in numbers}

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from sandboxd import seccomp
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport, RunCgroup
-from sandboxd.drivers.base import HOLD_FD, LAUNCHER_FAILED, Driver, Mount, SandboxRun
-from sandboxd.drivers.bubblewrap import STDERR_SHIM, BubblewrapDriver
-from sandboxd.drivers.isolate import BUILD_SYSCALLS, IsolateDriver, parse_meta
+from sandboxd.drivers import DriverError
+from sandboxd.drivers.base import (
+    ARGS_FD,
+    HOLD_FD,
+    INIT_FD,
+    LAUNCHER_FAILED,
+    SECCOMP_FD,
+    Driver,
+    Mount,
+    SandboxRun,
+)
+from sandboxd.drivers.bubblewrap import STDERR_SHIM, BubblewrapDriver, read_options
+from sandboxd.drivers.isolate import IsolateDriver, box_ids, parse_meta
 from sandboxd.limits import DEFAULT_LIMITS
 from sandboxd.status import Phase
 
@@ -47,6 +59,18 @@ def run_run(box: Box, binary: Path, cgroup: RunCgroup | None = None) -> SandboxR
     )
 
 
+def bwrap_command(bwrap: BubblewrapDriver, run: SandboxRun) -> tuple[list[str], dict[str, str]]:
+    """``bwrap.command(run)`` with the options bwrap reads from ARGS_FD put back in place,
+    after checking that no host path is left on its command line (a box reads it)."""
+    argv, env = bwrap.command(run)
+    at = argv.index("--args")
+    assert argv[at + 1] == str(ARGS_FD) and argv[at + 2] == "--"
+    assert argv[at + 3:] == run.argv  # nothing else after bwrap's own name
+    options = read_options(run.fds[ARGS_FD])
+    os.close(run.fds.pop(ARGS_FD))
+    return [*argv[:at], *options, *argv[at + 2:]], env
+
+
 def pairs(argv: list[str], flag: str) -> list[tuple[str, str]]:
     """The (a, b) arguments following each ``flag`` that takes two."""
     return [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == flag]
@@ -69,7 +93,7 @@ def split_bwrap(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 def test_bwrap_run_command(bwrap, tmp_path):
     box = make_box(tmp_path)
-    argv, env = bwrap.command(run_run(box, tmp_path / "bin" / "main"))
+    argv, env = bwrap_command(bwrap, run_run(box, tmp_path / "bin" / "main"))
     assert env == {"PATH": "/usr/bin:/bin"}  # the daemon's own environment stays out
     limits, identity, sandbox = split_bwrap(argv)
     lim = DEFAULT_LIMITS.run
@@ -104,7 +128,7 @@ def test_bwrap_run_command(bwrap, tmp_path):
 
 def test_bwrap_build_has_no_workspace_and_only_out_writable(bwrap, tmp_path):
     box = make_box(tmp_path)
-    argv, _ = bwrap.command(build_run(box, tmp_path))
+    argv, _ = bwrap_command(bwrap, build_run(box, tmp_path))
     _, _, sandbox = split_bwrap(argv)
     assert "/box" not in sandbox and str(box.workspace) not in sandbox
     assert pairs(sandbox, "--bind") == [(str(tmp_path / "out"), "/out")]
@@ -118,14 +142,14 @@ def test_bwrap_build_has_no_workspace_and_only_out_writable(bwrap, tmp_path):
 
 def test_bwrap_held_run_waits_on_its_pipe_and_only_then(bwrap, tmp_path):
     box = make_box(tmp_path)
-    plain, _ = bwrap.command(run_run(box, tmp_path / "main"))
+    plain, _ = bwrap_command(bwrap, run_run(box, tmp_path / "main"))
     assert "--block-fd" not in plain
     held = run_run(box, tmp_path / "main")
     held.hold = True
     with pytest.raises(ValueError):
         bwrap.command(held)  # no pipe given: it would never start, or start at once
     held.fds[HOLD_FD] = 99
-    argv, _ = bwrap.command(held)
+    argv, _ = bwrap_command(bwrap, held)
     _, _, sandbox = split_bwrap(argv)
     at = sandbox.index("--block-fd")
     assert sandbox[at + 1] == str(HOLD_FD) and sandbox.count("--block-fd") == 1
@@ -135,7 +159,7 @@ def test_bwrap_held_run_waits_on_its_pipe_and_only_then(bwrap, tmp_path):
 
 def test_bwrap_with_a_cgroup_joins_it_first_and_drops_the_address_space_limit(bwrap, tmp_path):
     cg = RunCgroup({"memory": tmp_path / "cg-mem", "pids": tmp_path / "cg-pids"}, 1)
-    argv, _ = bwrap.command(run_run(make_box(tmp_path), tmp_path / "main", cg))
+    argv, _ = bwrap_command(bwrap, run_run(make_box(tmp_path), tmp_path / "main", cg))
     assert argv[:3] == ["/bin/sh", "-c", argv[2]] and "sandboxd-join" in argv
     joined = argv[argv.index("sandboxd-join") + 1: argv.index("--")]
     assert joined == [str(tmp_path / "cg-mem" / "cgroup.procs"),
@@ -178,13 +202,40 @@ def test_bwrap_report(bwrap, tmp_path, exit_code, signal, status, expect):
 # -- isolate -----------------------------------------------------------------------------
 
 
+ISOLATE_CONFIG = {"first_uid": "60000", "first_gid": "60000", "num_boxes": "1000"}
+
+
 @pytest.fixture
 def iso(tmp_path, monkeypatch) -> IsolateDriver:
-    monkeypatch.setattr("sandboxd.drivers.isolate.read_config", lambda: {})
+    config = tmp_path / "isolate.cf"
+    config.write_text("")
+    monkeypatch.setattr("sandboxd.drivers.isolate.config_path", lambda: config)
+    monkeypatch.setattr("sandboxd.drivers.isolate.read_config",
+                        lambda path=None: dict(ISOLATE_CONFIG))
     driver = IsolateDriver(tmp_path / "state", NO_CGROUPS)
     driver.use_tmpfs = False
-    monkeypatch.setattr(driver, "_fresh_tmp", lambda box, disk_mb, tag="": tmp_path / "fresh-tmp")
+    init = tmp_path / "init"
+    init.write_bytes(b"\x7fELF init")
+    driver.use_init(init)
+    fresh = tmp_path / "fresh-tmp"
+    fresh.mkdir()  # as _fresh_tmp makes it (the box's /etc goes in there)
+    monkeypatch.setattr(driver, "_fresh_tmp", lambda box, disk_mb, tag="": fresh)
     return driver
+
+
+def command_of(driver: IsolateDriver, run: SandboxRun) -> tuple[list[str], dict[str, str]]:
+    """The command, and the filter and init it hands over checked and closed."""
+    argv, env = driver.command(run)
+    try:
+        assert set(run.fds) == {SECCOMP_FD, INIT_FD}
+        with open(f"/proc/self/fd/{run.fds[INIT_FD]}", "rb") as f:
+            assert f.read() == b"\x7fELF init"
+        with open(f"/proc/self/fd/{run.fds[SECCOMP_FD]}", "rb") as f:
+            fake = driver.fake_flock and run.phase is Phase.BUILD
+            assert f.read() == seccomp.program(fake_flock=fake)
+    finally:
+        run.close_fds()
+    return argv, env
 
 
 def test_isolate_run_command(iso, tmp_path):
@@ -192,10 +243,15 @@ def test_isolate_run_command(iso, tmp_path):
     binary = tmp_path / "bin" / "main"
     binary.parent.mkdir()
     binary.write_bytes(b"\x7fELF")
-    argv, env = iso.command(run_run(box, binary))
+    argv, env = command_of(iso, run_run(box, binary))
     assert env == {"PATH": "/usr/bin:/bin"}
-    assert argv[:4] == ["/usr/bin/setsid", "/usr/bin/isolate", "-b", "3"]
-    assert "-s" in argv and argv[-3:] == ["--run", "--", "/prog/main"]
+    # isolate gets SIGTERM (it then kills the box) if the daemon dies; a cgroup namespace of
+    # its own: /proc/self/cgroup names no cgroup of the host's.
+    assert argv[:9] == ["/usr/bin/setpriv", "--pdeathsig=TERM", "--", "/usr/bin/unshare",
+                        "--cgroup", "/usr/bin/setsid", "/usr/bin/isolate", "-b", "3"]
+    # The box's init (sandboxd's seccomp filter) runs first, then becomes the program.
+    assert "-s" in argv and "--inherit-fds" in argv
+    assert argv[-4:] == ["--run", "--", f"/proc/self/fd/{INIT_FD}", "/prog/main"]
     lim = DEFAULT_LIMITS.run
     assert f"--processes={lim.processes}" in argv
     assert f"--time={lim.cpu_ms / 1000:.3f}" in argv
@@ -204,7 +260,7 @@ def test_isolate_run_command(iso, tmp_path):
     assert f"--open-files={lim.open_files}" in argv
     assert f"--mem={(lim.memory_mb + 1024) * 1024}" in argv
     assert "--chdir=/box" in argv
-    assert not any(a.startswith("--syscalls") for a in argv)  # the default filter for programs
+    assert not any(a.startswith("--syscalls") for a in argv)  # isolate 2.6 does not know it
     meta = [a for a in argv if a.startswith("--meta=")]
     assert meta == [f"--meta={tmp_path / 'state' / 'isolate-meta' / '3-run.meta'}"]
     dirs = [a.removeprefix("--dir=") for a in argv if a.startswith("--dir=")]
@@ -220,30 +276,34 @@ def test_isolate_run_command(iso, tmp_path):
 
 def test_isolate_build_command(iso, tmp_path):
     box = make_box(tmp_path)
-    argv, _ = iso.command(build_run(box, tmp_path))
-    assert f"--syscalls={BUILD_SYSCALLS}" in argv  # go build needs flock
+    assert iso.fake_flock  # isolate's default syscall_flags forbid file locks
+    argv, _ = command_of(iso, build_run(box, tmp_path))
+    # Released isolate has no --syscalls: the build's filter lets flock return 0 instead.
+    assert not any(a.startswith("--syscalls") for a in argv)
     dirs = [a.removeprefix("--dir=") for a in argv if a.startswith("--dir=")]
-    assert not any(d.startswith("/box=") for d in dirs)
+    # Not isolate's own /box (under its box_root): an empty one on the run's tmpfs.
+    assert [d for d in dirs if d.startswith("/box=")] == [f"/box={tmp_path / 'fresh-tmp'}/box:rw"]
     assert f"/go={tmp_path / 'goroot'}" in dirs and f"/gocache={tmp_path / 'std'}" in dirs
     assert f"/src={tmp_path / 'src'}" in dirs and f"/out={tmp_path / 'out'}:rw" in dirs
-    assert "--chdir=/src" in argv and argv[-7:-5] == ["--", "/go/bin/go"]
+    assert "--chdir=/src" in argv and argv[-8:-5] == ["--", f"/proc/self/fd/{INIT_FD}",
+                                                      "/go/bin/go"]
     assert "--env=CGO_ENABLED=0" in argv
 
 
 def test_isolate_with_a_cgroup_has_no_address_space_limit(iso, tmp_path):
     cg = RunCgroup({"memory": tmp_path / "cg"}, 1)
-    argv, _ = iso.command(run_run(make_box(tmp_path), tmp_path, cg))
+    argv, _ = command_of(iso, run_run(make_box(tmp_path), tmp_path, cg))
     assert not any(a.startswith("--mem=") for a in argv)
     assert argv[0] == "/bin/sh" and argv.index("/usr/bin/isolate") > argv.index("--")
 
 
 def test_isolate_own_cgroups_passes_cg_and_no_address_space_limit(iso, tmp_path):
     iso.own_cgroups = True  # --cgroups=isolate: cgroup v2 hosts with isolate's cg_root
-    argv, _ = iso.command(run_run(make_box(tmp_path), tmp_path))
+    argv, _ = command_of(iso, run_run(make_box(tmp_path), tmp_path))
     lim = DEFAULT_LIMITS.run
     assert "--cg" in argv and f"--cg-mem={lim.memory_mb * 1024}" in argv
     assert not any(a.startswith("--mem=") for a in argv)
-    assert argv[0] == "/usr/bin/setsid"  # no daemon cgroup to join first
+    assert argv[0] == "/usr/bin/setpriv"  # no daemon cgroup to join first
     assert any(line.startswith("memory: isolate --cg") for line in iso.describe())
 
 
@@ -318,7 +378,7 @@ def test_isolate_report_for_each_meta_case(iso, tmp_path, case):
     rc, code, sig, cpu, wall, mem, timed_out, failed = EXPECT[case]
     run = run_run(make_box(tmp_path), tmp_path / "main")
     write_meta(iso, run, META[case])
-    report = iso.report(run, rc, None, b"")
+    report = iso.report(run, rc, None, b"sandboxd-init: ready\n")  # the init became the program
     assert (report.exit_code, report.signal, report.cpu_ms, report.wall_ms, report.memory_kb,
             report.timed_out, report.failed) == (code, sig, cpu, wall, mem, timed_out, failed)
     assert report.memory_exceeded is (case == "cg")
@@ -360,3 +420,58 @@ def test_isolate_late_cpu_count_of_a_program_is_a_cpu_timeout(iso, tmp_path):
     write_meta(iso, run, META["posthoc"])
     report = iso.report(run, 1, None, b"")
     assert report.timed_out == "cpu" and report.exit_code is None
+
+
+def test_isolate_report_when_the_box_init_failed(iso, tmp_path):
+    run = run_run(make_box(tmp_path), tmp_path / "main")
+    write_meta(iso, run, META["noexec"])
+    report = iso.report(run, 1, None, b"sandboxd-init: seccomp: invalid argument\n")
+    assert report.failed and report.message == "sandboxd-init: seccomp: invalid argument"
+    write_meta(iso, run, META["noexec"])  # isolate could not even start the init
+    assert iso.report(run, 1, None, b"").failed
+    # The program itself exiting 127 after the init started it is the program's.
+    write_meta(iso, run, META["noexec"])
+    report = iso.report(run, 1, None, b"sandboxd-init: ready\n")
+    assert not report.failed and report.exit_code == 127
+
+
+def test_isolate_without_its_init_refuses_to_run(iso, tmp_path):
+    iso.init_binary = None
+    run = run_run(make_box(tmp_path), tmp_path / "main")
+    with pytest.raises(DriverError, match="init"):
+        iso.command(run)
+    assert not run.fds
+
+
+def test_isolate_file_locks_allowed_by_its_config_are_not_faked(tmp_path, monkeypatch):
+    config = tmp_path / "isolate.cf"
+    config.write_text("")
+    monkeypatch.setattr("sandboxd.drivers.isolate.config_path", lambda: config)
+    monkeypatch.setattr("sandboxd.drivers.isolate.read_config",
+                        lambda path=None: {**ISOLATE_CONFIG, "syscall_flags": "27"})
+    assert not IsolateDriver(tmp_path / "state", NO_CGROUPS).fake_flock
+
+
+def test_isolate_box_ids_from_its_config(tmp_path):
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    subuid.write_text("someone:100000:65536\nisolate:300000:65536\nisolate:1:2\n")
+    subgid.write_text("isolate:400000:1000\n")
+    # isolate's stock config: the subid_user's ranges; as many boxes as both ranges allow.
+    stock = {"box_root": "/var/local/lib/isolate", "subid_user": "isolate"}
+    assert box_ids(stock, subuid, subgid) == (300000, 400000, 1000)
+    assert box_ids({**stock, "num_boxes": "100"}, subuid, subgid) == (300000, 400000, 100)
+    with pytest.raises(DriverError, match="only 1000"):
+        box_ids({**stock, "num_boxes": "5000"}, subuid, subgid)
+    with pytest.raises(DriverError, match="no range"):
+        box_ids({"subid_user": "nobody"}, subuid, subgid)
+    with pytest.raises(DriverError, match="both"):
+        box_ids({**stock, "first_uid": "60000"}, subuid, subgid)
+    assert box_ids(ISOLATE_CONFIG) == (60000, 60000, 1000)
+    with pytest.raises(DriverError, match="neither"):
+        box_ids({"box_root": "/x"})
+
+
+def test_isolate_refuses_box_numbers_it_does_not_have(iso):
+    iso.check_box_range(0, 998)  # 999 is the warm box
+    with pytest.raises(DriverError, match="num_boxes"):
+        iso.check_box_range(900, 100)

@@ -139,14 +139,14 @@ def test_an_overlapping_box_range_is_refused_naming_the_holder():
         argv.insert(argv.index("sandboxd") + 1, f"--first-uid={100000 + first.first_box}")
         done = subprocess.run(argv, capture_output=True, text=True, timeout=HANG)
         assert done.returncode == 1, done
-        # harness: --boxes=2 --max-sessions=8, so a range is 2 + 8 + 2 box numbers; box N
-        # runs as uid first-uid + N.
+        # harness: --boxes=2 --max-sessions=4, so a range is 3 x 2 + 4 + 2 box numbers and
+        # the start-up check's; box N runs as uid first-uid + N.
         b, u = first.first_box, 100000 + 2 * first.first_box
         mine_b, mine_u = first.first_box + 4, 100000 + 2 * first.first_box + 4
         assert done.stderr == (
             f"sandboxd: another sandboxd (pid {first.proc.pid}, --state-dir "
-            f"{first.state_dir.resolve()}) uses boxes {b}-{b + 11}, uids {u}-{u + 11}; this "
-            f"one would use boxes {mine_b}-{mine_b + 11}, uids {mine_u}-{mine_u + 11}: "
+            f"{first.state_dir.resolve()}) uses boxes {b}-{b + 12}, uids {u}-{u + 12}; this "
+            f"one would use boxes {mine_b}-{mine_b + 12}, uids {mine_u}-{mine_u + 12}: "
             "give it a --first-box (and, for bubblewrap, --first-uid) range of its own\n")
         assert left_behind(other.state_dir) == NOTHING
         assert first.run({"id": "alive", "code": HELLO})[-1]["status"] == "ok"
@@ -220,8 +220,9 @@ def test_a_state_dir_the_box_uids_cannot_reach_stops_the_start(tmp_path: Path):
     try:
         argv = with_arg(d, "state-dir", str(state))
         done = subprocess.run(argv, capture_output=True, text=True, timeout=HANG)
-        # The start-up check's box is the range's last: first-box + boxes + max-sessions + 1.
-        uid = 100000 + d.first_box + d.first_box + 2 + 8 + 1
+        # The start-up check's box is the range's last: first-box + 3 x boxes + max-sessions
+        # + 2.
+        uid = 100000 + d.first_box + d.first_box + 3 * 2 + 4 + 2
         assert done.returncode == 1, done
         assert done.stderr == (
             f"sandboxd: cannot serve: box uid {uid} cannot reach {state}: {private} is mode "

@@ -32,6 +32,9 @@ class FakeDriver:
     def uid_for(self, number: int) -> int:
         return 70000 + number
 
+    def gid_for(self, number: int) -> int:
+        return 80000 + number
+
     def workspace_for(self, number: int) -> Path:
         return Path("/nonexistent/boxes") / str(number)
 
@@ -102,6 +105,8 @@ def test_box_numbers_and_uids_start_at_first_box():
     pool, _, _ = make_pool(boxes=2, first_box=32)
     assert sorted(b.number for b in pool.ready) == [32, 33]
     assert {b.uid for b in pool.ready} == {70032, 70033}
+    # The gid is the driver's too (isolate's subgid range need not match its subuid range).
+    assert {b.gid for b in pool.ready} == {80032, 80033}
 
 
 def test_stop_destroys_every_box_and_the_loop():
@@ -109,6 +114,20 @@ def test_stop_destroys_every_box_and_the_loop():
     pool.release(got(pool.acquire("s")))
     pool.stop()
     assert driver.files == {} and not pool._cleanup.running
+
+
+def test_stop_destroys_boxes_requests_still_hold_and_their_late_release_is_harmless():
+    pool, driver, clock = make_pool(boxes=2)
+    anon, session = got(pool.acquire(None)), got(pool.acquire("s"))
+    pool.stop()  # neither request ended: their boxes go all the same, each once
+    assert driver.files == {}
+    assert sorted(driver.destroyed) == sorted([anon.number, session.number, *[
+        n for n in driver.created if n not in (anon.number, session.number)]])
+    before = list(driver.destroyed)
+    pool.release(anon)
+    pool.release(session)
+    clock.advance(1)
+    assert driver.destroyed == before and pool.running == 0
 
 
 # -- waiting -----------------------------------------------------------------------------

@@ -56,6 +56,9 @@ def test_filter_decisions(arch: str):
     for nr in everyday[arch]:
         assert run_filter(program, audit, nr) == ALLOW, nr
     # Another architecture's calls (i386 on x86_64, arm on aarch64) are refused outright.
+    if arch == "x86_64":
+        for name in seccomp.X86_ONLY:
+            assert run_filter(program, audit, table[name]) == EPERM, name
     assert run_filter(program, 0x40000003, 0) == EPERM
     assert run_filter(program, 0x40000028, 0) == EPERM
 
@@ -68,3 +71,46 @@ def test_x32_calls_are_refused():
 def test_unknown_architecture():
     with pytest.raises(seccomp.UnsupportedArch):
         seccomp.program("riscv64")
+
+
+EAFNOSUPPORT = seccomp.RET_ERRNO | errno.EAFNOSUPPORT
+EPROTONOSUPPORT = seccomp.RET_ERRNO | errno.EPROTONOSUPPORT
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_socket_families(arch: str):
+    """Only the families of the box's own network namespace; netlink only for routes."""
+    program = seccomp.program(arch)
+    audit = seccomp.AUDIT_ARCH[arch]
+    table = seccomp.SYSCALLS[arch]
+    for call in ("socket", "socketpair"):
+        nr = table[call]
+        for family in (1, 2, 10):  # AF_UNIX, AF_INET, AF_INET6, any type and protocol
+            assert run_filter(program, audit, nr, (family, 1, 0)) == ALLOW, (call, family)
+            assert run_filter(program, audit, nr, (family, 2, 17)) == ALLOW, (call, family)
+        assert run_filter(program, audit, nr, (16, 3, 0)) == ALLOW  # NETLINK_ROUTE
+        for proto in (4, 9, 12, 15, 16, 21):  # sock_diag, audit, netfilter, uevent, generic
+            assert run_filter(program, audit, nr, (16, 3, proto)) == EPROTONOSUPPORT, proto
+        # AF_VSOCK, AF_PACKET, AF_ALG, AF_KEY, AF_BLUETOOTH, AF_CAN, AF_TIPC, AF_RDS, ...
+        for family in (0, 3, 4, 5, 15, 17, 21, 29, 30, 31, 38, 40, 44, 45, 46, 255):
+            assert run_filter(program, audit, nr, (family, 1, 0)) == EAFNOSUPPORT, family
+        # Only the low 32 bits are the family (the kernel's int): high bits change nothing.
+        assert run_filter(program, audit, nr, ((1 << 32) | 40, 1, 0)) == EAFNOSUPPORT
+        assert run_filter(program, audit, nr, ((1 << 32) | 1, 1, 0)) == ALLOW
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_terminal_ioctls_and_flock(arch: str):
+    audit = seccomp.AUDIT_ARCH[arch]
+    table = seccomp.SYSCALLS[arch]
+    program = seccomp.program(arch)
+    assert run_filter(program, audit, table["ioctl"], (0, 0x5412)) == EPERM  # TIOCSTI
+    assert run_filter(program, audit, table["ioctl"], (0, 0x541C)) == EPERM  # TIOCLINUX
+    assert run_filter(program, audit, table["ioctl"], (0, 0x5401)) == ALLOW  # TCGETS
+    assert run_filter(program, audit, table["flock"], (3, 2)) == ALLOW
+    faked = seccomp.program(arch, fake_flock=True)
+    assert run_filter(faked, audit, table["flock"], (3, 2)) == seccomp.RET_ERRNO
+    # Everything else decides the same with and without it.
+    for name in seccomp.DENIED:
+        assert run_filter(faked, audit, table[name]) == EPERM, name
+    assert run_filter(faked, audit, table["socket"], (40, 1, 0)) == EAFNOSUPPORT

@@ -1,13 +1,27 @@
 """The isolate driver: ``isolate -b N --init / --run / --cleanup`` with its ``--meta`` file.
 
-Box N is isolate's box N (its uid is isolate's ``first_uid + N``); a session keeps its isolate
-box between runs.  Without ``--cg`` isolate limits with rlimits; the daemon still puts the whole
-isolate process tree into its own cgroup where the host has one (see ``sandboxd.cgroup``), so
-memory and processes are bounded for the box as a whole.  Builds run with
-``--syscalls=65531``: isolate's default filter makes ``flock`` fail with ENOSYS, which breaks
-``go build`` reading go.mod.  isolate is started in its own process group and stopped with
-SIGTERM (it then kills the box and writes its meta file), then SIGKILL to the group: SIGKILL to
-isolate alone would leave the box running unlimited.
+Works with released isolate (tested: 2.6, what its authors' Debian repository and a build of
+its newest tag install; only options every 2.x has are used) and with its master.  Box N is
+isolate's box N (its uid is isolate's ``first_uid + N``, its gid ``first_gid + N``; both come
+from ``/etc/subuid`` and ``/etc/subgid`` when the config names a ``subid_user``, isolate's stock
+configuration); a session keeps its isolate box between runs.  Without ``--cg`` isolate limits
+with rlimits; the daemon still puts the whole isolate process tree into its own cgroup where the
+host has one (see ``sandboxd.cgroup``), so memory and processes are bounded for the box as a
+whole.
+
+Every build and run starts as sandboxd's box init (``sandboxd.boxinit``, passed as a descriptor
+with ``--inherit-fds``), which installs sandboxd's own seccomp filter -- the one bubblewrap
+boxes get -- on top of isolate's, then becomes the program.  isolate's own filter stays: where
+its configuration forbids file locks (``syscall_flags`` bit 4, the default), a build's filter
+makes ``flock`` return 0 without locking, which ``go build`` needs to read go.mod (a filter
+installed later decides among equal actions); ``--syscalls``, which only isolate's master knows,
+is never passed.
+
+isolate is started in its own process group with ``PR_SET_PDEATHSIG`` = SIGTERM (``setpriv
+--pdeathsig``): if the daemon dies, even by SIGKILL, isolate kills the box at once (it handles
+SIGTERM so), as bwrap's ``--die-with-parent`` does.  The daemon stops a run with SIGTERM (isolate
+then kills the box and writes its meta file), then SIGKILL to the group: SIGKILL to isolate
+alone would leave the box running unlimited.
 """
 
 from __future__ import annotations
@@ -20,11 +34,13 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from sandboxd import hostfs
+from sandboxd import boxinit, hostfs, seccomp
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport
 from sandboxd.drivers.base import (
+    INIT_FD,
     LAUNCHER_FAILED,
+    SECCOMP_FD,
     Driver,
     DriverError,
     Report,
@@ -36,7 +52,9 @@ log = Logger()
 
 CONFIG = Path("/usr/local/etc/isolate")  # isolate built from source (make install)
 PACKAGE_CONFIG = Path("/etc/isolate")  # its authors' Debian package (PREFIX=/usr)
-BUILD_SYSCALLS = "65531"  # every restriction but bit 4 (file locks): go build needs flock
+# isolate's syscall_flags: its default is every restriction; bit 4 forbids file locks.
+SYSCALL_FLAGS_ALL = 0xFFFF
+SYSCALL_FILE_LOCKS = 4
 
 
 def config_path() -> Path:
@@ -63,6 +81,48 @@ def read_config(path: Path | None = None) -> dict[str, str]:
     return values
 
 
+def _subid(path: Path, user: str) -> tuple[int, int]:
+    """The start and length of ``user``'s range in /etc/subuid or /etc/subgid (isolate takes
+    the first line naming the user)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise DriverError(f"isolate's subid_user needs {path}: {e.strerror}") from None
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == user:
+            try:
+                return int(fields[1]), int(fields[2])
+            except ValueError:
+                break
+    raise DriverError(f"isolate's subid_user {user!r} has no range in {path}")
+
+
+def box_ids(config: dict[str, str], subuid: Path = Path("/etc/subuid"),
+            subgid: Path = Path("/etc/subgid")) -> tuple[int, int, int]:
+    """(first_uid, first_gid, num_boxes) exactly as isolate derives them from its config."""
+    try:
+        num = int(config.get("num_boxes", "0"))
+        if "subid_user" in config:
+            if "first_uid" in config or "first_gid" in config:
+                raise DriverError("isolate's config names both subid_user and first_uid/first_gid "
+                                  "(isolate refuses it)")
+            first_uid, uids = _subid(subuid, config["subid_user"])
+            first_gid, gids = _subid(subgid, config["subid_user"])
+            if num and num > min(uids, gids):
+                raise DriverError(f"isolate's num_boxes={num} but subid_user "
+                                  f"{config['subid_user']!r} has only {min(uids, gids)} ids")
+            return first_uid, first_gid, num or min(uids, gids)
+        first_uid = int(config.get("first_uid", "0"))
+        first_gid = int(config.get("first_gid", "0"))
+    except ValueError as e:
+        raise DriverError(f"isolate's config: {e}") from None
+    if not (first_uid and first_gid and num):
+        raise DriverError("isolate's config names neither subid_user nor first_uid, first_gid "
+                          "and num_boxes")
+    return first_uid, first_gid, num
+
+
 def parse_meta(text: str) -> dict[str, str]:
     meta: dict[str, str] = {}
     for line in text.splitlines():
@@ -77,14 +137,30 @@ class IsolateDriver(Driver):
     graceful_stop = True
     cpu_backstop = "isolate --time/--extra-time on the program's main process"
 
+    needs_init = True  # sandboxd.boxinit, set by the toolchain's warm step (use_init)
+
     def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:
         super().__init__(state_dir, cgroups, first_uid)
         self.isolate = self.tool("isolate")
         self.setsid = self.tool("setsid")
-        config = read_config()
+        self.setpriv = self.tool("setpriv")
+        self.unshare = self.tool("unshare")
+        path = config_path()
+        if not path.is_file():
+            raise DriverError(f"isolate's config {path} is missing")
+        config = read_config(path)
         self.box_root = Path(config.get("box_root", "/var/local/lib/isolate"))
-        self.first_uid = int(config.get("first_uid", "60000"))
-        self.num_boxes = int(config.get("num_boxes", "1000"))
+        self.first_uid, self.first_gid, self.num_boxes = box_ids(config)
+        try:
+            flags = int(config.get("syscall_flags", str(SYSCALL_FLAGS_ALL)), 0)
+        except ValueError:
+            raise DriverError(f"isolate's config: bad syscall_flags in {path}") from None
+        self.fake_flock = bool(flags & SYSCALL_FILE_LOCKS)
+        try:
+            seccomp.program()
+        except seccomp.UnsupportedArch as e:
+            raise DriverError(f"the isolate driver needs sandboxd's seccomp filter: {e}") from None
+        self.init_binary: Path | None = None
         self.meta_dir = state_dir / "isolate-meta"
         self.meta_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.meta_dir, 0o700)
@@ -95,6 +171,20 @@ class IsolateDriver(Driver):
     @property
     def warm_box_number(self) -> int:
         return self.num_boxes - 1
+
+    def gid_for(self, number: int) -> int:
+        return self.first_gid + number
+
+    def use_init(self, path: Path) -> None:
+        self.init_binary = path
+
+    def check_box_range(self, first: int, count: int) -> None:
+        if first < 0 or first + count > self.warm_box_number:
+            raise DriverError(
+                f"isolate has boxes 0-{self.num_boxes - 1} (num_boxes); this daemon needs "
+                f"{first}-{first + count - 1} (--first-box, then up to 3 x --boxes + "
+                f"--max-sessions + 2) and {self.warm_box_number} to warm the Go cache: lower "
+                "them or raise isolate's num_boxes")
 
     def describe(self) -> list[str]:
         lines = super().describe()
@@ -111,7 +201,11 @@ class IsolateDriver(Driver):
         return [*lines,
                 "/tmp, /var/tmp and /dev/shm: a fresh daemon-mounted tmpfs per run "
                 "(size and inodes bounded)",
-                "system calls: isolate's own seccomp filter",
+                "system calls: sandboxd's seccomp filter (installed by the box's init; the "
+                "same as bubblewrap's) on top of isolate's own"
+                + (" (builds: flock returns 0 without locking, isolate's config forbids "
+                   "file locks)" if self.fake_flock else ""),
+                "daemon death: PR_SET_PDEATHSIG SIGTERM on isolate, which kills the box",
                 "file size: isolate -f (RLIMIT_FSIZE)", "open files: isolate --open-files"]
 
     def _isolate(self, number: int, *args: str) -> str:
@@ -159,8 +253,20 @@ class IsolateDriver(Driver):
         meta = self._meta(run)
         meta.unlink(missing_ok=True)
         cpu = lim.cpu_ms / 1000
+        if self.init_binary is None:
+            raise DriverError("the isolate box init was not built (toolchain warm step)")
+        run.fds[SECCOMP_FD] = seccomp.program_fd(
+            fake_flock=self.fake_flock and run.phase is Phase.BUILD)
+        run.fds[INIT_FD] = os.open(self.init_binary, os.O_RDONLY | os.O_CLOEXEC)
+        # isolate (without --cg) gives the box no cgroup namespace of its own: its
+        # /proc/self/cgroup would name the daemon's cgroups (and the host's above them).  A
+        # new one made after the launcher joined the run's cgroup shows that cgroup as "/".
+        private_cgroups = [] if self.own_cgroups else [self.unshare, "--cgroup"]
         argv = [
+            self.setpriv, "--pdeathsig=TERM", "--",
+            *private_cgroups,
             self.setsid, self.isolate, "-b", str(run.box.number), "-s", f"--meta={meta}",
+            "--inherit-fds",
             f"--processes={self.nproc(run)}",
             f"--time={cpu:.3f}", f"--extra-time={cpu + 0.5:.3f}",
             f"--wall-time={lim.wall_ms / 1000 + 1:.3f}",
@@ -172,15 +278,21 @@ class IsolateDriver(Driver):
             argv += ["--cg", f"--cg-mem={lim.memory_mb * 1024}"]
         elif run.cgroup is None:
             argv.append(f"--mem={(lim.memory_mb + 1024) * 1024}")
-        if run.phase is Phase.BUILD:
-            argv.append(f"--syscalls={BUILD_SYSCALLS}")
         tmp = run.tmp = self._fresh_tmp(run.box, lim.disk_mb, self.tmp_tag(run))
         argv += [f"--dir=/tmp={tmp}/tmp:rw", f"--dir=/dev/shm={tmp}/shm:rw",
                  f"--dir=/var/tmp={tmp}/tmp:rw"]
         if run.network:
             argv += ["--share-net", "--dir=/etc=/etc"]
+        else:
+            argv.append(f"--dir=/etc={self.box_etc(run)}")
         if run.with_workspace:
             argv.append(f"--dir=/box={run.box.workspace}:rw")
+        else:
+            # Not isolate's own /box (a plain directory under its box_root: the box would see
+            # that path in its mount table, and it would outlive the run): an empty one on
+            # the run's own tmpfs.
+            hostfs.make_private_dir(tmp / "box", run.box.uid, run.box.gid, 0o700)
+            argv.append(f"--dir=/box={tmp}/box:rw")
         for mount in run.mounts:
             host = mount.host
             inside = mount.inside
@@ -194,7 +306,7 @@ class IsolateDriver(Driver):
             argv.append(f"--dir={inside}={host}{':rw' if mount.writable else ''}")
         for key, value in run.env.items():
             argv.append(f"--env={key}={value}")
-        argv += ["--run", "--", *run.argv]
+        argv += ["--run", "--", f"/proc/self/fd/{INIT_FD}", *run.argv]
         return [*self.launcher(run), *argv], {"PATH": "/usr/bin:/bin"}
 
     def report(
@@ -216,6 +328,12 @@ class IsolateDriver(Driver):
                               message="the sandbox could not start the program")
             # isolate itself was killed (by us, for a limit or a cancel).
             return Report(signal=signal or 9)
+        if boxinit.READY not in status and (
+                boxinit.FAILED_PREFIX in status or meta.get("exitcode") == "127"):
+            # The box's init could not put the filter in place or start the program.
+            line = status.decode(errors="replace").strip().splitlines()
+            return Report(failed=True, message=line[-1] if line else
+                          "the box's init did not start (isolate could not run it)")
         report = Report()
         if "time" in meta:
             report.cpu_ms = round(float(meta["time"]) * 1000)

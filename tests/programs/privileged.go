@@ -71,6 +71,24 @@ func main() {
 	report("perf_event_open", r, e)
 	r, _, e = syscall.Syscall(sysKeyctl, 0 /* KEYCTL_GET_KEYRING_ID */, ^uintptr(2) /* -3 */, 0)
 	report("keyctl", r, e)
+	r, _, e = syscall.Syscall6(sysAddKey, str("user"), str("sandboxd-probe"), bp, 4,
+		^uintptr(3) /* KEY_SPEC_USER_KEYRING */, 0)
+	report("add_key", r, e)
+	r, _, e = syscall.Syscall6(sysRequestKey, str("user"), str("sandboxd-probe"), 0, 0, 0, 0)
+	report("request_key", r, e)
+	r, _, e = syscall.Syscall6(sysNameToHandleAt, ^uintptr(99), str("/"), bp, bp+64, 0, 0)
+	report("name_to_handle_at", r, e)
+	// A zeroed struct clone_args of size 88 (CLONE_ARGS_SIZE_VER2): EINVAL if not refused.
+	r, _, e = syscall.RawSyscall(sysClone3, bp+2048, 88, 0)
+	if e == 0 && r == 0 {
+		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 0, 0, 0)
+	}
+	report("clone3", r, e)
+	r, _, e = syscall.Syscall(sysInotifyInit1, 0, 0, 0)
+	report("inotify_init1", r, e)
+	// FAN_CLASS_NOTIF | FAN_REPORT_FID: what an unprivileged process may ask for.
+	r, _, e = syscall.Syscall(sysFanotifyInit, 0x200, 0, 0)
+	report("fanotify_init", r, e)
 	r, _, e = syscall.Syscall(sysUserfaultfd, 0, 0, 0)
 	report("userfaultfd", r, e)
 	r, _, e = syscall.Syscall(sysIoUringSetup, 4, bp, 0)

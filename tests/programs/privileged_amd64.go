@@ -8,5 +8,11 @@ const (
 	sysUserfaultfd    = 323
 	sysIoUringSetup   = 425
 	sysProcessVmReadv = 310
+	sysAddKey         = 248
+	sysRequestKey     = 249
+	sysNameToHandleAt = 303
+	sysClone3         = 435
+	sysInotifyInit1   = 294
+	sysFanotifyInit   = 300
 	sysOpenByHandleAt = 304
 )

@@ -8,5 +8,11 @@ const (
 	sysUserfaultfd    = 282
 	sysIoUringSetup   = 425
 	sysProcessVmReadv = 270
+	sysAddKey         = 217
+	sysRequestKey     = 218
+	sysNameToHandleAt = 264
+	sysClone3         = 435
+	sysInotifyInit1   = 26
+	sysFanotifyInit   = 262
 	sysOpenByHandleAt = 265
 )

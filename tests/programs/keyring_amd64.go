@@ -1,0 +1,7 @@
+package main
+
+const (
+	sysAddKey     = 248
+	sysRequestKey = 249
+	sysKeyctl     = 250
+)
