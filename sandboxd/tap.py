@@ -370,7 +370,7 @@ def _make_service(options: Options) -> service.MultiService:
     except ListenerError:
         for listener in made:
             listener.stopService()
-        daemon.cgroups.remove_bases()
+        daemon.abort()
         raise
     return daemon
 

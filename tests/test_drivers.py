@@ -65,7 +65,8 @@ def bwrap_command(bwrap: BubblewrapDriver, run: SandboxRun) -> tuple[list[str], 
     argv, env = bwrap.command(run)
     at = argv.index("--args")
     assert argv[at + 1] == str(ARGS_FD) and argv[at + 2] == "--"
-    assert argv[at + 3:] == run.argv  # nothing else after bwrap's own name
+    # nothing else after bwrap's own name but the stderr shim (fixed words, no host path)
+    assert argv[at + 3:] == [*STDERR_SHIM, *run.argv]
     options = read_options(run.fds[ARGS_FD])
     os.close(run.fds.pop(ARGS_FD))
     return [*argv[:at], *options, *argv[at + 2:]], env
