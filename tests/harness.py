@@ -90,7 +90,12 @@ class Daemon:
         )
         deadline = time.monotonic() + HANG
         target = wait_for or self.socket_path
-        while not os.path.exists(target):
+        # The socket exists from before the daemon starts (it listens, then twistd starts its
+        # services): started means it has logged that it listens, where it logs to a file.
+        logged = any(a.startswith("--logfile=") and a != "--logfile=-" for a in self.argv)
+        listening = self.log().count("] listening on ")
+        while not os.path.exists(target) or (
+                logged and self.log().count("] listening on ") == listening):
             if self.proc.poll() is not None:
                 out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
                 raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{out}\n{self.log()}")
