@@ -94,6 +94,7 @@ class SandboxDaemon(service.MultiService):
         # Before anything of the state directory is touched (the sweep of a dead daemon's
         # leftovers above all): one daemon per state directory.
         self.state_lock = instance.lock_state_dir(state_dir)
+        self.state_dir = state_dir
         self.range_lock: int | None = None
         os.chmod(state_dir, 0o711)
         # Nothing that can fail for an operator's reason comes after the cgroups are made
@@ -328,6 +329,9 @@ class SandboxDaemon(service.MultiService):
         self._sweep_leftovers()
         toolchain.unmount_images(self.toolchains_dir)
         self.cgroups.remove_bases()
+        if self.range_lock is not None:
+            instance.unregister_range(self.state_dir, self.range_lock)
+            self.range_lock = None
         log.info("sandboxd stopped; every box removed")
 
     def _sweep_leftovers(self) -> None:

@@ -125,6 +125,21 @@ def register_range(state_dir: Path, mine: Range, run_dir: Path = RUN_DIR) -> int
         os.close(guard)
 
 
+def unregister_range(state_dir: Path, fd: int, run_dir: Path = RUN_DIR) -> None:
+    """At a clean stop: our registry file goes (a killed daemon's goes at the next start)."""
+    name = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+    try:
+        guard = os.open(run_dir / "ranges.lock", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        (run_dir / "ranges" / name).unlink(missing_ok=True)
+        os.close(fd)
+    finally:
+        os.close(guard)
+
+
 def update_range_pid(fd: int) -> None:
     text = _read(fd)
     _, _, rest = text.partition(" ")

@@ -50,6 +50,13 @@ def left_behind(state_dir: Path, daemon_pid: int | None = None) -> dict[str, lis
     return {"mounts": mounts, "cgroups": cgroups, "processes": procs}
 
 
+def registered(state_dir: Path) -> bool:
+    import hashlib
+
+    name = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+    return (Path("/run/sandboxd/ranges") / name).exists()
+
+
 NOTHING = {"mounts": [], "cgroups": [], "processes": []}
 
 
@@ -164,6 +171,7 @@ def test_every_stop_is_graceful_and_leaves_nothing(sig: int):
     try:
         d.start()
         assert left_behind(d.state_dir)["cgroups"], "a running daemon has its base cgroups"
+        assert registered(d.state_dir)
         with d.connect() as client:
             client.send({"id": "running", "code": TICKS, "session_id": "s"})
             read_until_output(client, "running")
@@ -175,6 +183,7 @@ def test_every_stop_is_graceful_and_leaves_nothing(sig: int):
         assert code in (0, 1, -sig), code  # twistd ends by SIGTERM/SIGINT; SIGHUP: 0
         assert "sandboxd stopped; every box removed" in d.log()
         assert wait_nothing_left(d.state_dir) == NOTHING
+        assert not registered(d.state_dir), "its box-range registration outlived it"
     finally:
         d.cleanup()
 
