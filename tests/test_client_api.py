@@ -62,8 +62,18 @@ def test_a_lost_connection_says_what_happened():
     assert "no event of it had come" in second
 
     reset, _ = connected()
+    reset.lineReceived(json.dumps({"id": "r0", "done": True, "status": "ok"}).encode())
     d = reset.request({"id": "r3", "code": "a"})
     reset.connectionLost(Failure(error.ConnectionLost()))
     lost = []
     d.addErrback(lost.append)
     assert "was reset before request 'r3' ended" in str(lost[0].value)
+
+    # A connection on which nothing ever came is another failure, said as such (no server, a
+    # TLS port: sandboxd.api.closed_because); behind a balancer, also no daemon at all.
+    silent, _ = connected()
+    d = silent.request({"id": "r4", "code": "a"})
+    silent.connectionLost(Failure(error.ConnectionDone()))
+    lost = []
+    d.addErrback(lost.append)
+    assert "ended before any answer" in str(lost[0].value)
