@@ -163,10 +163,9 @@ class Options(usage.Options):
          "on, e.g. tcp:9100:interface=127.0.0.1 [default: none, no metrics listener]"],
         ["shutdown-grace", None, 10.0, "seconds running requests get to finish after SIGTERM "
          "before they are cancelled", _non_negative],
-        ["drain-time", None, 0.0, "seconds after SIGTERM during which /healthz answers 503 "
-         "while everything else goes on (new connections and requests are taken), so that a "
-         "balancer checking /healthz stops sending work here before the listeners close; "
-         "then the --shutdown-grace begins", _non_negative],
+        ["drain-time", None, 0.0, "seconds after SIGTERM during which /healthz says 503 while "
+         "work is still taken, so that a balancer moves new work away before the listeners "
+         "close; then --shutdown-grace begins", _non_negative],
         ["node-name", None, None, "this daemon's name in final events (\"node\"), metrics "
          "(label node) and /healthz: 1-64 characters of A-Z a-z 0-9 . _ - [default: the host "
          "name]", _node_name],
