@@ -8,7 +8,7 @@ ARGS ?=
 # Only the directories that exist: ruff fails on a missing one (bench/ comes with issue 4).
 LINT_DIRS := $(wildcard sandboxd tests twisted bench)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean test-cgroup2
 
 setup: system-packages $(STAMP)
 	@$(BIN)/sandboxd-warm
@@ -36,6 +36,11 @@ test: setup test-tools
 	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest -q tests
+
+# The cgroup-dependent system tests in a cgroup-v2 Linux (Debian packages, user-mode-linux),
+# built once and cached in /var/cache/sandboxd-cgroup2: see docs/operations.md.
+test-cgroup2: setup
+	bash scripts/cgroup2/run.sh
 
 lint: setup
 	$(BIN)/ruff check $(LINT_DIRS)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs inside the cgroup-v2 guest (started by the image's sandboxd-rig.service, Delegate=yes),
+# from /share (the host's /var/cache/sandboxd-cgroup2/share). Writes /share/rc; the unit then
+# powers the guest off.
+set -uo pipefail
+. /share/env
+echo 9 >/share/rc  # until the tests say otherwise
+t0=$(date +%s)
+for dir in "$CHECKOUT" "$VENV" "$WHEELS"; do
+  mkdir -p "$dir" && mount -t hostfs -o "$dir" none "$dir" || { echo "cannot mount $dir"; exit 1; }
+done
+# The standard-library cache the host warmed, where the daemon looks by default.
+mkdir -p /var/cache/sandboxd && mount -t hostfs -o "$GOCACHE_DIR" none /var/cache/sandboxd
+echo "kernel $(uname -r) ($(uname -m)), $(nproc) cpu, booted in $(cut -d' ' -f1 /proc/uptime) s"
+echo "cgroup: $(stat -fc %T /sys/fs/cgroup) at /sys/fs/cgroup, controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+echo "this job's cgroup: $(cut -d: -f3 /proc/self/cgroup)"
+guest_python=$(python3 -V)
+if [ "$guest_python" != "$HOST_PYTHON" ] && [ "${guest_python%.*}" != "${HOST_PYTHON%.*}" ]; then
+  echo "the venv was made for $HOST_PYTHON, the guest has $guest_python"; exit 1
+fi
+if [ "$ISOLATE" = yes ]; then
+  install -m 4755 /share/isolate /usr/local/bin/isolate
+  install -D -m 644 /share/isolate.cf /usr/local/etc/isolate
+fi
+cd "$CHECKOUT"
+export PYTHONDONTWRITEBYTECODE=1 SANDBOXD_GUEST=1 WHEELS
+echo "pytest $TESTS"
+# shellcheck disable=SC2086
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -o cache_dir=/tmp/pytest-cache $PYTEST_ARGS $TESTS
+rc=$?
+echo "tests took $(( $(date +%s) - t0 )) s in the guest"
+# What a test run must not leave: cgroups under this job's own, other than the leaf its
+# processes were moved into.
+left=$(find "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup | sed 's#/supervisor$##')" -mindepth 1 -type d \
+  ! -name supervisor 2>/dev/null)
+if [ -n "$left" ]; then
+  echo "cgroups left behind after the tests:"; echo "$left"
+  [ "$rc" = 0 ] && rc=1
+fi
+echo "$rc" >/share/rc
