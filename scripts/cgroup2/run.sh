@@ -11,6 +11,8 @@
 # same paths as on the host, and writes its log and exit code to share/. The guest's disk is a
 # copy-on-write layer over the cached image, removed after each run.
 set -euo pipefail
+# All of it in one function: bash has then read the whole file before running any of it.
+main() {
 checkout=$(cd "$(dirname "$0")/../.." && pwd)
 cache=/var/cache/sandboxd-cgroup2   # fixed: the image's rig unit mounts $cache/share
 timeout_s=${CGROUP2_TIMEOUT:-1800}   # the whole guest run; the guest is killed after it
@@ -63,13 +65,16 @@ fi
 
 # 2. The environment: a venv of this checkout (editable, so the guest tests the working tree)
 # for the guest's python, and a standard-library cache warmed for its toolchain.
-pykey=$( { cat "$checkout/setup.cfg" "$checkout/pyproject.toml"; python3 -VV; echo "$checkout"; } | sha256sum | cut -c1-16)
+# Debian's python3 (the guest's is the same package), not whatever python3 is first on PATH.
+py=/usr/bin/python3
+[ -x "$py" ] || { echo "cgroup2: needs Debian's $py (apt-get install python3 python3-venv)" >&2; exit 2; }
+pykey=$( { cat "$checkout/setup.cfg" "$checkout/pyproject.toml"; "$py" -VV; echo "$checkout"; } | sha256sum | cut -c1-16)
 venv=$cache/venv-$pykey gocache=$cache/gocache-$pykey wheels=$cache/wheels-$pykey
 if [ ! -f "$venv/.ready" ]; then
   t=$(date +%s)
   say "making the guest's venv and warming its Go cache (once per setup.cfg; ~2 min)"
   rm -rf "$cache"/venv-* "$cache"/gocache-* "$cache"/wheels-* "$cache/warm-state"
-  python3 -m venv "$venv"
+  "$py" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -e "$checkout[test]" --config-settings editable_mode=compat
   # mke2fs -d and hostfs keep whole seconds of a file's times; Go's cache keys on them.
@@ -82,15 +87,16 @@ for top, dirs, files in os.walk(sys.argv[1]):
         st = os.lstat(p)
         os.utime(p, ns=(st.st_atime_ns // 10**9 * 10**9, st.st_mtime_ns // 10**9 * 10**9), follow_symlinks=False)
 PY
-  mkdir -p "$gocache"
-  "$venv/bin/sandboxd-warm" --sandbox=bubblewrap --cache-dir="$gocache" --state-dir="$cache/warm-state"
-  rm -rf "$cache/warm-state"
   # Wheels of every dependency, for the guest's offline `pip install <checkout>` (the README's).
   "$venv/bin/pip" wheel -q -w "$wheels" "$checkout" setuptools wheel incremental pip
   rm -f "$wheels"/sandboxd-*.whl
   touch "$venv/.ready"
-  say "venv and Go cache ready in $(since "$t") s"
+  say "venv ready in $(since "$t") s"
 fi
+# Every run: a no-op (about a second) unless this checkout's toolchain code wants another cache.
+mkdir -p "$gocache"
+"$venv/bin/sandboxd-warm" --sandbox=bubblewrap --cache-dir="$gocache" --state-dir="$cache/warm-state"
+rm -rf "$cache/warm-state"
 
 # 3. What the guest runs this time.
 share=$cache/share
@@ -111,7 +117,7 @@ CHECKOUT=$checkout
 VENV=$venv
 GOCACHE_DIR=$gocache
 WHEELS=$wheels
-HOST_PYTHON="$(python3 -V)"
+HOST_PYTHON="$("$py" -V)"
 ISOLATE=${isolate_bin:+yes}
 TESTS="${CGROUP2_TESTS:-tests/test_cgroup_files.py tests/test_limits.py tests/test_nocgroup.py tests/test_operations.py tests/test_hostile.py tests/guest}"
 PYTEST_ARGS="${CGROUP2_PYTEST_ARGS:-}"
@@ -160,3 +166,5 @@ if [ -z "$rc" ]; then
   exit 1
 fi
 exit "$rc"
+}
+main "$@"

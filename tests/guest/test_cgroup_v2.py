@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 from pathlib import Path
 
-from tests.harness import Daemon, finals, go_main, output
+from tests.harness import HANG, Daemon, finals, go_main, output
 
 CGROUP = Path("/sys/fs/cgroup")
 HELLO = go_main('\tfmt.Println("hello")')
@@ -20,9 +21,12 @@ def own_cgroup() -> Path:
 
 
 def base_of(d: Daemon) -> Path:
-    found = re.search(r"cgroup v2 under (\S+)", d.log())
-    assert found, d.log()
-    return Path(found.group(1))
+    """The base the daemon logs at start (after its socket exists: wait for the line)."""
+    deadline = time.monotonic() + HANG
+    while not (found := re.search(r"cgroup v2 under (\S+)", d.log())):
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.1)
+    return Path(found.group(1).rstrip(","))
 
 
 def test_the_guest_has_cgroup_v2_only():
