@@ -127,7 +127,7 @@ class Floor:
         cache = work / "floor-gocache"
         # A real copy: go touches the entries it uses, and the shared cache must not change.
         shutil.copytree(toolchain.std_cache, cache, symlinks=True)
-        env = toolchain.build_env()
+        env = toolchain.build_env(layer=False)  # its cache is writable
         env.update(GOROOT=str(toolchain.goroot), GOCACHE=str(cache), HOME=str(work),
                    GOPATH=str(work / "gopath"), GOMODCACHE=str(work / "gopath" / "mod"),
                    GOTMPDIR="", GODEBUG="", PATH=f"{toolchain.goroot}/bin:/usr/bin:/bin")

@@ -211,6 +211,27 @@ class CgroupSupport:
             raise
         return cgroup
 
+    def limit_memory(self, memory_bytes: int) -> str | None:
+        """Bound the memory charged to everything under our base cgroup, together: every
+        build and run, and what their cgroups leave charged when they are removed (the pages
+        of files written into a session's box stay charged there: v1 moves a removed cgroup's
+        charges to its parent or keeps them in it offline, v2 keeps a dying cgroup's charges,
+        both counted in the base's usage).  None when set, else why not."""
+        if self.version is None:
+            return "no cgroup"
+        if self.version == 2:
+            path = self.bases["unified"] / "memory.max"
+        else:
+            base = self.bases["memory"]
+            if _int(base / "memory.use_hierarchy") == 0:
+                return f"{base} does not count its children (memory.use_hierarchy is 0)"
+            path = base / "memory.limit_in_bytes"
+        try:
+            _write(path, str(memory_bytes))
+        except OSError as e:
+            return f"cannot write {path}: {e.strerror or e}"
+        return None
+
     def sweep(self) -> int:
         """Kill and remove every cgroup left under our bases (a dead daemon's, say)."""
         count = 0

@@ -74,6 +74,15 @@ def _read_text(path: Path) -> str:
         raise UsageError(f"{path}: not UTF-8 text") from None
 
 
+def _shown(value: Any) -> str:
+    """The server's own text (messages, versions) made safe for a terminal: every character
+    that is not printable (controls, C1, bidi overrides, line separators) but newline and tab
+    is shown as an escape.  The program's output (``_write``) is passed through as it is, like
+    ``go run`` does."""
+    text = str(value)
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
 def _write(stream: str, event: dict[str, Any]) -> None:
     out = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
     raw = event.get("output_base64")
@@ -91,10 +100,10 @@ def _reason(final: dict[str, Any]) -> int:
         return code
     if status == "runtime_error" and final.get("signal"):
         name = final["signal"]
-        print(f"sandboxd: {final.get('message', name)}", file=sys.stderr)
+        print(f"sandboxd: {_shown(final.get('message', name))}", file=sys.stderr)
         num = getattr(signal.Signals, name, None)
         return 128 + int(num) if num is not None else EXIT_OTHER
-    print(f"sandboxd: {status}: {final.get('message', '')}", file=sys.stderr)
+    print(f"sandboxd: {_shown(status)}: {_shown(final.get('message', ''))}", file=sys.stderr)
     return EXIT_CODES.get(str(status), EXIT_OTHER)
 
 
@@ -154,11 +163,11 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
         if event.get("done"):
             if event.get("id") is None and event.get("for_type") == "stdin":
                 if not forwarder.stopped:
-                    print(f"sandboxd: stdin: {event.get('message')}", file=sys.stderr)
+                    print(f"sandboxd: stdin: {_shown(event.get('message'))}", file=sys.stderr)
                     forwarder.stopped = True
                     conn.stdin("run", eof=True)  # the program gets what came, then the end
             elif event.get("id") is None:
-                print(f"sandboxd: {event.get('message')}", file=sys.stderr)
+                print(f"sandboxd: {_shown(event.get('message'))}", file=sys.stderr)
                 os._exit(EXIT_CODES["bad_request"])
             return
         _write(event.get("stream", "stdout"), event)
@@ -249,11 +258,11 @@ def _version(reactor: Any, args: argparse.Namespace):
     conn.close()
     if final.get("status") != "ok":
         return _reason(final)
-    print(f"sandboxd {final.get('sandboxd')}")
+    print(f"sandboxd {_shown(final.get('sandboxd'))}")
     default = final.get("default_go")
     for name, version in sorted((final.get("go") or {}).items()):
         mark = " (default)" if name == default else ""
-        print(f"go {name}: {version}{mark}")
+        print(f"go {_shown(name)}: {_shown(version)}{mark}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ log = Logger()
 SHUTDOWN_POLL_S = 0.05
 SHUTDOWN_KILL_WAIT_S = 10.0  # cancelled requests: their boxes are killed, this is a hang bound
 SHUTDOWN_FLUSH_S = 5.0  # connections get this long to take their last events
+BASE_MARGIN_MB = 256  # launchers held ahead, the health probe: over the boxes' own bounds
+
+
+def default_box_memory_mb(meminfo: str = "/proc/meminfo") -> int:
+    """A quarter of the machine's memory: what session boxes may hold by default."""
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return max(64, int(line.split()[1]) // 1024 // 4)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1024
 
 
 class SandboxDaemon(service.MultiService):
@@ -65,6 +78,10 @@ class SandboxDaemon(service.MultiService):
         reactor: Any = None,
         cgroups: str = "auto",
         hold_builds: bool = True,
+        max_queue_per_client: int = 10,
+        max_sessions_per_client: int = 16,
+        client_identity: str = "connection",
+        max_box_memory_mb: int | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor or default_reactor
@@ -94,6 +111,16 @@ class SandboxDaemon(service.MultiService):
             self.toolchains[name] = toolchain.load(toolchain.find_goroot(path), cache_dir, name)
         for tc in self.toolchains.values():  # each has its own standard-library cache
             toolchain.warm(tc, self.driver, quiet=False)
+        self.toolchains_dir = state_dir / "toolchains"
+        toolchain.unmount_images(self.toolchains_dir)  # a dead daemon's
+        try:
+            self.toolchains = {name: toolchain.mount_images(tc, self.toolchains_dir)
+                               for name, tc in self.toolchains.items()}
+        except (OSError, subprocess.SubprocessError) as e:
+            toolchain.unmount_images(self.toolchains_dir)
+            log.warn("cannot mount the toolchain's images ({e}); builds see the cache "
+                     "directory's path in their mount table", e=e)
+        self.toolchain = self.toolchains[self.toolchain.name]
         jobs_dir = state_dir / "jobs"
         if jobs_dir.is_dir() and not jobs_dir.is_symlink():
             for entry in jobs_dir.iterdir():  # a dead daemon's build dirs (tmpfs mounts)
@@ -106,6 +133,9 @@ class SandboxDaemon(service.MultiService):
                 boxes=boxes,
                 max_queue=max_queue,
                 max_sessions=max_sessions,
+                max_queue_per_client=max_queue_per_client,
+                max_sessions_per_client=max_sessions_per_client,
+                max_box_memory_mb=max_box_memory_mb or default_box_memory_mb(),
                 session_idle_s=session_idle,
                 session_max_age_s=session_max_age,
                 cleanup_period_s=cleanup_period,
@@ -144,12 +174,34 @@ class SandboxDaemon(service.MultiService):
             idle_timeout=idle_timeout,
             max_pending_input=max_pending_input,
             max_connections=max_connections,
+            client_identity=client_identity,
         )
+
+    def _limit_box_memory(self) -> None:
+        """Account what boxes hold where a limit applies: the base cgroup of every build and
+        run gets a memory limit of what session boxes may hold (--max-box-memory-mb), plus
+        what the ``--boxes`` requests running at once may use at their maximum limits, plus
+        a margin for the launchers held ahead.  The pool's reservation refuses a session
+        clearly before this is reached; this bounds anything that gets past it."""
+        settings, maxima = self.pool.settings, self.policy.maximums
+        running = settings.boxes * (maxima.build.memory_mb + maxima.run.memory_mb)
+        total_mb = (settings.max_box_memory_mb or 0) + running + BASE_MARGIN_MB
+        problem = (self.cgroups.limit_memory(total_mb * 1024 * 1024)
+                   if self.cgroups.version is not None else self.cgroups.describe())
+        if problem is None:
+            log.info("memory of all boxes together: at most {mb} MiB (cgroup v{v}); session "
+                     "boxes' files: at most {box} MiB", mb=total_mb, v=self.cgroups.version,
+                     box=settings.max_box_memory_mb)
+        else:
+            log.warn("memory of all boxes together is not bounded by a cgroup ({why}); "
+                     "session boxes' files: at most {box} MiB", why=problem,
+                     box=settings.max_box_memory_mb)
 
     def startService(self) -> None:
         swept = self.cgroups.sweep()
         if swept:
             log.info("removed {n} cgroups a previous daemon left", n=swept)
+        self._limit_box_memory()
         self.pool.start()
         go = ", ".join(f"{n}={tc.version}" for n, tc in self.toolchains.items())
         log.info("sandboxd: {driver} driver, {n} boxes, Go {go}, {cg}", driver=self.driver.name,
@@ -221,6 +273,7 @@ class SandboxDaemon(service.MultiService):
             await self._until(lambda: not held.ending, SHUTDOWN_FLUSH_S)
         await self._stop_children([s for s in reversed(list(self)) if s.running])
         self._sweep_leftovers()
+        toolchain.unmount_images(self.toolchains_dir)
         log.info("sandboxd stopped; every box removed")
 
     def _sweep_leftovers(self) -> None:

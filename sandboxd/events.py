@@ -2,7 +2,8 @@
 
 Output events keep the original service's four fields (``output``, ``exec_err``, ``is_error``,
 ``timestamp``) and add ``id``, ``stream`` and ``phase``.  Program output is bytes; JSON carries
-text.  Valid UTF-8 travels as it is (JSON escapes NUL, CR and other control characters).  A chunk
+text.  Valid UTF-8 travels as it is, except that every control character (C0,
+DEL, C1) and U+2028/U+2029 travels as a ``\\u`` escape (see ``encode``).  A chunk
 holding bytes that are not UTF-8 carries them as U+FFFD in ``output`` and exactly, base64, in
 ``output_base64``.  A character split across two reads is held back until it is whole.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from typing import Any
 
@@ -22,9 +24,30 @@ def now_ms() -> str:
     return str(time.time_ns() // 1_000_000)
 
 
+# What JSON itself leaves raw but a terminal or a JavaScript reader acts on: DEL, the C1
+# controls (U+0085 NEL, U+009B CSI, ...), and U+2028/U+2029 (line breaks to some JavaScript
+# parsers and editors).  JSON only requires escaping U+0000-U+001F, which json.dumps does.
+_UNSAFE = re.compile("[\u007f-\u009f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def encode(event: dict[str, Any]) -> bytes:
-    """One event as one line."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    """One event as one line: compact JSON, UTF-8, non-ASCII text as it is, and every
+    control character (C0, DEL, C1) and U+2028/U+2029 as a \\u escape.  The only place the
+    daemon turns anything into a line for a client.  These characters can only stand inside
+    JSON strings here (keys and values; never in the syntax), where an escape means the same
+    character, so replacing them in the whole line is exact."""
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    return escape_json_text(text).encode("utf-8") + b"\n"
+
+
+def escape_json_text(text: str) -> str:
+    """JSON text (``json.dumps`` output) with DEL, C1 and U+2028/U+2029 as ``\\u`` escapes:
+    they can only stand inside its strings, where the escape means the same character."""
+    return _UNSAFE.sub(_escape, text)
 
 
 class StreamDecoder:

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sandboxd import diagnostics, gotest, hostfs
+from sandboxd import diagnostics, executable, gotest, hostfs
 from sandboxd.bincache import BinaryCache
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport
@@ -31,7 +31,7 @@ from sandboxd.heldbuild import (
 )
 from sandboxd.metrics import Metrics
 from sandboxd.modules import MODCACHE_INSIDE, PROXY_INSIDE, ModuleSource
-from sandboxd.pool import BoxPool, QueueFull
+from sandboxd.pool import NO_CLIENT, BoxPool, QueueFull
 from sandboxd.request import Request
 from sandboxd.singleflight import SingleFlight
 from sandboxd.status import Phase, Status
@@ -49,6 +49,9 @@ Emit = Callable[[dict[str, Any]], None]
 _job_numbers = itertools.count(1)
 BINARY_DIR_INSIDE, BINARY_NAME = os.path.split(BINARY_INSIDE)
 MAX_BINARY_BYTES = 256 * MIB
+# A run's /prog is unmounted this long after the run: after the reactor has written its final
+# event (a delay of 0 would run first, in the next iteration's timed calls).
+PROG_REMOVE_DELAY_S = 0.01
 
 
 @dataclass
@@ -100,10 +103,12 @@ class BuildOutcome:
 class Job:
     """Runs one ``Request``; every path out of it sends exactly one final event."""
 
-    def __init__(self, runtime: Runtime, request: Request, emit: Emit) -> None:
+    def __init__(self, runtime: Runtime, request: Request, emit: Emit,
+                 client: str = NO_CLIENT) -> None:
         self.rt = runtime
         self.request = request
         self.emit = emit
+        self.client = client  # whose share of the queue and sessions it takes (pool.py)
         self.number = next(_job_numbers)
         self.phase = Phase.QUEUE
         self.box: Box | None = None
@@ -217,7 +222,8 @@ class Job:
     async def _serve(self) -> None:
         req = self.request
         try:
-            self._waiting = self.rt.pool.acquire(req.session_id)
+            self._waiting = self.rt.pool.acquire(req.session_id, self.client,
+                                                 req.limits.run.disk_mb)
             self.box = await self._waiting
         except QueueFull as e:
             self._finish(Status.QUEUE_FULL, str(e))
@@ -247,6 +253,11 @@ class Job:
         if self.cancel_reason is not None:
             self._finish(Status.CANCELLED, self.cancel_reason)
             return
+        try:  # whatever the cache holds: nothing but a program of this machine is executed
+            executable.check(build.binary)
+        except (OSError, executable.NotAProgram) as e:
+            self._finish(Status.INTERNAL_ERROR, f"the built program cannot be run ({e})")
+            return
         self.phase = Phase.RUN
         await self._run(build.binary)
 
@@ -261,7 +272,7 @@ class Job:
         """
         req, rt, tc = self.request, self.rt, self.toolchain
         files = dict(req.files)
-        files.setdefault("go.mod", tc.go_mod())
+        files["go.mod"] = tc.with_go_line(files["go.mod"]) if "go.mod" in files else tc.go_mod()
         flags: tuple[str, ...] = BUILD_FLAGS
         if self.testing:
             files, self.renamed = gotest.as_test_package(files)
@@ -420,9 +431,17 @@ class Job:
             try:
                 fd, size = hostfs.open_box_file(out, "main", MAX_BINARY_BYTES)
                 try:
+                    executable.check_fd(fd)
                     binary = rt.binaries.put_file(key, fd, size)
                 finally:
                     os.close(fd)
+            except executable.NotAProgram as e:
+                if e.archive:  # a package that is not main: what ``go run`` says of it
+                    said = f"package {_module_path(files)} is not a main package"
+                    return BuildOutcome(None, Status.COMPILE_ERROR, said,
+                                        diagnostics=said + "\n")
+                return BuildOutcome(None, Status.INTERNAL_ERROR,
+                                    f"the build left no usable program ({e})", result=result)
             except OSError as e:
                 return BuildOutcome(None, Status.INTERNAL_ERROR,
                                     f"the build left no usable program ({e.strerror})",
@@ -469,8 +488,8 @@ class Job:
 
     async def _vet(self) -> None:
         """``go vet`` over the sources; findings stream as cleaned stderr lines."""
-        files = dict(self.request.files)
-        files.setdefault("go.mod", self.toolchain.go_mod())
+        files, tc = dict(self.request.files), self.toolchain
+        files["go.mod"] = tc.with_go_line(files["go.mod"]) if "go.mod" in files else tc.go_mod()
         job_dir = self._make_job_dir()
         lines = _LineCleaner(self)
         try:
@@ -523,18 +542,23 @@ class Job:
             result = await self._release_held(binary)
         else:
             rt.driver.resize_box(box, limits.disk_mb)
-            run = SandboxRun(
-                phase=Phase.RUN,
-                box=box,
-                argv=self._run_argv(),
-                env=dict(RUN_ENV),
-                cwd="/box",
-                limits=limits,
-                mounts=[Mount(binary, BINARY_INSIDE)],
-                with_workspace=True,
-            )
-            stdin = None if self.request.interactive else self.request.stdin
-            result = await self._child(run, self._stream, stdin)
+            prog = self._make_prog_dir()
+            try:
+                _place_binary(binary, prog)
+                run = SandboxRun(
+                    phase=Phase.RUN,
+                    box=box,
+                    argv=self._run_argv(),
+                    env=dict(RUN_ENV),
+                    cwd="/box",
+                    limits=limits,
+                    mounts=[Mount(prog, BINARY_DIR_INSIDE)],
+                    with_workspace=True,
+                )
+                stdin = None if self.request.interactive else self.request.stdin
+                result = await self._child(run, self._stream, stdin)
+            finally:
+                self._remove_prog_dir(prog)
         self.run_ms = result.wall_ms
         rt.metrics.run_seconds.observe(result.wall_ms / 1000)
         self._flush()
@@ -576,8 +600,7 @@ class Job:
                 or self.request.interactive):
             return
         whole = rt.driver.can_hold
-        prog = rt.jobs_dir / f"{self.number}.prog"
-        hostfs.make_private_dir(prog, 0, 0, 0o755)
+        prog = self._make_prog_dir()
         limits = self.request.limits.run
         try:
             rt.driver.resize_box(box, limits.disk_mb)
@@ -590,27 +613,30 @@ class Job:
         except Exception:
             log.failure("holding the run of request {id}; it starts after the build",
                         id=self.request.id)
-            hostfs.remove_tree(prog)
+            hostfs.remove_scratch_dir(prog)
             return
         if child.transport is None:  # the spawn failed: run the usual way after the build
             done.addErrback(lambda f: log.failure("holding the run", f))
-            hostfs.remove_tree(prog)
+            hostfs.remove_scratch_dir(prog)
             return
         self.held = HeldRun(child, done, prog)
+
+    def _make_prog_dir(self) -> Path:
+        """The run's /prog: a tmpfs of its own, not a bind of the binary cache's file.  A
+        bind mount shows, in the box's /proc/self/mountinfo, its source's path within the
+        source's filesystem (here the state directory's); a daemon-mounted tmpfs shows "/"."""
+        prog = self.rt.jobs_dir / f"{self.number}.prog"
+        hostfs.make_scratch_dir(prog, MAX_BINARY_BYTES, 16)
+        return prog
+
+    def _remove_prog_dir(self, prog: Path) -> None:
+        """After the run: its unmount (~3 ms here) waits until the final event is written."""
+        self.rt.reactor.callLater(PROG_REMOVE_DELAY_S, remove_job_dir, prog)
 
     async def _release_held(self, binary: Path) -> ChildResult:
         held = self.held
         assert held is not None
-        target = held.prog / BINARY_NAME
-        try:
-            os.link(binary, target)  # the cache's entry itself: root-owned, read-only
-        except OSError:
-            with open(binary, "rb") as f:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | hostfs.O_SAFE, 0o555)
-                try:
-                    hostfs.copy_fd(f.fileno(), fd, os.fstat(f.fileno()).st_size)
-                finally:
-                    os.close(fd)
+        _place_binary(binary, held.prog)
         self.held = None
         self.child = held.child
         try:
@@ -620,7 +646,7 @@ class Job:
             return await held.done
         finally:
             self.child = None
-            hostfs.remove_tree(held.prog)
+            self._remove_prog_dir(held.prog)
 
     async def _drop_held(self) -> None:
         """The build failed or the request ended early: end the held sandbox unused."""
@@ -633,7 +659,7 @@ class Job:
         except Exception:
             log.failure("ending a held run")
         finally:
-            hostfs.remove_tree(held.prog)
+            self._remove_prog_dir(held.prog)
 
     def _spawn(self, run: SandboxRun, sink, stdin: bytes | None) -> tuple[SandboxChild,
                                                                             defer.Deferred]:
@@ -794,7 +820,7 @@ class Job:
                 "request {id} session={session} box={box} status={status} phase={phase} "
                 "queue_ms={queue_ms} build_ms={build_ms} cached={cached} run_ms={run_ms} "
                 "bytes={bytes}",
-                id=self.request.id, session=self.request.session_id,
+                id=_loggable(self.request.id), session=self.request.session_id,
                 box=self.box.number if self.box else None, status=str(status),
                 phase=str(self.phase), queue_ms=self.queue_ms, build_ms=self.build_ms,
                 cached=self.cached, run_ms=self.run_ms, bytes=self.sent_bytes,
@@ -809,6 +835,36 @@ def _shareable(outcome: BuildOutcome) -> bool:
     program, or a compile error.  Never a limit, a cancel, or a failure of the sandbox: those
     depend on the moment and the request, and the next one in line builds for itself."""
     return outcome.binary is not None or outcome.status is Status.COMPILE_ERROR
+
+
+_MODULE_LINE = re.compile(rb"^\s*module\s+\"?([^\s\"/]+[^\s\"]*)", re.MULTILINE)
+
+
+def _module_path(files: dict[str, bytes]) -> str:
+    """The main module's path, as the go command names the package in the top directory."""
+    m = _MODULE_LINE.search(files.get("go.mod", b""))
+    return m.group(1).decode("utf-8", "replace") if m else "command-line-arguments"
+
+
+def _loggable(request_id: str) -> str:
+    """A client's request id for the one-line-per-request log: as it is when plain, quoted
+    (repr) when it holds a space, '=', a quote or a backslash, so that an id cannot pass for
+    more fields of the line ("x status=ok").  Ids are printable (request.py): no newline."""
+    if any(c.isspace() or c in "='\"\\" for c in request_id):
+        return repr(request_id)
+    return request_id
+
+
+def _place_binary(binary: Path, prog: Path) -> None:
+    """A root-owned, read-only copy of the cached ``binary`` as ``prog``/main (sendfile:
+    ~1 ms for a 2 MB program)."""
+    with open(binary, "rb") as f:
+        fd = os.open(prog / BINARY_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | hostfs.O_SAFE,
+                     0o555)
+        try:
+            hostfs.copy_fd(f.fileno(), fd, os.fstat(f.fileno()).st_size)
+        finally:
+            os.close(fd)
 
 
 def _collector(limit: int) -> tuple[list[bytes], Callable[[str, bytes, str], int]]:

@@ -19,6 +19,8 @@ from typing import IO, Any
 from twisted.logger import ILogObserver, formatEvent
 from zope.interface import provider
 
+from sandboxd.events import escape_json_text
+
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -36,7 +38,8 @@ def event_as_json(event: dict[str, Any]) -> str:
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()
-    return json.dumps(record, ensure_ascii=False)
+    # Escaped like the events (DEL, C1, U+2028/U+2029): a log viewer is a terminal too.
+    return escape_json_text(json.dumps(record, ensure_ascii=False))
 
 
 def json_lines(out: IO[str] | None = None) -> ILogObserver:

@@ -70,6 +70,10 @@ class _DaemonState:
                                 value=pool.settings.boxes)
         yield GaugeMetricFamily("sandboxd_sessions", "Live sessions (each holds a box)",
                                 value=len(pool.sessions))
+        yield GaugeMetricFamily(
+            "sandboxd_session_box_memory_bytes", "Memory session boxes' files may hold "
+            "together now (their reserved sizes; bound: --max-box-memory-mb)",
+            value=pool.session_memory_mb * 1024 * 1024)
         yield GaugeMetricFamily("sandboxd_connections", "Open client connections",
                                 value=len(self.daemon.factory.connections))
         cache = CounterMetricFamily(

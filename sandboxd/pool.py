@@ -1,16 +1,26 @@
 """The box pool: how many boxes run at once, who waits, which box a request gets.
 
-A ``DeferredSemaphore`` of ``--boxes`` lets that many requests run at once; the rest wait first
-in, first out, up to ``--max-queue``.  A request with a ``session_id`` gets that session's own
-box (same uid, same files) and requests of one session take turns; a request without one gets a
-box that holds no file of any earlier request.  Used anonymous boxes are wiped after their
-request, off the next request's path, and kept ready.  A ``LoopingCall`` expires idle and old
+``FairSlots`` lets ``--boxes`` requests run at once; the rest wait, each client's first in,
+first out, and a freed box goes to the next *client* in turn (round-robin), so one client's
+flood costs that client, not its neighbours.  A client (see ``sandboxd.connection``) may have
+``--max-queue-per-client`` requests waiting and ``--max-sessions-per-client`` live sessions;
+when the whole queue (``--max-queue``) is full, the newest waiting request of the client with
+the most waiting gives its place to a client with fewer.  Session boxes keep their files
+between requests, in memory (tmpfs): the sizes they may grow to are reserved here, and a
+request that would take the total past ``--max-box-memory-mb`` is refused at once.
+
+A request with a ``session_id`` gets that session's own box (same uid, same files) and
+requests of one session take turns; a request without one gets a box that holds no file of
+any earlier request.  Used anonymous boxes are wiped after their request, off the next
+request's path, and kept ready.  A ``LoopingCall`` expires idle and old
 sessions; one failing step is logged and never stops it.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,15 +30,107 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from sandboxd.box import Box
-from sandboxd.drivers.base import Driver
+from sandboxd.drivers.base import INODES_PER_MB, Driver
 
 log = Logger()
 
 MAX_BOX_NUMBER = 4000
+# Kernel memory of one tmpfs inode with its dentry (charged to the memory cgroup, not counted
+# in the tmpfs size): measured 0.96 KiB for an empty file with a short name and 1.46 KiB with a
+# 248-byte name (cgroup v1, Linux 6.18; bench/flood.py memory).  A box of disk_mb MiB may hold
+# INODES_PER_MB files per MiB besides its data, so it holds at most its size and this each:
+INODE_BYTES = 1536
+
+
+def box_memory_mb(disk_mb: int) -> int:
+    """The most memory a box's files can hold: its tmpfs size and its inodes."""
+    return disk_mb + -(-disk_mb * INODES_PER_MB * INODE_BYTES // (1024 * 1024))
+
+
+# The client of callers that name none (the health check, unit tests): one client.
+NO_CLIENT = "-"
 
 
 class QueueFull(Exception):
-    """No place to wait: the queue (or the session table) is full."""
+    """No place to wait: the queue, the client's share of it, the session table, the client's
+    share of that, or the memory session boxes may hold is full."""
+
+
+class FairSlots:
+    """``tokens`` slots; a freed one goes to the waiting client that holds the fewest, among
+    those to the one served longest ago (round-robin), each client's own waiters first in,
+    first out."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.queues: dict[str, deque[defer.Deferred]] = {}  # clients with waiters: theirs
+        self.held: dict[str, int] = {}  # slots each client holds now
+        self.served: dict[str, int] = {}  # when each client (waiting or holding) got one last
+        self._turns = itertools.count()
+
+    def waiting(self, client: str) -> int:
+        return len(self.queues.get(client, ()))
+
+    def acquire(self, client: str) -> defer.Deferred:
+        if self.tokens > 0 and not self.queues:
+            self._give(client)
+            return defer.succeed(self)
+        d: defer.Deferred = defer.Deferred(lambda d: self._forget(client, d))
+        self.queues.setdefault(client, deque()).append(d)
+        return d
+
+    def _give(self, client: str) -> None:
+        self.tokens -= 1
+        self.held[client] = self.held.get(client, 0) + 1
+        self.served[client] = next(self._turns)
+
+    def _forget(self, client: str, d: defer.Deferred) -> None:
+        queue = self.queues.get(client)
+        if queue is not None and d in queue:
+            queue.remove(d)
+            if not queue:
+                del self.queues[client]
+                self._settle(client)
+
+    def _settle(self, client: str) -> None:
+        """A client that neither waits nor holds a slot has no turn to remember."""
+        if client not in self.queues and client not in self.held:
+            self.served.pop(client, None)
+
+    def release(self, client: str) -> None:
+        self.tokens += 1
+        left = self.held.get(client, 0) - 1
+        if left > 0:
+            self.held[client] = left
+        else:
+            self.held.pop(client, None)
+        while self.tokens > 0 and self.queues:
+            nxt = min(self.queues,
+                      key=lambda c: (self.held.get(c, 0), self.served.get(c, -1)))
+            queue = self.queues[nxt]
+            d = queue.popleft()
+            if not queue:
+                del self.queues[nxt]
+            self._give(nxt)
+            d.callback(self)
+        self._settle(client)
+
+    def push_out(self, client: str, has: int, reason: str) -> bool:
+        """Refuse (``QueueFull``) the newest waiter of the client with the most waiting when
+        it has more than one more than ``client``, which has ``has``: its place goes to
+        ``client``.  False when no client waits more than that."""
+        if not self.queues:
+            return False
+        heaviest = max(self.queues, key=lambda c: len(self.queues[c]))
+        queue = self.queues[heaviest]
+        if heaviest == client or len(queue) <= has + 1:
+            return False
+        d = queue.pop()
+        if not queue:
+            del self.queues[heaviest]
+            self._settle(heaviest)
+        d.errback(QueueFull(reason))
+        return True
 
 
 @dataclass
@@ -36,6 +138,10 @@ class PoolSettings:
     boxes: int
     max_queue: int = 100
     max_sessions: int = 256
+    max_queue_per_client: int = 10
+    max_sessions_per_client: int = 16
+    # What all session boxes' files may hold together (MiB; their tmpfs sizes); None: no bound.
+    max_box_memory_mb: int | None = None
     session_idle_s: float = 20 * 60
     session_max_age_s: float = 30 * 60
     cleanup_period_s: float = 5 * 60
@@ -55,13 +161,19 @@ class BoxPool:
         self.settings = settings
         self.clock = clock
         self.now = now
-        self.slots = defer.DeferredSemaphore(settings.boxes)
+        self.slots = FairSlots(settings.boxes)
         self.sessions: dict[str, Box] = {}
         self.session_locks: dict[str, defer.DeferredLock] = {}
+        # Of each live (or starting) session: the client that began it, and the MiB its box
+        # may grow to (the largest run.disk_mb any of its requests asked for).
+        self.session_owner: dict[str, str] = {}
+        self.session_mb: dict[str, int] = {}
         self.ready: list[Box] = []
         self.busy: set[int] = set()
         self._taken: dict[int, Box] = {}  # the boxes requests hold now, by number
+        self.holder: dict[int, str] = {}  # busy box number -> the client its request is of
         self.waiting = 0
+        self.waiting_by: dict[str, int] = {}  # per client: requests waiting (lock or slot)
         self._numbers_in_use: set[int] = set()
         self.stopped = False
         self._top_up_pending = False
@@ -102,6 +214,8 @@ class BoxPool:
         self.ready.clear()
         self.sessions.clear()
         self._taken.clear()
+        self.session_owner.clear()
+        self.session_mb.clear()
 
     @property
     def running(self) -> int:
@@ -109,7 +223,7 @@ class BoxPool:
 
     # -- boxes -----------------------------------------------------------------------------
 
-    def _new_box(self, session_id: str | None = None) -> Box:
+    def _new_box(self, session_id: str | None = None, disk_mb: int | None = None) -> Box:
         first = self.settings.first_box
         number = next(n for n in range(first, first + MAX_BOX_NUMBER)
                       if n not in self._numbers_in_use)
@@ -120,7 +234,7 @@ class BoxPool:
                   session_id=session_id,
                   created=now, last_used=now)
         try:
-            self.driver.create_box(box, self.settings.disk_mb)
+            self.driver.create_box(box, disk_mb or self.settings.disk_mb)
         except Exception:
             self._numbers_in_use.discard(number)
             raise
@@ -156,46 +270,122 @@ class BoxPool:
 
     # -- requests --------------------------------------------------------------------------
 
-    def acquire(self, session_id: str | None) -> defer.Deferred[Box]:
-        """A box for one request; cancel the Deferred to stop waiting."""
-        if self.waiting >= self.settings.max_queue:
-            return defer.fail(QueueFull(f"the queue is full ({self.settings.max_queue} waiting)"))
-        if (
-            session_id is not None
-            and session_id not in self.sessions
-            and session_id not in self.session_locks
-            and self._session_count() >= self.settings.max_sessions
-        ):
-            self.cleanup()
-            if self._session_count() >= self.settings.max_sessions:
-                return defer.fail(QueueFull(
-                    f"too many live sessions ({self.settings.max_sessions})"
-                ))
+    def acquire(self, session_id: str | None, client: str = NO_CLIENT,
+                disk_mb: int | None = None) -> defer.Deferred[Box]:
+        """A box for one request of ``client``, whose run may fill ``disk_mb`` MiB of the box
+        (a session's box keeps it); cancel the Deferred to stop waiting."""
+        try:
+            self._admit(session_id, client, disk_mb)
+        except QueueFull as e:
+            return defer.fail(e)
         self.waiting += 1
-        return defer.ensureDeferred(self._acquire(session_id))
+        self.waiting_by[client] = self.waiting_by.get(client, 0) + 1
+        return defer.ensureDeferred(self._acquire(session_id, client))
+
+    def _admit(self, session_id: str | None, client: str, disk_mb: int | None) -> None:
+        """Raise ``QueueFull`` (saying which bound) when the request may not wait; else take
+        its place (pushing a heavier client's newest waiter out if the queue is full)."""
+        s = self.settings
+        need = 0
+        new = False
+        if session_id is not None:
+            new = session_id not in self.sessions and session_id not in self.session_locks
+            if new:
+                self._check_new_session(client)
+            need = self._memory_needed(session_id, disk_mb)
+        mine = self.waiting_by.get(client, 0)
+        if mine >= s.max_queue_per_client:
+            raise QueueFull(
+                f"this client already has {mine} requests waiting for a box, its share of the "
+                f"queue ({s.max_queue_per_client}); send more when some have ended")
+        if self.waiting >= s.max_queue and not self.slots.push_out(
+            client, mine,
+            f"the queue is full ({s.max_queue} waiting) and this client had the most requests "
+            "waiting: this one gave its place to a client with fewer",
+        ):
+            raise QueueFull(f"the queue is full ({s.max_queue} waiting)")
+        if session_id is not None:
+            self.session_mb[session_id] = need
+            self.session_owner.setdefault(session_id, client)
+
+    def _check_new_session(self, client: str) -> None:
+        s = self.settings
+        if self._session_count() >= s.max_sessions:
+            self.cleanup()
+            if self._session_count() >= s.max_sessions:
+                raise QueueFull(f"too many live sessions ({s.max_sessions})")
+        if self._sessions_of(client) >= s.max_sessions_per_client:
+            self.cleanup()
+            owned = self._sessions_of(client)
+            if owned >= s.max_sessions_per_client:
+                raise QueueFull(
+                    f"this client already has {owned} live sessions, its share "
+                    f"({s.max_sessions_per_client}); end one or wait for one to expire")
+
+    def _memory_needed(self, session_id: str, disk_mb: int | None) -> int:
+        """The size the session's box may have after this request: the largest ``disk_mb``
+        any of its requests has asked for (a tmpfs cannot shrink below what it holds).
+        ``QueueFull`` when all session boxes together could then hold more memory (files
+        and their inodes: ``box_memory_mb``) than ``max_box_memory_mb``."""
+        bound = self.settings.max_box_memory_mb
+        had = self.session_mb.get(session_id, 0)
+        need = max(had, disk_mb or self.settings.disk_mb)
+        if need == had or bound is None:
+            return need
+        held = self.session_memory_mb - box_memory_mb(had)
+        if held + box_memory_mb(need) > bound:
+            self.cleanup()
+            held = self.session_memory_mb - box_memory_mb(self.session_mb.get(session_id, 0))
+            if held + box_memory_mb(need) > bound:
+                raise QueueFull(
+                    f"session boxes would hold more memory than this server allows ({bound} "
+                    f"MiB): {held} MiB are taken by live sessions and this session's box "
+                    f"needs {box_memory_mb(need)} MiB (run.disk_mb {need}, and its inodes); "
+                    "ask for less disk_mb, or try again when sessions have ended")
+        return need
+
+    @property
+    def session_memory_mb(self) -> int:
+        """The most memory session boxes can hold together now (files and inodes)."""
+        return sum(box_memory_mb(mb) for mb in self.session_mb.values())
 
     def _session_count(self) -> int:
         """Live sessions, and new ones whose first request still waits: each will hold a box."""
         return len(self.sessions.keys() | self.session_locks.keys())
 
-    async def _acquire(self, session_id: str | None) -> Box:
+    def _sessions_of(self, client: str) -> int:
+        return sum(1 for sid in self.sessions.keys() | self.session_locks.keys()
+                   if self.session_owner.get(sid) == client)
+
+    def _forget_session(self, session_id: str) -> None:
+        """A session with no box and no request left: its reservation and owner go."""
+        if session_id not in self.sessions and session_id not in self.session_locks:
+            self.session_owner.pop(session_id, None)
+            self.session_mb.pop(session_id, None)
+
+    async def _acquire(self, session_id: str | None, client: str) -> Box:
         try:
             if session_id is not None:
                 await self.session_locks.setdefault(session_id, defer.DeferredLock()).acquire()
             try:
                 if session_id is None and self.slots.tokens == 0:
                     self._top_up_soon()
-                await self.slots.acquire()
+                await self.slots.acquire(client)
             except BaseException:
                 if session_id is not None:
                     self._release_session_lock(session_id)
                 raise
         finally:
             self.waiting -= 1
+            left = self.waiting_by[client] - 1
+            if left:
+                self.waiting_by[client] = left
+            else:
+                del self.waiting_by[client]
         try:
             box = self._take_box(session_id)
         except BaseException:
-            self.slots.release()
+            self.slots.release(client)
             if session_id is not None:
                 self._release_session_lock(session_id)
             raise
@@ -204,13 +394,14 @@ class BoxPool:
         box.runs += 1
         self.busy.add(box.number)
         self._taken[box.number] = box
+        self.holder[box.number] = client
         return box
 
     def _take_box(self, session_id: str | None) -> Box:
         if session_id is not None:
             box = self.sessions.get(session_id)
-            if box is None:
-                box = self._new_box(session_id)
+            if box is None:  # made no bigger than the session reserved
+                box = self._new_box(session_id, self.session_mb.get(session_id))
                 self.sessions[session_id] = box
             return box
         if self.ready:
@@ -238,7 +429,7 @@ class BoxPool:
         box.in_use = False
         box.last_used = self.now()
         self.busy.discard(box.number)
-        self.slots.release()
+        self.slots.release(self.holder.pop(box.number, NO_CLIENT))
         if self._taken.pop(box.number, None) is None and self.stopped:
             if box.session_id is not None:
                 self._release_session_lock(box.session_id)
@@ -249,6 +440,7 @@ class BoxPool:
         if self.stopped and self.sessions.get(box.session_id or "") is box:
             del self.sessions[box.session_id or ""]
             self._destroy(box)
+            self._forget_session(box.session_id)
         elif box.expired or self._expired(box):
             self._end_session(box)
         self._release_session_lock(box.session_id)
@@ -261,6 +453,7 @@ class BoxPool:
         lock.release()
         if not lock.locked and not lock.waiting:
             del self.session_locks[session_id]
+            self._forget_session(session_id)
 
     def _recycle(self, box: Box) -> None:
         """Wipe a used anonymous box and keep it ready (or drop it when enough are)."""
@@ -289,6 +482,8 @@ class BoxPool:
         if self.sessions.get(box.session_id or "") is box:
             del self.sessions[box.session_id or ""]
         self._destroy(box)
+        if box.session_id is not None:
+            self._forget_session(box.session_id)
         log.info("session {session} ended; {box} removed", session=box.session_id, box=box)
 
     def cleanup(self) -> None:

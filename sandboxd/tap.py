@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from sandboxd.limits import LimitError, LimitPolicy
 from sandboxd.listeners import ListenerError, endpoint_for, load_client_ca
+from sandboxd.pool import box_memory_mb
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 GO_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
@@ -34,6 +35,12 @@ def _seconds(value: str) -> float:
 def _on_off(value: str) -> str:
     if value not in ("on", "off"):
         raise ValueError(f"{value!r} is neither on nor off")
+    return value
+
+
+def _client_identity(value: str) -> str:
+    if value not in ("connection", "address"):
+        raise ValueError(f"{value!r} is neither connection nor address")
     return value
 
 
@@ -62,6 +69,17 @@ class Options(usage.Options):
         ["max-queue", None, 100, "requests that may wait for a box; past it: queue_full",
          _positive],
         ["max-sessions", None, 256, "live sessions at most", _positive],
+        ["max-queue-per-client", None, 10, "requests one client may have waiting for a box; "
+         "past it that client gets queue_full (a client: see --client-identity)", _positive],
+        ["max-sessions-per-client", None, 16, "live sessions one client may have begun",
+         _positive],
+        ["client-identity", None, "connection", "who counts as one client for the shares "
+         "above: connection (each connection), or address (the peer's IP address, IPv6 by "
+         "/64; only where no proxy or balancer stands in front); a client certificate "
+         "(--client-ca) always names its client", _client_identity],
+        ["max-box-memory-mb", None, None, "memory all session boxes' files may hold together "
+         "(MiB; each session counts its largest run.disk_mb); a request past it gets "
+         "queue_full [default: a quarter of the machine's memory]", _positive],
         ["state-dir", None, "/var/lib/sandboxd", "boxes, sessions, binary cache"],
         ["cache-dir", None, "/var/cache/sandboxd", "the read-only standard-library cache"],
         ["first-uid", None, 60000, "uid of box 0; box N runs as first-uid + N (bubblewrap)",
@@ -170,6 +188,13 @@ class Options(usage.Options):
         except LimitError as e:
             raise usage.UsageError(str(e)) from None
         self["policy"] = policy
+        bound = self["max-box-memory-mb"]
+        one_box = box_memory_mb(policy.defaults.run.disk_mb)
+        if bound is not None and bound < one_box:
+            raise usage.UsageError(
+                f"--max-box-memory-mb {bound} is less than one session box of the default "
+                f"run.disk_mb ({policy.defaults.run.disk_mb} MiB) may hold with its inodes "
+                f"({one_box} MiB)")
         if self["client-ca"] is not None:
             if not any(e.startswith("ssl:") for e in self["listen"]):
                 raise usage.UsageError("--client-ca needs an ssl: listener")
@@ -211,6 +236,10 @@ def _make_service(options: Options) -> service.MultiService:
         boxes=options["boxes"],
         max_queue=options["max-queue"],
         max_sessions=options["max-sessions"],
+        max_queue_per_client=options["max-queue-per-client"],
+        max_sessions_per_client=options["max-sessions-per-client"],
+        client_identity=options["client-identity"],
+        max_box_memory_mb=options["max-box-memory-mb"],
         state_dir=Path(options["state-dir"]),
         cache_dir=Path(options["cache-dir"]),
         go=options["go"],

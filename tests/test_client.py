@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -182,3 +183,35 @@ def _resolves_to_loopback(name: str) -> bool:
         return socket.gethostbyname(name) == "127.0.0.1"
     except OSError:
         return False
+
+
+def test_server_text_is_shown_with_its_control_characters_escaped(tmp_path):
+    """A hostile (or broken) server's messages cannot drive the user's terminal: the client
+    shows control characters, C1, bidi overrides and line separators in them as escapes.
+    (A fake server: this is the client's own logic.)"""
+    path = str(tmp_path / "fake.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    nasty = "\x1b]0;owned\x07\x1b[2J\x9b31m\x85\u2028\u202eok"
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            line = b""
+            while not line.endswith(b"\n"):
+                line += conn.recv(65536)
+            request_id = json.loads(line)["id"]
+            conn.sendall(json.dumps({"id": request_id, "done": True, "status": "internal_error",
+                                     "message": nasty}).encode() + b"\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    env = {**os.environ, "SANDBOXD_CONNECT": f"unix:{path}"}
+    done = subprocess.run([str(CLIENT), "version"], env=env, capture_output=True, timeout=HANG)
+    thread.join(HANG)
+    server.close()
+    err = done.stderr.decode()
+    assert done.returncode != 0 and "internal_error" in err, err
+    assert not any(c in err for c in "\x1b\x07\x9b\x85\u2028\u202e"), repr(err)
+    assert "\\x1b]0;owned\\x07" in err and "\\x9b31m" in err and "\\u202eok" in err, repr(err)

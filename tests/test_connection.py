@@ -20,7 +20,7 @@ class FakeJob:
 
     made: list[FakeJob] = []
 
-    def __init__(self, runtime, request, emit) -> None:
+    def __init__(self, runtime, request, emit, client=None) -> None:
         self.request = request
         self.emit = emit
         self.done: defer.Deferred = defer.Deferred()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport, RunCgroup
 from sandboxd.drivers import DriverError
 from sandboxd.drivers.base import (
+    ARGS_FD,
     HOLD_FD,
     INIT_FD,
     LAUNCHER_FAILED,
@@ -19,7 +21,7 @@ from sandboxd.drivers.base import (
     Mount,
     SandboxRun,
 )
-from sandboxd.drivers.bubblewrap import BubblewrapDriver
+from sandboxd.drivers.bubblewrap import BubblewrapDriver, read_options
 from sandboxd.drivers.isolate import IsolateDriver, box_ids, parse_meta
 from sandboxd.limits import DEFAULT_LIMITS
 from sandboxd.status import Phase
@@ -57,6 +59,18 @@ def run_run(box: Box, binary: Path, cgroup: RunCgroup | None = None) -> SandboxR
     )
 
 
+def bwrap_command(bwrap: BubblewrapDriver, run: SandboxRun) -> tuple[list[str], dict[str, str]]:
+    """``bwrap.command(run)`` with the options bwrap reads from ARGS_FD put back in place,
+    after checking that no host path is left on its command line (a box reads it)."""
+    argv, env = bwrap.command(run)
+    at = argv.index("--args")
+    assert argv[at + 1] == str(ARGS_FD) and argv[at + 2] == "--"
+    assert argv[at + 3:] == run.argv  # nothing else after bwrap's own name
+    options = read_options(run.fds[ARGS_FD])
+    os.close(run.fds.pop(ARGS_FD))
+    return [*argv[:at], *options, *argv[at + 2:]], env
+
+
 def pairs(argv: list[str], flag: str) -> list[tuple[str, str]]:
     """The (a, b) arguments following each ``flag`` that takes two."""
     return [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == flag]
@@ -79,7 +93,7 @@ def split_bwrap(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 def test_bwrap_run_command(bwrap, tmp_path):
     box = make_box(tmp_path)
-    argv, env = bwrap.command(run_run(box, tmp_path / "bin" / "main"))
+    argv, env = bwrap_command(bwrap, run_run(box, tmp_path / "bin" / "main"))
     assert env == {"PATH": "/usr/bin:/bin"}  # the daemon's own environment stays out
     limits, identity, sandbox = split_bwrap(argv)
     lim = DEFAULT_LIMITS.run
@@ -113,7 +127,7 @@ def test_bwrap_run_command(bwrap, tmp_path):
 
 def test_bwrap_build_has_no_workspace_and_only_out_writable(bwrap, tmp_path):
     box = make_box(tmp_path)
-    argv, _ = bwrap.command(build_run(box, tmp_path))
+    argv, _ = bwrap_command(bwrap, build_run(box, tmp_path))
     _, _, sandbox = split_bwrap(argv)
     assert "/box" not in sandbox and str(box.workspace) not in sandbox
     assert pairs(sandbox, "--bind") == [(str(tmp_path / "out"), "/out")]
@@ -126,14 +140,14 @@ def test_bwrap_build_has_no_workspace_and_only_out_writable(bwrap, tmp_path):
 
 def test_bwrap_held_run_waits_on_its_pipe_and_only_then(bwrap, tmp_path):
     box = make_box(tmp_path)
-    plain, _ = bwrap.command(run_run(box, tmp_path / "main"))
+    plain, _ = bwrap_command(bwrap, run_run(box, tmp_path / "main"))
     assert "--block-fd" not in plain
     held = run_run(box, tmp_path / "main")
     held.hold = True
     with pytest.raises(ValueError):
         bwrap.command(held)  # no pipe given: it would never start, or start at once
     held.fds[HOLD_FD] = 99
-    argv, _ = bwrap.command(held)
+    argv, _ = bwrap_command(bwrap, held)
     _, _, sandbox = split_bwrap(argv)
     at = sandbox.index("--block-fd")
     assert sandbox[at + 1] == str(HOLD_FD) and sandbox.count("--block-fd") == 1
@@ -143,7 +157,7 @@ def test_bwrap_held_run_waits_on_its_pipe_and_only_then(bwrap, tmp_path):
 
 def test_bwrap_with_a_cgroup_joins_it_first_and_drops_the_address_space_limit(bwrap, tmp_path):
     cg = RunCgroup({"memory": tmp_path / "cg-mem", "pids": tmp_path / "cg-pids"}, 1)
-    argv, _ = bwrap.command(run_run(make_box(tmp_path), tmp_path / "main", cg))
+    argv, _ = bwrap_command(bwrap, run_run(make_box(tmp_path), tmp_path / "main", cg))
     assert argv[:3] == ["/bin/sh", "-c", argv[2]] and "sandboxd-join" in argv
     joined = argv[argv.index("sandboxd-join") + 1: argv.index("--")]
     assert joined == [str(tmp_path / "cg-mem" / "cgroup.procs"),
@@ -189,7 +203,9 @@ def iso(tmp_path, monkeypatch) -> IsolateDriver:
     init = tmp_path / "init"
     init.write_bytes(b"\x7fELF init")
     driver.use_init(init)
-    monkeypatch.setattr(driver, "_fresh_tmp", lambda box, disk_mb, tag="": tmp_path / "fresh-tmp")
+    fresh = tmp_path / "fresh-tmp"
+    fresh.mkdir()  # as _fresh_tmp makes it (the box's /etc goes in there)
+    monkeypatch.setattr(driver, "_fresh_tmp", lambda box, disk_mb, tag="": fresh)
     return driver
 
 
@@ -215,9 +231,10 @@ def test_isolate_run_command(iso, tmp_path):
     binary.write_bytes(b"\x7fELF")
     argv, env = command_of(iso, run_run(box, binary))
     assert env == {"PATH": "/usr/bin:/bin"}
-    # isolate gets SIGTERM (it then kills the box) if the daemon dies.
-    assert argv[:7] == ["/usr/bin/setpriv", "--pdeathsig=TERM", "--", "/usr/bin/setsid",
-                        "/usr/bin/isolate", "-b", "3"]
+    # isolate gets SIGTERM (it then kills the box) if the daemon dies; a cgroup namespace of
+    # its own: /proc/self/cgroup names no cgroup of the host's.
+    assert argv[:9] == ["/usr/bin/setpriv", "--pdeathsig=TERM", "--", "/usr/bin/unshare",
+                        "--cgroup", "/usr/bin/setsid", "/usr/bin/isolate", "-b", "3"]
     # The box's init (sandboxd's seccomp filter) runs first, then becomes the program.
     assert "-s" in argv and "--inherit-fds" in argv
     assert argv[-4:] == ["--run", "--", f"/proc/self/fd/{INIT_FD}", "/prog/main"]
@@ -250,7 +267,8 @@ def test_isolate_build_command(iso, tmp_path):
     # Released isolate has no --syscalls: the build's filter lets flock return 0 instead.
     assert not any(a.startswith("--syscalls") for a in argv)
     dirs = [a.removeprefix("--dir=") for a in argv if a.startswith("--dir=")]
-    assert not any(d.startswith("/box=") for d in dirs)
+    # Not isolate's own /box (under its box_root): an empty one on the run's tmpfs.
+    assert [d for d in dirs if d.startswith("/box=")] == [f"/box={tmp_path / 'fresh-tmp'}/box:rw"]
     assert f"/go={tmp_path / 'goroot'}" in dirs and f"/gocache={tmp_path / 'std'}" in dirs
     assert f"/src={tmp_path / 'src'}" in dirs and f"/out={tmp_path / 'out'}:rw" in dirs
     assert "--chdir=/src" in argv and argv[-8:-5] == ["--", f"/proc/self/fd/{INIT_FD}",

@@ -115,3 +115,41 @@ def test_final_event_for_an_error_has_the_message_in_exec_err_and_nulls():
 
 def test_every_status_but_ok_is_an_error():
     assert [s for s in Status if not s.is_error] == [Status.OK]
+
+
+def test_encode_escapes_del_c1_and_line_separators_and_nothing_else():
+    text = "a\x7fb\x80c\x85d\x9be\x9ff\u2028g\u2029h\x1bi é€😀\u00a0\u202e\"\\/"
+    event = output_event("r", "stdout", Phase.RUN, text, timestamp="1")
+    line = encode(event)
+    for escape in (b"\\u007f", b"\\u0080", b"\\u0085", b"\\u009b", b"\\u009f", b"\\u2028",
+                   b"\\u2029", b"\\u001b"):
+        assert escape in line, escape
+    body = line[:-1]
+    assert all(byte >= 0x20 and byte != 0x7F for byte in body)
+    assert not any(0x80 <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in body.decode())
+    assert json.loads(line) == event  # the escapes decode back to the same text
+    # Everything else byte for byte as before: compact, non-ASCII (NBSP, RLO, emoji) as is.
+    plain = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    for c in "\x7f\x80\x85\x9b\x9f\u2028\u2029":
+        plain = plain.replace(c, f"\\u{ord(c):04x}")
+    assert line == plain.encode() + b"\n"
+    assert "é€😀\u00a0\u202e".encode() in line
+
+
+def test_encode_escapes_them_in_every_field_and_key():
+    line = encode({"id": None, "message": "x\x9by", "for_id": "\u2028", "k\x85": "v"})
+    assert b"\\u009b" in line and b"\\u2028" in line and b"k\\u0085" in line
+    assert json.loads(line) == {"id": None, "message": "x\x9by", "for_id": "\u2028", "k\x85": "v"}
+
+
+def test_json_log_lines_escape_them_too():
+    from twisted.logger import LogLevel
+
+    from sandboxd.journal import event_as_json
+
+    line = event_as_json({"log_format": "said {what}", "what": "a\x9b2Jb\u2028c\x1b",
+                          "log_level": LogLevel.info, "log_namespace": "t", "log_time": 1.0})
+    assert "\\u009b" in line and "\\u2028" in line and "\\u001b" in line
+    assert not any(0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" or ord(c) < 0x20 for c in line)
+    assert json.loads(line)["what"] == "a\x9b2Jb\u2028c\x1b"
+    assert json.loads(line)["message"] == "said a\x9b2Jb\u2028c\x1b"

@@ -38,10 +38,13 @@ def daemon(driver: str):
 
 
 def launchers(d: Daemon) -> dict[int, int]:
-    """pid -> uid of every launcher held ahead by ``d`` (waiting for its line on fd 5)."""
-    state = str(d.state_dir)
+    """pid -> uid of every launcher held ahead by ``d`` (waiting for its line on fd 5), known
+    by its cgroups (the sandbox's options, host paths and all, are not on command lines)."""
+    from sandboxd.daemon import _instance_name
+
+    mine = f"/sandboxd-{_instance_name(d.state_dir)}/"
     return {pid: uid for pid, (_, uid, cmdline) in _processes().items()
-            if "read -r go <&5" in cmdline and state in cmdline}
+            if "read -r go <&5" in cmdline and mine in cmdline}
 
 
 def one_launcher(d: Daemon, besides: set[int] = frozenset()) -> int:

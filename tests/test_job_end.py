@@ -27,7 +27,8 @@ class FakePool:
         self.released: list[Box] = []
         self.fail_release = fail_release
 
-    def acquire(self, session_id: str | None) -> defer.Deferred[Box]:
+    def acquire(self, session_id: str | None, client: str = "", disk_mb: int | None = None
+                ) -> defer.Deferred[Box]:
         return defer.succeed(self.box)
 
     def release(self, box: Box) -> None:

@@ -84,14 +84,28 @@ def _processes() -> dict[int, tuple[int, int, str]]:
 
 def leftovers(d: Daemon, before: bool = False) -> dict[str, list[str]]:
     """What of this daemon is still there: box processes (a sandbox tool whose command line
-    names the state directory, and everything under it), mounts, cgroups. Other daemons on
-    the machine (other test runs) have other state directories and are not counted.
+    names the state directory or that is in one of its cgroups, and everything under it),
+    mounts, cgroups. Other daemons on the machine (other test runs) have other state
+    directories and are not counted.
 
     ``before``: only what an earlier daemon of this state directory left, not what the one
     running now has (its builds held ahead: a launcher each, their cgroups and mounts)."""
+    from sandboxd.daemon import _instance_name
+
     state = str(d.state_dir)
     table = _processes()
     running = d.proc.pid if before and d.proc is not None and d.proc.poll() is None else None
+    name = f"sandboxd-{_instance_name(d.state_dir)}"
+    # bwrap takes its options (the state directory's paths) on a descriptor: a box's sandbox
+    # tool is known by its cgroup (names: "{phase}-{daemon pid}-...").
+    in_cgroup = set()
+    for pid in table:
+        try:
+            text = Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            continue
+        if f"/{name}/" in text and not (running and f"-{running}-" in text):
+            in_cgroup.add(pid)
 
     def ours(pid: int) -> bool:
         named = False
@@ -101,7 +115,7 @@ def leftovers(d: Daemon, before: bool = False) -> dict[str, list[str]]:
             if pid == running:
                 return False
             ppid, _, cmdline = table[pid]
-            if state in cmdline:
+            if state in cmdline or pid in in_cgroup:
                 if "twistd" in cmdline:
                     return named
                 named = True
@@ -114,13 +128,10 @@ def leftovers(d: Daemon, before: bool = False) -> dict[str, list[str]]:
              for pid in table if ours(pid)]
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
               if line.split()[1].startswith(state)]
-    from sandboxd.daemon import _instance_name
-
-    name = f"sandboxd-{_instance_name(d.state_dir)}"
     cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob(f"**/{name}/*")
                if p.is_dir() and not (running and f"-{running}-" in p.name)]
-    if running:
-        mounts = [m for m in mounts if "/jobs/ahead-" not in m]
+    if running:  # its builds held ahead, and the toolchain images it mounted at start
+        mounts = [m for m in mounts if "/jobs/ahead-" not in m and "/toolchains/" not in m]
     return {"processes": procs, "mounts": mounts, "cgroups": cgroups}
 
 

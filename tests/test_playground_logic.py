@@ -39,6 +39,32 @@ def test_tests_run_when_there_is_no_main():
     assert set(files) == {"main_test.go", "go.mod"} and renamed == {"main_test.go": "main.go"}
 
 
+def test_test_names_follow_go_tests_own_rule():
+    """cmd/go/internal/load/test.go isTest: the prefix alone, or a first rune after it that is
+    not lower case (so ``TestÑ…``, ``Test_x`` and ``Test`` are tests, ``Testify`` is not)."""
+    def tests(name: str) -> bool:
+        src = f"package main\n\nimport \"testing\"\n\nfunc {name}(t *testing.T) {{}}\n"
+        return gotest.wants_tests({"main.go": src.encode()})
+
+    for name in ("TestÑIsATest", "Test", "Test_x", "Test1", "TestX", "TestMain", "Fuzz",
+                 "ExampleÉ", "Example"):
+        assert tests(name), name
+    for name in ("Testify", "Testñ", "Examples", "Fuzzy", "Benchmark", "BenchmarkX"):
+        assert not tests(name), name
+
+
+def test_benchmarks_alone_do_not_make_a_test_package_but_move_with_tests():
+    """The Playground's rule: Test/Example/Fuzz functions (no main) run the tests; benchmarks
+    alone leave it a program.  When tests run, a file of benchmarks is a test file too."""
+    bench = b"package main\n\nimport \"testing\"\n\nfunc BenchmarkX(b *testing.B) {}\n"
+    test = b"package main\n\nimport \"testing\"\n\nfunc TestY(t *testing.T) {}\n"
+    assert not gotest.wants_tests({"main.go": bench})
+    assert gotest.wants_tests({"main.go": bench}, forced=True)
+    assert gotest.wants_tests({"main.go": test, "b.go": bench})
+    files, _ = gotest.as_test_package({"main.go": test, "b.go": bench})
+    assert set(files) == {"main_test.go", "b_test.go"}
+
+
 def test_counter_counts_top_level_results_across_chunks():
     c = gotest.Counter()
     for chunk in (b"=== RUN   TestA\n--- PA", b"SS: TestA (0.00s)\n--- FAIL: TestB (0s)\n",

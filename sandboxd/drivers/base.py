@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from sandboxd import hostfs
+from sandboxd import boxetc, hostfs
 from sandboxd.box import Box
 from sandboxd.cgroup import CgroupSupport, RunCgroup
 from sandboxd.limits import PhaseLimits
@@ -27,10 +27,13 @@ INODES_PER_MB = 256
 
 # The launcher: join the run's cgroups, then become the sandbox.  Runs before anything of the
 # request, so no process of the request starts outside the cgroup.  Exit 125 means it failed.
-JOIN_SCRIPT = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+# The shell exports PWD (the daemon's working directory) to what it starts: unset, since
+# a box's pid 1 (bwrap) keeps its environment readable inside the box.
+JOIN_SCRIPT = ('unset PWD; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; '
+               'shift; exec "$@"')
 # The same, held: joined now, waits for a line on HOLD_FD before it starts the sandbox.
-HELD_JOIN_SCRIPT = ('while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; '
-                    'read -r go <&5 || exit 125; exec 5<&-; exec "$@"')
+HELD_JOIN_SCRIPT = ('unset PWD; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; '
+                    'done; shift; read -r go <&5 || exit 125; exec 5<&-; exec "$@"')
 LAUNCHER_FAILED = 125
 # A pipe the sandbox may report its own progress on (bwrap's --json-status-fd).
 STATUS_FD = 3
@@ -40,6 +43,9 @@ SECCOMP_FD = 4
 HOLD_FD = 5
 # Where an isolate box finds sandboxd's box init (``sandboxd.boxinit``), to run it first.
 INIT_FD = 6
+# Where bwrap reads its options (--args): a box's pid 1 is bwrap, and its command line is
+# readable inside the box, so no host path may be on it.  (Not 6: the isolate box init's.)
+ARGS_FD = 7
 
 # What a program sees as its whole environment.
 RUN_ENV = {
@@ -146,6 +152,18 @@ class Driver(ABC):
         if path is None:
             raise DriverError(f"{name} is not installed (see README: make setup)")
         return path
+
+    def box_etc(self, run: SandboxRun) -> Path:
+        """The box's own read-only /etc (see ``sandboxd.boxetc``) for ``run``: in its /tmp's
+        tmpfs where it has one.  For every run that does not have the host's network (a
+        module download step keeps the host's name files)."""
+        box = run.box
+        if run.tmp is None:
+            return boxetc.ensure(self.state_dir / "etc", box.uid, box.gid)
+        etc = run.tmp / "etc"
+        if not etc.is_dir():
+            boxetc.write(etc, box.uid, box.gid)
+        return etc
 
     def uid_for(self, number: int) -> int:
         return self.first_uid + number

@@ -9,12 +9,14 @@ mounted) and private, size-bounded ``/tmp`` and ``/dev/shm``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
 from sandboxd import seccomp
 from sandboxd.cgroup import CgroupSupport
 from sandboxd.drivers.base import (
+    ARGS_FD,
     HOLD_FD,
     LAUNCHER_FAILED,
     MIB,
@@ -30,6 +32,34 @@ SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/sbin")
 
 # What a download step with network needs to resolve names and check TLS certificates.
 NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl")
+
+def options_fd(options: list[str]) -> int:
+    """A fresh descriptor, at its start, holding ``options`` NUL-separated (bwrap --args)."""
+    if any("\0" in option for option in options):
+        raise ValueError("a bwrap option cannot hold a NUL")
+    fd = os.memfd_create("sandboxd-bwrap-args", os.MFD_CLOEXEC)
+    if fd < 16:
+        # Never the number it gets in the child: dup2 onto itself would keep CLOEXEC.
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 16)
+        os.close(fd)
+        fd = high
+    try:
+        data = b"".join(option.encode("utf-8", "surrogateescape") + b"\0" for option in options)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_options(fd: int) -> list[str]:
+    """What ``options_fd`` wrote (for tests and diagnostics)."""
+    data = os.pread(fd, os.fstat(fd).st_size, 0)
+    return [part.decode("utf-8", "surrogateescape") for part in data.split(b"\0")[:-1]]
+
 
 class BubblewrapDriver(Driver):
     name = "bubblewrap"
@@ -125,6 +155,8 @@ class BubblewrapDriver(Driver):
             for path in NETWORK_FILES:
                 if os.path.exists(path):
                     sandbox += ["--ro-bind", path, path]
+        else:  # its own network namespace (bwrap brings its loopback up), its own /etc
+            sandbox += ["--ro-bind", str(self.box_etc(run)), "/etc"]
         if run.with_workspace:
             sandbox += ["--bind", str(run.box.workspace), "/box"]
         for mount in run.mounts:
@@ -141,8 +173,12 @@ class BubblewrapDriver(Driver):
         sandbox += ["--remount-ro", "/", "--chdir", run.cwd, "--clearenv"]
         for key, value in run.env.items():
             sandbox += ["--setenv", key, value]
-        sandbox += ["--", *run.argv]
-        return [*self.launcher(run), *rlimits, *identity, *sandbox], {"PATH": "/usr/bin:/bin"}
+        # Every option (host paths: the box, its /tmp, the program's directory) goes to bwrap
+        # on a descriptor, not its command line: bwrap stays the box's pid 1, and its
+        # /proc/1/cmdline is readable inside.  bwrap reads the descriptor and closes it.
+        run.fds[ARGS_FD] = options_fd(sandbox[1:])
+        command = [self.bwrap, "--args", str(ARGS_FD), "--", *run.argv]
+        return [*self.launcher(run), *rlimits, *identity, *command], {"PATH": "/usr/bin:/bin"}
 
     def report(
         self, run: SandboxRun, exit_code: int | None, signal: int | None, status: bytes

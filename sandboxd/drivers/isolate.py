@@ -144,6 +144,7 @@ class IsolateDriver(Driver):
         self.isolate = self.tool("isolate")
         self.setsid = self.tool("setsid")
         self.setpriv = self.tool("setpriv")
+        self.unshare = self.tool("unshare")
         path = config_path()
         if not path.is_file():
             raise DriverError(f"isolate's config {path} is missing")
@@ -257,8 +258,13 @@ class IsolateDriver(Driver):
         run.fds[SECCOMP_FD] = seccomp.program_fd(
             fake_flock=self.fake_flock and run.phase is Phase.BUILD)
         run.fds[INIT_FD] = os.open(self.init_binary, os.O_RDONLY | os.O_CLOEXEC)
+        # isolate (without --cg) gives the box no cgroup namespace of its own: its
+        # /proc/self/cgroup would name the daemon's cgroups (and the host's above them).  A
+        # new one made after the launcher joined the run's cgroup shows that cgroup as "/".
+        private_cgroups = [] if self.own_cgroups else [self.unshare, "--cgroup"]
         argv = [
             self.setpriv, "--pdeathsig=TERM", "--",
+            *private_cgroups,
             self.setsid, self.isolate, "-b", str(run.box.number), "-s", f"--meta={meta}",
             "--inherit-fds",
             f"--processes={self.nproc(run)}",
@@ -277,8 +283,16 @@ class IsolateDriver(Driver):
                  f"--dir=/var/tmp={tmp}/tmp:rw"]
         if run.network:
             argv += ["--share-net", "--dir=/etc=/etc"]
+        else:
+            argv.append(f"--dir=/etc={self.box_etc(run)}")
         if run.with_workspace:
             argv.append(f"--dir=/box={run.box.workspace}:rw")
+        else:
+            # Not isolate's own /box (a plain directory under its box_root: the box would see
+            # that path in its mount table, and it would outlive the run): an empty one on
+            # the run's own tmpfs.
+            hostfs.make_private_dir(tmp / "box", run.box.uid, run.box.gid, 0o700)
+            argv.append(f"--dir=/box={tmp}/box:rw")
         for mount in run.mounts:
             host = mount.host
             inside = mount.inside
