@@ -13,6 +13,7 @@ import base64
 import codecs
 import difflib
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -144,18 +145,21 @@ class StdinForwarder:
 def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
     files = read_sources(args.paths)
     conn = yield api.connect(reactor, args.connect)
-    request: dict[str, Any] = {"type": "run", "id": "run", "files": files, "interactive": True}
+    # A fresh id: the server's log lines (and a shared session's) tell requests apart by it.
+    request_id = _new_id("test" if test else "run")
+    request: dict[str, Any] = {"type": "run", "id": request_id, "files": files,
+                               "interactive": True}
     if test:
         request["test"] = True
     _common(request, args)
-    forwarder = StdinForwarder(reactor, conn, "run")
+    forwarder = StdinForwarder(reactor, conn, request_id)
     cancelled = []
 
     def on_sigint(signum: int, frame: Any) -> None:
         if cancelled:
             os._exit(EXIT_CODES["cancelled"])
         cancelled.append(True)
-        reactor.callFromThread(conn.cancel, "run")
+        reactor.callFromThread(conn.cancel, request_id)
 
     signal.signal(signal.SIGINT, on_sigint)
 
@@ -165,7 +169,7 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
                 if not forwarder.stopped:
                     print(f"sandboxd: stdin: {_shown(event.get('message'))}", file=sys.stderr)
                     forwarder.stopped = True
-                    conn.stdin("run", eof=True)  # the program gets what came, then the end
+                    conn.stdin(request_id, eof=True)  # the program gets what came, then the end
             elif event.get("id") is None:
                 print(f"sandboxd: {_shown(event.get('message'))}", file=sys.stderr)
                 os._exit(EXIT_CODES["bad_request"])
@@ -178,6 +182,11 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
     forwarder.stopped = True
     conn.close()
     return _reason(final)
+
+
+def _new_id(command: str) -> str:
+    """``run-`` and 12 random hex digits: unique across clients, not only on one connection."""
+    return f"{command}-{secrets.token_hex(6)}"
 
 
 def _common(request: dict[str, Any], args: argparse.Namespace) -> None:
@@ -205,13 +214,11 @@ def _common(request: dict[str, Any], args: argparse.Namespace) -> None:
 def _vet(reactor: Any, args: argparse.Namespace):
     files = read_sources(args.paths)
     conn = yield api.connect(reactor, args.connect)
-    request: dict[str, Any] = {"type": "vet", "files": files}
+    request: dict[str, Any] = {"type": "vet", "id": _new_id("vet"), "files": files}
     _common(request, args)
     final = yield conn.request(
         request, lambda e: None if e.get("done") else _write(e.get("stream", "stderr"), e))
     conn.close()
-    if final.get("status") == "vet_issues":
-        return 1
     return _reason(final)
 
 
@@ -224,7 +231,7 @@ def _fmt(reactor: Any, args: argparse.Namespace):
         paths = sorted(path.rglob("*.go")) if path.is_dir() else [path]
         for p in paths:
             source = _read_text(p)
-            request: dict[str, Any] = {"type": "fmt", "code": source}
+            request: dict[str, Any] = {"type": "fmt", "id": _new_id("fmt"), "code": source}
             _common(request, args)
             errors: list[str] = []
 

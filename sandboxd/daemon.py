@@ -312,7 +312,7 @@ class SandboxDaemon(service.MultiService):
                 log.failure("stopping a listener", failure)
 
     def _jobs(self) -> list[Any]:
-        return [job for conn in self.factory.connections for job in conn.jobs.values()]
+        return list(self.factory.requests.live)  # every face's: lines, HTTP, WebSocket
 
     async def _until(self, condition: Any, seconds: float) -> bool:
         """Poll ``condition`` until it holds (True) or ``seconds`` pass (False)."""

@@ -511,7 +511,8 @@ class Job:
         elif lines.type_errors or not lines.findings:
             self._finish(Status.COMPILE_ERROR, "the program did not compile", result)
         else:
-            self._finish(Status.VET_ISSUES, f"go vet found {lines.findings} issues", result,
+            self._finish(Status.VET_ISSUES,
+                         f"go vet found {_plural(lines.findings, 'issue')}", result,
                          vet_findings=lines.findings)
 
     def _finished_by_stop(self, result: ChildResult, phase: Phase) -> bool:
@@ -568,11 +569,12 @@ class Job:
         if self.tests is not None:
             tests = {"tests_passed": self.tests.passed, "tests_failed": self.tests.failed}
             if report.signal is None and report.exit_code == 0:
-                self._finish(Status.OK, f"{self.tests.passed} tests passed", result, **tests)
+                self._finish(Status.OK, f"{_plural(self.tests.passed, 'test')} passed", result,
+                             **tests)
                 return
             if report.signal is None and report.exit_code == 1 and self.tests.failed:
-                self._finish(Status.RUNTIME_ERROR, f"{self.tests.failed} tests failed", result,
-                             **tests)
+                self._finish(Status.RUNTIME_ERROR, f"{_plural(self.tests.failed, 'test')} failed",
+                             result, **tests)
                 return
             self.extra_fields.update(tests)
         note = self._limit_note(result, Phase.RUN)
@@ -920,3 +922,8 @@ class _LineCleaner:
 
 _SOURCE_POSITION = re.compile(r"^\S+:\d+(:\d+)?: ")  # a compiler's line about the source
 _FINDING = re.compile(r"^[\w./+-]+\.go:\d+:\d+: ")
+
+
+def _plural(n: int, noun: str) -> str:
+    """``1 test``, ``2 tests``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

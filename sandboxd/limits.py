@@ -147,6 +147,14 @@ class LimitPolicy:
                  else getattr(self.minimums.phase(key.partition(".")[0]), key.partition(".")[2]))
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise LimitError(f"limit {key} is {value}, below the least that can work ({least})")
+        if not maximum:
+            most = (self.maximums.output_bytes if key == "output_bytes"
+                    else getattr(self.maximums.phase(key.partition(".")[0]),
+                                 key.partition(".")[2]))
+            if value > most:
+                # Lowering it silently would run requests with a limit nobody asked for.
+                raise LimitError(f"--limit {key}={value} is above its maximum ({most}); "
+                                 f"raise the maximum too: --max-limit {key}={value}")
         if maximum:
             return LimitPolicy(self.defaults, changed, self.minimums)
         return LimitPolicy(changed, self.maximums, self.minimums)

@@ -13,7 +13,8 @@ Every Twisted server endpoint string works (``tcp:``, ``ssl:``, ``unix:``, ``sys
   under ``ProtectSystem=strict`` and otherwise makes the socket world-writable
   (see ``InheritedUnixEndpoint``);
 - with ``--client-ca``, makes every ``ssl:`` listener demand a client certificate signed by
-  one of the CA's certificates, at the handshake (``ssl:`` strings have no option for that).
+  one of the CA's certificates, at the handshake (``ssl:`` strings have no option for that);
+- makes a client's TLS ``close_notify`` a half-close, like TCP's (``sandboxd.tlshalfclose``).
 """
 
 from __future__ import annotations
@@ -235,4 +236,8 @@ def endpoint_for(reactor: Any, description: str,
         endpoint = InheritedUnixEndpoint(endpoint.reactor, endpoint.fileno)
     if client_ca and description.startswith("ssl:"):
         require_client_certificates(endpoint, client_ca)
+    if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        from sandboxd.tlshalfclose import HalfCloseTLSEndpoint
+
+        return HalfCloseTLSEndpoint(endpoint)
     return endpoint

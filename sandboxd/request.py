@@ -98,14 +98,20 @@ def parse_line(
     text = text.strip()
     if not text:
         raise BadRequest("empty line")
+    duplicates: list[str] = []
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=lambda pairs: _object(pairs, duplicates))
     except RecursionError:
         raise BadRequest("the JSON is nested too deeply") from None
     except ValueError as e:
         raise BadRequest(f"the line is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise BadRequest(f"a request must be a JSON object, not {_json_type(obj)}")
+    if duplicates:
+        # Which of two values was meant cannot be known (Python's json keeps the last, other
+        # parsers the first), so neither is taken; the id too only when it is not the key.
+        request_id = _request_id(obj) if "id" not in duplicates else None
+        raise BadRequest(f"the key {duplicates[0]!r} appears twice in one object", request_id)
     request_id = _request_id(obj)
     if _depth(obj) > MAX_NESTING:
         raise BadRequest("the JSON is nested too deeply", request_id)
@@ -208,6 +214,16 @@ def _flag(obj: dict[str, Any], name: str, request_id: str | None) -> bool:
 
 def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
+
+
+def _object(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:
+    """A JSON object; a key seen twice is noted in ``duplicates``."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            duplicates.append(key)
+        obj[key] = value
+    return obj
 
 
 def _request_id(obj: dict[str, Any]) -> str | None:

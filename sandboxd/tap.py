@@ -120,6 +120,9 @@ class Options(usage.Options):
         self.docs = {name: " ".join(doc.split()) if doc else doc
                      for name, doc in self.docs.items()}
         self["listen"] = []
+        self["http"] = []
+        self["http-origin"] = []
+        self["http-host"] = []
         self["limits"] = []
         self["max-limits"] = []
         self["go"] = None
@@ -146,6 +149,22 @@ class Options(usage.Options):
         """A server endpoint string to listen on; repeatable
         [default: tcp:8080:interface=127.0.0.1]."""
         self["listen"].append(endpoint)
+
+    def opt_http(self, endpoint: str) -> None:
+        """A server endpoint string to serve HTTP on (the line protocol as NDJSON and
+        WebSocket under /v1/, the go.dev/play API, the playground page at /); repeatable
+        [default: none; make run serves tcp:8081:interface=127.0.0.1]."""
+        self["http"].append(endpoint)
+
+    def opt_http_origin(self, origin: str) -> None:
+        """A web origin (scheme://host[:port]) whose pages may call the HTTP face, or * for
+        any; repeatable [default: none, only the page the daemon serves itself]."""
+        self["http-origin"].append(origin.rstrip("/"))
+
+    def opt_http_host(self, name: str) -> None:
+        """A host name the HTTP face answers for besides IP addresses and localhost (a
+        check against DNS rebinding); repeatable [default: none]."""
+        self["http-host"].append(name)
 
     def opt_limit(self, setting: str) -> None:
         """Change a default limit, e.g. run.wall_ms=5000; repeatable [default: protocol.md]."""
@@ -175,6 +194,10 @@ class Options(usage.Options):
             raise usage.UsageError("--goproxy takes file:///DIR, http://… or https://…")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        for origin in self["http-origin"]:
+            if origin != "*" and not re.match(r"\Ahttps?://[^/\s]+\Z", origin):
+                raise usage.UsageError(f"--http-origin {origin!r} is not scheme://host[:port] "
+                                       "or *")
         if self["sandbox"] not in ("auto", "isolate", "bubblewrap"):
             raise usage.UsageError("--sandbox is auto, isolate or bubblewrap")
         if self["cgroups"] not in ("auto", "off", "isolate"):
@@ -196,7 +219,7 @@ class Options(usage.Options):
                 f"run.disk_mb ({policy.defaults.run.disk_mb} MiB) may hold with its inodes "
                 f"({one_box} MiB)")
         if self["client-ca"] is not None:
-            if not any(e.startswith("ssl:") for e in self["listen"]):
+            if not any(e.startswith("ssl:") for e in self["listen"] + self["http"]):
                 raise usage.UsageError("--client-ca needs an ssl: listener")
             try:
                 self["client-ca-certs"] = load_client_ca(self["client-ca"])
@@ -226,9 +249,10 @@ def _make_service(options: Options) -> service.MultiService:
     try:
         listen = [endpoint_for(reactor, e, client_ca) for e in options["listen"]]
         metrics = endpoint_for(reactor, options["metrics"]) if options["metrics"] else None
+        http = [endpoint_for(reactor, e, client_ca) for e in options["http"]]
     except ListenerError as e:
         raise SystemExit(f"sandboxd: {e}") from None
-    daemon = SandboxDaemon(
+    daemon = _or_exit(SandboxDaemon)(
         policy=options["policy"],
         sandbox=options["sandbox"],
         cgroups=options["cgroups"],
@@ -265,11 +289,39 @@ def _make_service(options: Options) -> service.MultiService:
         listener = _listener(endpoint, daemon.factory, daemon)
         listener.description = description  # type: ignore[attr-defined]
         daemon.listeners.append(listener)
+    if http:
+        from sandboxd.web.site import WebSettings, make_site
+
+        site = make_site(daemon.factory, WebSettings(
+            origins=options["http-origin"], hosts=options["http-host"],
+            max_body_bytes=options["max-line-bytes"],
+            max_connections=options["max-connections"],
+            idle_timeout=options["idle-timeout"]))
+        for description, endpoint in zip(options["http"], http, strict=True):
+            listener = _listener(endpoint, site, daemon)
+            listener.description = f"--http {description}"  # type: ignore[attr-defined]
+            daemon.listeners.append(listener)
     if metrics is not None:
         from sandboxd.metrics import metrics_site
 
         _listener(metrics, metrics_site(daemon), daemon)
     return daemon
+
+
+def _or_exit(make: Any) -> Any:
+    """``make`` whose setup failures (no toolchain, a sandbox that cannot run a box: e.g. a
+    container without the privileges docs/operations.md lists) end the start with one message
+    instead of a traceback."""
+    from sandboxd.drivers import DriverError
+    from sandboxd.toolchain import ToolchainError
+
+    def made(**kwargs: Any) -> Any:
+        try:
+            return make(**kwargs)
+        except (ToolchainError, DriverError) as e:
+            raise SystemExit(f"sandboxd: {e}") from None
+
+    return made
 
 
 def _listener(endpoint: Any, factory: Any, parent: service.MultiService) -> service.Service:

@@ -4,7 +4,8 @@
 # prlimit). As root on Debian, install; otherwise say exactly what is missing.
 #   scripts/sandbox-tools.sh           what the daemon needs
 #   scripts/sandbox-tools.sh --test    also what the test suite drives (socat, nc, openssl,
-#                                        systemd-analyze)
+#                                        systemd-analyze, headless chromium + chromedriver;
+#                                        debootstrap where a container engine answers)
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 need=()
@@ -20,6 +21,13 @@ if [ "${1:-}" = --test ]; then
   { command -v nc && nc -h 2>&1 | grep -qw -- "-N"; } >/dev/null 2>&1 || need+=(netcat-openbsd)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # verifies systemd/*.service
+  # The playground page's tests drive Debian's chromium through its chromedriver (selenium).
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  # The container test's local base image (only where a container engine answers).
+  if bash "$(dirname "$0")/container-engine.sh" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+  fi
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)

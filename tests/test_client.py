@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -108,6 +109,8 @@ def test_vet_test_and_version(daemon, src):
     (src / "main.go").write_text(go_main('\tfmt.Printf("%d\\n", "x")'))
     done = client(daemon, "vet", str(src / "main.go"))
     assert done.returncode == 1 and b"main.go:8:" in done.stderr and b"wrong type" in done.stderr
+    # the findings, then one line saying why the exit status is 1
+    assert done.stderr.decode().splitlines()[-1] == "sandboxd: vet_issues: go vet found 1 issue"
     t = src / "t"
     t.mkdir()
     (t / "x_test.go").write_text(
@@ -119,6 +122,18 @@ def test_vet_test_and_version(daemon, src):
     done = client(daemon, "version")
     assert done.returncode == 0
     assert done.stdout.startswith(b"sandboxd ") and b"go default: go1." in done.stdout
+
+
+def test_every_request_gets_its_own_id(daemon, src):
+    """The daemon logs each request by id; the client used to send "run" for every one."""
+    (src / "main.go").write_text(go_main('\tfmt.Println("x")'))
+    before = len(daemon.log())
+    for command in ("run", "run", "vet"):
+        assert client(daemon, command, str(src / "main.go"),
+                      stdin=subprocess.DEVNULL).returncode == 0
+    ids = re.findall(r"request (\S+) session=", daemon.log()[before:])
+    mine = [i for i in ids if re.fullmatch(r"(run|vet)-[0-9a-f]{12}", i)]
+    assert len(mine) == 3 and len(set(mine)) == 3, ids
 
 
 def test_unreachable_server_is_one_line(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
-from sandboxd import connection
+from sandboxd import submit
 from sandboxd.connection import ConnectionFactory
 from sandboxd.limits import LimitPolicy
 
@@ -59,7 +59,7 @@ class FakeJob:
 @pytest.fixture
 def conn(monkeypatch):
     FakeJob.made = []
-    monkeypatch.setattr(connection, "Job", FakeJob)
+    monkeypatch.setattr(submit, "Job", FakeJob)  # every face makes its jobs there
     factory = ConnectionFactory(runtime=None, policy=LimitPolicy(), max_line_bytes=100,
                                 idle_timeout=None)
     proto = factory.buildProtocol(None)

@@ -345,12 +345,12 @@ def test_wrong_options_are_one_clear_line(argv: list[str], says: str):
 
 @pytest.fixture
 def turns(monkeypatch):
-    from sandboxd import connection
+    from sandboxd import submit
     from sandboxd.limits import LimitPolicy
     from tests.test_connection import FakeJob
 
     FakeJob.made = []
-    monkeypatch.setattr(connection, "Job", FakeJob)
+    monkeypatch.setattr(submit, "Job", FakeJob)  # every face makes its jobs there
     clock = Clock()
     factory = ConnectionFactory(runtime=None, policy=LimitPolicy(), idle_timeout=None,
                                 lines_per_turn=2, reactor=clock)

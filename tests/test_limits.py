@@ -114,9 +114,21 @@ def test_with_setting_output_bytes_and_build():
     assert p.defaults.output_bytes == 10 and p.defaults.build.processes == 100
 
 
-def test_with_setting_a_default_above_the_maximum_is_clamped():
-    p = POLICY.with_setting("run.memory_mb", MAXIMUM_LIMITS.run.memory_mb * 2)
-    assert p.defaults.run.memory_mb == MAXIMUM_LIMITS.run.memory_mb
+def test_with_setting_a_default_above_the_maximum_is_refused_not_lowered():
+    """--limit above its maximum: one clear error naming the maximum and the way to raise it
+    (it used to be lowered to the maximum without a word)."""
+    most = MAXIMUM_LIMITS.run.memory_mb
+    with pytest.raises(LimitError) as e:
+        POLICY.with_setting("run.memory_mb", most * 2)
+    assert str(e.value) == (f"--limit run.memory_mb={most * 2} is above its maximum ({most}); "
+                            f"raise the maximum too: --max-limit run.memory_mb={most * 2}")
+    with pytest.raises(LimitError, match="above its maximum"):
+        POLICY.with_setting("output_bytes", MAXIMUM_LIMITS.output_bytes + 1)
+    raised = POLICY.with_setting("run.memory_mb", most * 2, maximum=True)
+    assert raised.with_setting("run.memory_mb", most * 2).defaults.run.memory_mb == most * 2
+    # A lowered maximum still takes a built-in default above it down with it.
+    low = POLICY.with_setting("run.wall_ms", 2000, maximum=True)
+    assert low.defaults.run.wall_ms == 2000
 
 
 @pytest.mark.parametrize("key", ["wall_ms", "run", "run.speed", "test.wall_ms", ""])

@@ -160,6 +160,80 @@ def test_openssl_s_client_without_certificate_is_refused(served: Daemon, certs: 
     assert done.stdout == b""
 
 
+def test_socat_tls_pipeline_ends_by_itself_with_every_answer(served: Daemon, certs: Certs):
+    """socat sends a close_notify at the end of its input (and no TCP shutdown): that is the
+    client's half-close, so the requests still running finish, every event arrives, then the
+    server closes and socat ends by itself. (Twisted's TLS took the close_notify for a whole
+    close: socat printed nothing and the requests were cancelled.)"""
+    slow = go_main('\tfmt.Println("a")\n\ttime.Sleep(700 * time.Millisecond)\n'
+                   '\tfmt.Println("b")', imports=("fmt", "time"))
+    lines = json.dumps({"id": "p1", "code": slow}) + "\n" + request_line("p2") + "\n"
+    started = time.monotonic()
+    done = subprocess.run(
+        ["socat", "-t", str(HANG), "-",
+         f"OPENSSL:127.0.0.1:{served.tls_port},cafile={certs.ca},cert={certs.client},"
+         f"key={certs.client_key}"],
+        input=lines.encode(), capture_output=True, timeout=HANG)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < HANG / 2  # ended by itself, not by -t
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {k: v["status"] for k, v in finals(events).items()} == {"p1": "ok", "p2": "ok"}
+    assert output(events, "p1") == "a\nb\n"
+    assert output(events, "p2") == EXPECTED
+
+
+def test_tls_end_of_file_without_close_notify_cancels(served: Daemon, certs: Certs):
+    """A TCP end of file with no close_notify before it is a cut TLS stream, not an end of
+    input: the connection is dropped and its request cancelled, as before."""
+    with tls_connect(served.tls_port, certs, certs.client, certs.client_key) as client:
+        client.send(json.dumps({"id": "cut", "code": go_main(
+            '\tfmt.Println("started")\n\ttime.Sleep(time.Minute)', imports=("fmt", "time"))}))
+        assert client.read_event()["output"] == "started\n"
+        client.sock.shutdown(socket.SHUT_WR)  # SSLSocket.shutdown: no close_notify
+        deadline = time.monotonic() + HANG
+        while "request cut " not in served.log():
+            assert time.monotonic() < deadline, served.log()[-2000:]
+            time.sleep(0.1)
+    assert "request cut " in served.log()
+    line = next(x for x in served.log().splitlines() if "request cut " in x)
+    assert "status=cancelled" in line, line
+
+
+def test_tls_client_that_closed_after_close_notify_is_found(served: Daemon, certs: Certs):
+    """openssl s_client without -ign_eof sends close_notify at the end of its input, shuts
+    its socket down and closes it 0.5 s later without reading: after the half-close the
+    server probes (through TLS, as over TCP), gets a reset and cancels the request."""
+    sleeper = go_main("\ttime.Sleep(time.Hour)", imports=("time",))  # silent: only probes
+    line = json.dumps({"id": "gone", "code": sleeper, "limits": {"wall_ms": 60000}})
+    started = time.monotonic()
+    subprocess.run(
+        ["openssl", "s_client", "-no_ign_eof", "-connect", f"127.0.0.1:{served.tls_port}",
+         "-CAfile", str(certs.ca), "-cert", str(certs.client), "-key", str(certs.client_key)],
+        input=(line + "\n").encode(), capture_output=True, timeout=HANG)
+    while "request gone " not in served.log():
+        assert time.monotonic() - started < 30, served.log()[-2000:]  # not the 60 s limit
+        time.sleep(0.1)
+    logged = next(x for x in served.log().splitlines() if "request gone " in x)
+    assert "status=cancelled" in logged, logged
+
+
+def test_idle_tls_connection_is_closed(certs: Certs):
+    """--idle-timeout closes a TLS connection too (Twisted's TLS held the close back for the
+    connection's registered producer: an idle TLS connection stayed open for ever)."""
+    port = free_port()
+    d = Daemon(first_driver(), "--idle-timeout=1", listen=[
+        f"ssl:{port}:interface=127.0.0.1:privateKey={certs.server_key}:certKey={certs.server}"])
+    try:
+        d.start()
+        wait_port(port)
+        with tls_connect(port, certs) as client:
+            started = time.monotonic()
+            assert client.read_event(HANG) is None  # closed by the server, cleanly
+            assert time.monotonic() - started < 10
+    finally:
+        d.cleanup()
+
+
 # -- Unix sockets ----------------------------------------------------------------------------
 
 def test_unix_socket_is_owner_and_group_only_by_default(served: Daemon):

@@ -145,6 +145,7 @@ def test_vet_reports_findings_cleaned_and_says_so_in_the_status(daemon):
     )
     done = finals(events)
     assert done["issues"]["status"] == "vet_issues" and done["issues"]["vet_findings"] == 1
+    assert done["issues"]["message"] == "go vet found 1 issue"  # not "1 issues"
     text = output(events, "issues", "stderr")
     assert text == 'main.go:8:14: fmt.Printf format %d has arg "x" of wrong type string\n'
     assert done["clean"]["status"] == "ok" and output(events, "clean") == ""
@@ -170,11 +171,14 @@ def test_a_program_with_tests_and_no_main_runs_them_verbosely(daemon):
     done = finals(events)
     assert done["t"]["status"] == "runtime_error" and done["t"]["exit_code"] == 1
     assert (done["t"]["tests_passed"], done["t"]["tests_failed"]) == (2, 1)
+    assert done["t"]["message"] == "1 test failed"  # not "1 tests failed"
     text = output(events, "t")
     assert "=== RUN   TestPass" in text and "--- FAIL: TestFail" in text
     assert "want 2" in text and "--- PASS: ExampleHello" in text
     assert done["ok"]["status"] == "ok" and done["ok"]["tests_failed"] == 0
     assert done["forced"]["status"] == "ok" and done["forced"]["tests_passed"] == 1
+    assert done["forced"]["message"] == "1 test passed"
+    assert done["ok"]["message"] == "3 tests passed"
     assert "main\n" not in output(events, "forced")
 
 

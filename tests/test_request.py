@@ -99,6 +99,23 @@ def test_nesting_past_our_own_bound_keeps_the_id():
     assert "nested too deeply" in e.message and e.request_id == "deep"
 
 
+@pytest.mark.parametrize(("line", "key", "request_id"), [
+    (b'{"code": "a", "code": "b"}', "code", None),
+    (b'{"id": "d1", "code": "package main", "code": "package main"}', "code", "d1"),
+    (b'{"id": "d2", "files": {"main.go": "a", "main.go": "b"}}', "main.go", "d2"),
+    (b'{"id": "d3", "code": "x", "limits": {"run": {"wall_ms": 10, "wall_ms": 99}}}',
+     "wall_ms", "d3"),
+    (b'{"id": "a", "id": "b", "code": "x"}', "id", None),  # which id is meant: neither
+    (b'{"type": "cancel", "id": "r1", "type": "stdin"}', "type", "r1"),
+])
+def test_a_key_twice_in_one_object_is_refused(line, key, request_id):
+    """Parsers disagree on which of two values wins (Python's json: the last), so a request
+    with a key twice is refused rather than run with a guess."""
+    e = refused(line)
+    assert e.message == f"the key {key!r} appears twice in one object"
+    assert e.request_id == request_id
+
+
 @pytest.mark.parametrize(
     ("value", "kind"),
     [([], "an array"), ("x", "a string"), (True, "a boolean"), (None, "null"), (3, "a number"),

@@ -65,3 +65,8 @@ def test_limit_options_change_the_policy():
     opts.parseOptions(["--max-limit", "run.wall_ms=3000", "--limit", "run.wall_ms=2000"])
     policy = opts["policy"]
     assert policy.defaults.run.wall_ms == 2000 and policy.maximums.run.wall_ms == 3000
+    with pytest.raises(usage.UsageError, match=r"run.wall_ms=400000 is above its maximum"):
+        Options().parseOptions(["--limit", "run.wall_ms=400000"])
+    opts = Options()
+    opts.parseOptions(["--limit", "run.wall_ms=400000", "--max-limit", "run.wall_ms=400000"])
+    assert opts["policy"].defaults.run.wall_ms == 400000

@@ -1,0 +1,294 @@
+"""The go.dev/play API (golang/playground's ``/compile``, ``/fmt``, ``/vet``, ``/version``), so
+its front end and the tools written for it work against sandboxd unchanged.
+
+Requests: form fields (``body``, ``withVet``, ``version=2``; ``imports`` for ``/fmt``) or,
+as the Playground also takes, a JSON body ``{"Body": …, "WithVet": …}``.  Each is run as the
+line protocol's ``run``/``vet``/``fmt`` request through ``sandboxd.submit`` and answered at its
+end in the Playground's shapes:
+
+- ``/compile``: ``{"Errors", "Events": [{"Message", "Kind", "Delay"}], "Status", "IsTest",
+  "TestsFailed", "VetErrors"?, "VetOK"?}`` — ``Errors`` is the cleaned compiler output (the
+  main file named ``prog.go``, as the Playground names it: ``./prog.go:4:2: …``) or the
+  Playground's ``timeout running program``; ``Events`` the program's output in order, with
+  ``Delay`` the nanoseconds since the previous event (measured, as sandboxd has no faketime);
+  ``Status`` the exit status.  ``withVet``: ``go vet`` runs first; its findings are
+  ``VetErrors`` and ``VetOK`` says it found nothing.
+- ``/vet``: ``{"Errors": findings, …}`` (the same shape, the rest zero).
+- ``/fmt``: ``{"Body": formatted, "Error": ""}`` or ``{"Body": "", "Error": "prog.go:3:1: …"}``;
+  ``imports`` is accepted but imports are not fixed (no goimports in the box).
+- ``/version``: ``{"Version", "Release", "Name"}`` of the default toolchain.
+
+A request the daemon refuses (a source too big, bad file names) gets its message in
+``Errors`` (``Error`` for ``/fmt``), with 200, as the Playground answers a bad archive; a
+failure of the server is a 500 with a JSON error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from sandboxd import gotest, txtar
+from sandboxd.request import BadRequest, parse_line
+from sandboxd.web.errors import refuse
+from sandboxd.web.stream import channel_client
+
+if TYPE_CHECKING:
+    from sandboxd.connection import ConnectionFactory
+
+log = Logger()
+
+BUILD_TIMEOUT = "timeout running go build\n"  # the Playground's words
+RUN_TIMEOUT = "timeout running program"
+DIAGNOSTIC = re.compile(r"^((?:[\w.+-]+/)*[\w.+-]+\.go):(\d+)", re.MULTILINE)
+
+
+def playground_names(text: str, testing: bool = False, dot_slash: bool = True) -> str:
+    """sandboxd's ``main.go:4:2: …`` as the Playground says it: ``./prog.go:4:2: …``."""
+    main = "prog_test.go" if testing else "prog.go"
+
+    def rename(m: re.Match[str]) -> str:
+        name = main if m.group(1) in ("main.go", "main_test.go") else m.group(1)
+        return f"{'./' if dot_slash else ''}{name}:{m.group(2)}"
+
+    return DIAGNOSTIC.sub(rename, text)
+
+
+def _field(request: Any, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    if values:
+        return values[0].decode("utf-8", "replace")
+    return None
+
+
+def _playground_request(request: Any) -> tuple[str, bool]:
+    """(body, withVet) from the form, or from a JSON body as the Playground also takes."""
+    body = _field(request, "body")
+    if body:
+        return body, (_field(request, "withVet") or "").lower() in ("1", "t", "true")
+    content = request.content.read()
+    try:
+        obj = json.loads(content)
+    except ValueError:
+        raise BadRequest("no program: send the form field body (or a JSON body "
+                         "{\"Body\": \"…\"})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("Body", ""), str):
+        raise BadRequest("a JSON body is {\"Body\": \"…\", \"WithVet\": false}")
+    return obj.get("Body", ""), obj.get("WithVet") is True
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.events[-1]
+
+    def text(self, phase: str) -> str:
+        return "".join(e["output"] for e in self.events
+                       if not e.get("done") and e.get("phase") == phase)
+
+
+class PlayResource(resource.Resource):
+    isLeaf = True
+    kind = "run"
+
+    def __init__(self, factory: ConnectionFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def render_POST(self, request: Any) -> Any:
+        try:
+            body, with_vet = _playground_request(request)
+        except BadRequest as e:
+            return refuse(request, 400, e.message)
+        if self.factory.shutting_down:
+            return refuse(request, 503, "the server is shutting down")
+        d = defer.ensureDeferred(self.answer(body, with_vet, request))
+        d.addCallbacks(lambda answer: self._write(request, answer),
+                       lambda failure: self._failed(request, failure))
+        return server.NOT_DONE_YET
+
+    def _write(self, request: Any, answer: dict[str, Any] | None) -> None:
+        if request._disconnected or answer is None:
+            return
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(json.dumps(answer, ensure_ascii=False).encode("utf-8"))
+        request.finish()
+
+    def _failed(self, request: Any, failure: Any) -> None:
+        log.failure("a go.dev/play request", failure)
+        if not request._disconnected:
+            request.write(refuse(request, 500, "internal error"))
+            request.finish()
+
+    async def run(self, line: dict[str, Any], request: Any) -> _Collected:
+        """Run one line-protocol request to its end; cancelled if the client goes away."""
+        collected = _Collected()
+        if request._disconnected:  # gone during an earlier step: nothing more runs for it
+            collected.events.append({"done": True, "status": "cancelled",
+                                     "message": "the client disconnected"})
+            return collected
+        factory = self.factory
+        runtime = factory.runtime
+        try:
+            parsed = parse_line(json.dumps(line).encode(), factory.policy, factory.sources,
+                                runtime.toolchains if runtime is not None else ())
+        except BadRequest as e:
+            collected.events.append({"done": True, "status": "bad_request",
+                                     "message": e.message})
+            return collected
+        handle = factory.requests.submit(parsed, collected, channel_client(factory, request))
+        request.notifyFinish().addErrback(
+            lambda _: handle.cancel("the client disconnected"))
+        await handle.start()
+        return collected
+
+    async def answer(self, body: str, with_vet: bool, request: Any) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+def _files_of(body: str) -> dict[str, bytes]:
+    try:
+        files = txtar.split(body) if txtar.is_archive(body) else {"main.go": body}
+    except txtar.TxtarError:
+        return {}
+    return {name: text.encode() for name, text in files.items()}
+
+
+def _response(**fields: Any) -> dict[str, Any]:
+    answer = {"Errors": "", "Events": None, "Status": 0, "IsTest": False, "TestsFailed": 0}
+    answer.update(fields)
+    return answer
+
+
+def _refused(final: dict[str, Any]) -> str | None:
+    """The Playground's ``Errors`` for a request that did not get to run its program."""
+    status = final["status"]
+    if status == "timeout":
+        return BUILD_TIMEOUT if final.get("phase") == "build" else RUN_TIMEOUT
+    if status in ("bad_request", "queue_full", "build_limit", "internal_error", "cancelled"):
+        return final["message"]
+    return None
+
+
+def events_of(collected: _Collected) -> list[dict[str, Any]] | None:
+    """The run's output as the Playground's events: in order, consecutive chunks of one stream
+    read in the same millisecond merged, ``Delay`` the nanoseconds since the previous one."""
+    final = collected.final
+    run = [e for e in collected.events if not e.get("done") and e.get("phase") == "run"
+           and e.get("output")]
+    if not run:
+        return None
+    wall = final.get("wall_ms") or 0
+    previous = int(final["timestamp"]) - wall if wall else int(run[0]["timestamp"])
+    events: list[dict[str, Any]] = []
+    for e in run:
+        at = int(e["timestamp"])
+        delay = max(at - previous, 0) * 1_000_000
+        if events and events[-1]["Kind"] == e["stream"] and delay == 0:
+            events[-1]["Message"] += e["output"]
+            continue
+        events.append({"Message": e["output"], "Kind": e["stream"], "Delay": delay})
+        previous = max(at, previous)
+    return events
+
+
+class Compile(PlayResource):
+    async def answer(self, body: str, with_vet: bool, request: Any) -> dict[str, Any] | None:
+        testing = gotest.wants_tests(_files_of(body))
+        vet_errors = ""
+        if with_vet:
+            vet = await self.run({"type": "vet", "code": body}, request)
+            if vet.final["status"] == "vet_issues":
+                vet_errors = playground_names(vet.text("build"), testing)
+        ran = await self.run({"type": "run", "code": body}, request)
+        final = ran.final
+        status = final["status"]
+        if status == "compile_error":
+            return _response(Errors=playground_names(ran.text("build"), testing))
+        refused = _refused(final)
+        answer = _response(
+            Events=events_of(ran),
+            Status=final.get("exit_code") or (0 if status == "ok" else 1),
+            IsTest="tests_failed" in final or testing,
+            TestsFailed=final.get("tests_failed", 0),
+        )
+        if refused is not None:
+            answer["Errors"] = refused
+        if status in ("memory_limit", "output_limit"):
+            answer["Errors"] = final["message"]
+        if vet_errors:
+            answer["VetErrors"] = vet_errors
+        elif with_vet:
+            answer["VetOK"] = True
+        return answer
+
+
+class Vet(PlayResource):
+    async def answer(self, body: str, with_vet: bool, request: Any) -> dict[str, Any] | None:
+        vet = await self.run({"type": "vet", "code": body}, request)
+        final = vet.final
+        if final["status"] in ("ok", "vet_issues", "compile_error"):
+            return _response(Errors=playground_names(vet.text("build")))
+        return _response(Errors=_refused(final) or final["message"])
+
+
+class Fmt(PlayResource):
+    async def answer(self, body: str, with_vet: bool, request: Any) -> dict[str, Any] | None:
+        try:
+            files = txtar.split(body) if txtar.is_archive(body) else {"prog.go": body}
+        except txtar.TxtarError as e:
+            return {"Body": "", "Error": str(e)}
+        out = []
+        for name, text in files.items():
+            if name == "main.go":
+                name = "prog.go"
+            if name.endswith(".go"):
+                done = await self.run({"type": "fmt", "code": text}, request)
+                final = done.final
+                if final["status"] != "ok":
+                    error = done.text("build").strip() or final["message"]
+                    error = playground_names(error, dot_slash=False).replace("prog.go", name)
+                    return {"Body": "", "Error": error}
+                text = final["code"]
+            out.append((name, text))
+        if len(out) == 1 and out[0][0] == "prog.go" and not txtar.is_archive(body):
+            return {"Body": out[0][1], "Error": ""}
+        parts = []
+        for i, (name, text) in enumerate(out):
+            if i == 0 and name == "prog.go":
+                parts.append(text)
+            else:
+                parts.append(f"-- {name} --\n{text}")
+        return {"Body": "".join(parts), "Error": ""}
+
+
+class GoVersion(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, factory: ConnectionFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def render_GET(self, request: Any) -> bytes:
+        version = self.factory.runtime.toolchain.version  # e.g. go1.27.3
+        release = ".".join(version.split(".")[:2])
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"Version": version, "Release": release,
+                           "Name": f"Go {release.removeprefix('go')}"}).encode()
+
+
+def play_resources(factory: ConnectionFactory) -> dict[bytes, resource.Resource]:
+    return {b"compile": Compile(factory), b"fmt": Fmt(factory), b"vet": Vet(factory),
+            b"version": GoVersion(factory)}
