@@ -77,7 +77,7 @@ if [ ! -f "$venv/.ready" ]; then
   rm -rf "$cache"/venv-* "$cache"/wheels-* "$cache/warm-state"
   "$py" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q -e "$checkout[test]" --config-settings editable_mode=compat
+  "$venv/bin/pip" install -q -e "$checkout[test]"
   # mke2fs -d and hostfs keep whole seconds of a file's times; Go's cache keys on them.
   goroot=$("$venv/bin/python" -c 'from sandboxd import toolchain; print(toolchain.find_goroot(None))')
   "$venv/bin/python" - "$goroot" <<'PY'
