@@ -45,7 +45,7 @@ export PYTHONDONTWRITEBYTECODE=1 SANDBOXD_GUEST=1 WHEELS
 echo "pytest $TESTS"
 [ -z "$PYTEST_ARGS" ] || echo "not run here: $PYTEST_ARGS (timing under UML, see scripts/cgroup2/run.sh)"
 # shellcheck disable=SC2086
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider -o cache_dir=/tmp/pytest-cache $PYTEST_ARGS $TESTS
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider $PYTEST_ARGS $TESTS
 rc=$?
 echo "tests took $(( $(date +%s) - t0 )) s in the guest"
 # What a test run must not leave: cgroups under this job's own, other than the leaf its

@@ -106,9 +106,10 @@ mkdir -p "$share"
 cp "$checkout/scripts/cgroup2/guest.sh" "$share/"
 git -C "$checkout" ls-files -co --exclude-standard -z | (cd "$checkout" && tar --null -T - -cf "$share/src.tar")
 isolate_bin=""
-# CGROUP2_ISOLATE=1: also the isolate driver, with a locally built isolate (see
-# docs/operations.md; built on bookworm, it runs on the guest's libraries). It doubles the time.
-if [ "${CGROUP2_ISOLATE:-}" = 1 ] && [ -x /opt/isolate/bin/isolate ] && [ -f /usr/local/etc/isolate ]; then
+# The isolate driver too (--cgroups=isolate included) when the host has a locally built
+# isolate at /opt/isolate/bin (see docs/operations.md; built on bookworm, it runs on the guest's
+# libraries; nothing here builds it). CGROUP2_ISOLATE=0: without it (about 40% less time).
+if [ "${CGROUP2_ISOLATE:-1}" = 1 ] && [ -x /opt/isolate/bin/isolate ] && [ -f /usr/local/etc/isolate ]; then
   isolate_bin=/opt/isolate/bin/isolate
   cp /opt/isolate/bin/isolate "$share/isolate"
   cp /usr/local/etc/isolate "$share/isolate.cf"
