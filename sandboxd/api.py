@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import clientFromString
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -25,7 +27,16 @@ ENV_CONNECT = "SANDBOXD_CONNECT"
 DEFAULT_CONNECT = "tcp:127.0.0.1:8080"
 
 
-class ConnectionClosed(Exception):
+class SandboxdError(Exception):
+    """A failure to talk to sandboxd; the message names the cause and what to try."""
+
+
+class ConnectError(SandboxdError):
+    """No connection: the address is wrong, nothing listens there, or the endpoint string
+    (its certificate files) cannot be used."""
+
+
+class ConnectionClosed(SandboxdError):
     """The connection ended before the request's final event."""
 
 
@@ -45,6 +56,8 @@ class SandboxdProtocol(LineOnlyReceiver):
     def __init__(self) -> None:
         self.pending: dict[str, _Pending] = {}
         self.closed: defer.Deferred[None] = defer.Deferred()
+        self.endpoint = ""  # the endpoint string connected to, for messages
+        self.answered = False  # any line came from the server
 
     # -- requests --------------------------------------------------------------------------
 
@@ -79,6 +92,7 @@ class SandboxdProtocol(LineOnlyReceiver):
     # -- events ----------------------------------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
+        self.answered = True
         try:
             event = json.loads(line)
         except ValueError:
@@ -114,15 +128,135 @@ class SandboxdProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason: Any = None) -> None:
         pending, self.pending = self.pending, {}
-        for p in pending.values():
-            p.done.errback(ConnectionClosed("the connection to sandboxd ended"))
+        if pending:
+            why = closed_because(self.endpoint, getattr(reason, "value", None), self.answered)
+            for p in pending.values():
+                p.done.errback(ConnectionClosed(why))
         self.closed.callback(None)
 
 
 class _Factory(protocol.Factory):
     protocol = SandboxdProtocol  # type: ignore[assignment]
 
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def buildProtocol(self, addr: Any) -> SandboxdProtocol:
+        proto = SandboxdProtocol()
+        proto.factory = self
+        proto.endpoint = self.endpoint
+        return proto
+
 
 def connect(reactor: Any, endpoint: str) -> defer.Deferred[SandboxdProtocol]:
-    """Connect to sandboxd at a Twisted client endpoint string."""
-    return clientFromString(reactor, endpoint).connect(_Factory())
+    """Connect to sandboxd at a Twisted client endpoint string; fails with ConnectError,
+    whose message names the address and the cause."""
+    try:
+        client = clientFromString(reactor, endpoint)
+    except Exception as e:
+        return defer.fail(ConnectError(_unusable(endpoint, e)))
+    d = client.connect(_Factory(endpoint))
+
+    def failed(failure: Any) -> Any:
+        if failure.check(defer.CancelledError):
+            return failure
+        raise ConnectError(_refused(endpoint, failure.value))
+
+    return d.addErrback(failed)
+
+
+def _args(endpoint: str) -> dict[str, str]:
+    """``kind:a:b=c`` → {'': kind, 'b': 'c', ...}: enough to name a certificate file."""
+    out: dict[str, str] = {}
+    for i, part in enumerate(re.split(r"(?<!\\):", endpoint)):
+        key, sep, value = part.partition("=")
+        if i == 0:
+            out[""] = part
+        elif sep:
+            out[key] = value.replace("\\:", ":")
+    return out
+
+
+def _unusable(endpoint: str, e: Exception) -> str:
+    """An endpoint string that cannot even be made into an endpoint."""
+    args = _args(endpoint)
+    roots = args.get("trustRoots")
+    if roots is not None and not os.path.isdir(roots):
+        what = "is a file" if os.path.isfile(roots) else "does not exist"
+        return (f"--connect {endpoint}: trustRoots={roots} {what}; it must be a directory "
+                "holding the CA certificate(s) as PEM files (mkdir cas && cp ca.pem cas/, "
+                "then trustRoots=cas)")
+    for key in ("certificate", "privateKey"):
+        path = args.get(key)
+        if path is not None and not os.path.isfile(path):
+            return f"--connect {endpoint}: {key}={path} is not a readable file"
+    text = str(e) or type(e).__name__
+    if text.startswith("Unknown endpoint type"):
+        text += " (unix:PATH, tcp:HOST:PORT or tls:HOST:PORT:trustRoots=DIR)"
+    return f"--connect {endpoint}: {text}"
+
+
+def _refused(endpoint: str, e: BaseException) -> str:
+    """No connection was made: say where, and what to check."""
+    why = getattr(e, "osError", None) or e
+    if isinstance(e, error.ConnectionRefusedError):
+        text = "connection refused"
+    elif isinstance(e, error.DNSLookupError):
+        text = "no such host"
+    elif isinstance(e, error.TimeoutError):
+        text = "timed out"
+    elif isinstance(why, int):  # a Unix socket: the errno alone
+        text = os.strerror(why).lower()
+    else:
+        text = str(why).strip().rstrip(".") or type(e).__name__
+        text = text.replace("An error occurred while connecting: ", "")
+    return (f"cannot connect to sandboxd at {endpoint}: {text} (is sandboxd running and "
+            f"listening there? the address comes from --connect or ${ENV_CONNECT})")
+
+
+def closed_because(endpoint: str, e: BaseException | None, answered: bool) -> str:
+    """Why the connection ended before an answer: for TLS, which certificate and which
+    check failed, and what to try."""
+    args = _args(endpoint)
+    tls = args.get("") == "tls"
+    base = f"the connection to sandboxd at {endpoint} ended"
+    if e is not None and type(e).__name__ == "VerificationError":
+        host = endpoint.split(":")[1] if ":" in endpoint else "?"
+        return (f"{base}: the server's certificate is not for {host} ({e}); connect with "
+                "the name the certificate was made for")
+    ssl = _ssl_reasons(e)
+    if ssl:
+        if "certificate verify failed" in ssl:
+            return (f"{base}: the server's certificate was not accepted (TLS: certificate "
+                    f"verify failed): it is not signed by a CA in trustRoots="
+                    f"{args.get('trustRoots', '(none given: the system CAs)')}")
+        if "certificate required" in ssl or ("handshake failure" in ssl and (
+                "certificate" not in args)):
+            return (f"{base}: the server requires a client certificate (TLS: {ssl}); add "
+                    ":certificate=client.pem:privateKey=client.key to --connect")
+        if "unknown ca" in ssl or "bad certificate" in ssl or "certificate unknown" in ssl:
+            return (f"{base}: the server refused our client certificate "
+                    f"certificate={args.get('certificate', '?')} (TLS: {ssl}): it is not "
+                    "signed by the CA the server trusts (its --client-ca)")
+        if any(m in ssl for m in ("wrong version number", "record layer failure",
+                                  "packet length too long", "unexpected eof")):
+            return (f"{base}: the server did not answer TLS (TLS: {ssl}); is it a plain "
+                    "port? Try tcp: instead of tls:")
+        return f"{base}: TLS failed ({ssl})"
+    if tls and not answered:
+        return f"{base} before any answer (TLS); the server's log may say why"
+    if not answered:
+        return (f"{base} before any answer; if that port speaks TLS, connect with "
+                "tls:HOST:PORT:trustRoots=DIR")
+    return base
+
+
+def _ssl_reasons(e: BaseException | None) -> str:
+    """The reason strings of an OpenSSL error, joined; '' when ``e`` is not one."""
+    if e is None or type(e).__module__ != "OpenSSL.SSL":
+        return ""
+    parts = []
+    for item in (e.args[0] if e.args and isinstance(e.args[0], list) else []):
+        if isinstance(item, tuple) and item:
+            parts.append(str(item[-1]))
+    return "; ".join(parts) or str(e) or type(e).__name__

@@ -246,6 +246,20 @@ class CgroupSupport:
                 count += 1
         return count
 
+    def remove_bases(self) -> None:
+        """At a clean stop: what is left under our bases, then the bases themselves (one
+        ``sandboxd-<hash>`` per controller), so stopped daemons leave no cgroup behind."""
+        if self.version is None:
+            return
+        self.sweep()
+        for base in self.bases.values():
+            try:
+                base.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warn("cannot remove cgroup {base}: {e}", base=base, e=e)
+
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
     """(mount point, fs type, super options) of every cgroup mount."""

@@ -79,6 +79,7 @@ class SandboxChild(protocol.ProcessProtocol):
         self.stopped_for: str | None = None
         self.status = b""
         self.stderr_tail = b""
+        self.tool_stderr = b""  # the sandbox tool's own messages (see Driver.stderr_fd)
         self.out_of_memory = False  # the Go runtime said so on stderr (rlimit hosts)
         self.processes_refused = False  # a fork or thread creation failure said so on stderr
         self.paused = False
@@ -104,9 +105,10 @@ class SandboxChild(protocol.ProcessProtocol):
                 self.run.fds[HOLD_FD] = read_end
             self.driver.prepare(self.run)
             argv, env = self.driver.command(self.run)
+            fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", STATUS_FD: "r"}
+            fds[self.driver.stderr_fd] = "r"
             self.reactor.spawnProcess(
-                self, argv[0], argv, env=env,
-                childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r", **self.run.fds},
+                self, argv[0], argv, env=env, childFDs={**fds, **self.run.fds},
             )
         except Exception:
             failure = Failure()
@@ -275,6 +277,11 @@ class SandboxChild(protocol.ProcessProtocol):
         if fd == STATUS_FD:
             self.status += data[: max(0, 65536 - len(self.status))]
             return
+        if fd == 2 and self.driver.stderr_fd != 2:
+            self.tool_stderr += data[: max(0, STDERR_TAIL - len(self.tool_stderr))]
+            return
+        if fd == self.driver.stderr_fd:
+            fd = 2
         stream = STREAMS.get(fd)
         if stream is None:
             return
@@ -327,7 +334,16 @@ class SandboxChild(protocol.ProcessProtocol):
             report = self.driver.report(self.run, exit_code, sig, self.status)
         except Exception as e:
             log.failure("driver report")
-            report = Report(exit_code=exit_code, signal=sig, failed=True, message=str(e))
+            report = Report(exit_code=exit_code, signal=sig, failed=True,
+                            message="the sandbox's report could not be read", detail=repr(e))
+        if report.failed:
+            # The server's fault, not the program's: the client gets report.message (fixed
+            # wording); the operator gets everything the sandbox tool said, host paths and all.
+            said = (self.tool_stderr or self.stderr_tail).decode("utf-8", "replace").strip()
+            report.detail = "; ".join(filter(None, (report.detail, said)))
+            log.error("sandbox failure in box {box} ({phase}): {message}: {detail}",
+                      box=self.run.box.number, phase=str(self.run.phase),
+                      message=report.message, detail=report.detail or "(it said nothing)")
         result = ChildResult(
             report=report,
             stopped_for=self.stopped_for,

@@ -323,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(error, UsageError):
                 print(f"sandboxd-client: {error}", file=sys.stderr)
                 result.append(2)
+            elif isinstance(error, api.SandboxdError):  # its message names cause and remedy
+                print(f"sandboxd-client: {error}", file=sys.stderr)
+                result.append(EXIT_OTHER)
             else:
                 print(f"sandboxd-client: {type(error).__name__}: {error}", file=sys.stderr)
                 result.append(EXIT_OTHER)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from twisted.internet import defer, task
 from twisted.internet import reactor as default_reactor
 from twisted.logger import Logger
 
-from sandboxd import cgroup, hostfs, toolchain
+from sandboxd import cgroup, hostfs, instance, toolchain
 from sandboxd.bincache import BinaryCache
 from sandboxd.connection import SHUTDOWN_NOT_STARTED, ConnectionFactory
 from sandboxd.drivers import DriverError, choose
@@ -90,21 +91,28 @@ class SandboxDaemon(service.MultiService):
         self.stopping = False
         self.listeners: list[service.Service] = []
         _raise_open_files()
-        state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything of the state directory is touched (the sweep of a dead daemon's
+        # leftovers above all): one daemon per state directory.
+        self.state_lock = instance.lock_state_dir(state_dir)
+        self.state_dir = state_dir
+        self.range_lock: int | None = None
         os.chmod(state_dir, 0o711)
-        if cgroups == "off":
-            self.cgroups = cgroup.CgroupSupport(None, {}, "turned off with --cgroups=off")
-        elif cgroups == "isolate":
-            self.cgroups = cgroup.CgroupSupport(None, {}, "isolate --cg makes the cgroups")
-        else:
-            self.cgroups = cgroup.detect(f"sandboxd-{_instance_name(state_dir)}")
-        self.driver = choose(sandbox, state_dir=state_dir, cgroups=self.cgroups,
-                             first_uid=first_uid)
-        self.driver.check_box_range(first_box, min(MAX_BOX_NUMBER, 3 * boxes + max_sessions + 2))
+        # Nothing that can fail for an operator's reason comes after the cgroups are made
+        # (they would be left behind): the driver (its tools), the box range, the toolchains.
+        self.driver = choose(sandbox, state_dir=state_dir, cgroups=cgroup.CgroupSupport(
+            None, {}, "not looked for yet"), first_uid=first_uid)
+        # The pool's box numbers, then one more: the start-up check's (sandboxd.selfcheck).
+        self.check_box = first_box + min(MAX_BOX_NUMBER, 3 * boxes + max_sessions + 2)
+        self.driver.check_box_range(first_box, self.check_box - first_box + 1)
         if cgroups == "isolate":
             if self.driver.name != "isolate":
                 raise DriverError("--cgroups=isolate needs the isolate driver")
             self.driver.own_cgroups = True
+        # Those box numbers (the pool's: 3 x boxes + max_sessions + 2, and the check's): no
+        # other running daemon may use their uids.
+        last_box = self.check_box
+        self.range_lock = instance.register_range(state_dir, instance.Range(
+            first_box, last_box, self.driver.uid_for(first_box), self.driver.uid_for(last_box)))
         self.toolchain = toolchain.load(toolchain.find_goroot(go), cache_dir)
         self.toolchains = {self.toolchain.name: self.toolchain}
         for name, path in (more_go or {}).items():
@@ -121,6 +129,17 @@ class SandboxDaemon(service.MultiService):
             log.warn("cannot mount the toolchain's images ({e}); builds see the cache "
                      "directory's path in their mount table", e=e)
         self.toolchain = self.toolchains[self.toolchain.name]
+        if cgroups == "off":
+            self.cgroups = cgroup.CgroupSupport(None, {}, "turned off with --cgroups=off")
+        elif cgroups == "isolate":
+            self.cgroups = cgroup.CgroupSupport(None, {}, "isolate --cg makes the cgroups")
+        else:
+            self.cgroups = cgroup.detect(f"sandboxd-{_instance_name(state_dir)}")
+        self.driver.cgroups = self.cgroups
+        # The lock is ours: whatever a previous daemon of this state directory left (it was
+        # killed) can go now, before this one makes anything.
+        self.swept = self.cgroups.sweep()  # logged once logging has begun (startService)
+        self.driver.sweep()
         jobs_dir = state_dir / "jobs"
         if jobs_dir.is_dir() and not jobs_dir.is_symlink():
             for entry in jobs_dir.iterdir():  # a dead daemon's build dirs (tmpfs mounts)
@@ -165,6 +184,7 @@ class SandboxDaemon(service.MultiService):
             self.pool.on_retire = held.retire
         self.runtime.metrics.watch(self)
         self.health = HealthCheck(self)
+        self.checked = ""  # what the start-up check found (see ``check``)
         self.factory = ConnectionFactory(
             self.runtime,
             policy,
@@ -176,6 +196,23 @@ class SandboxDaemon(service.MultiService):
             max_connections=max_connections,
             client_identity=client_identity,
         )
+
+    def check(self) -> None:
+        """Prove this daemon can serve (see ``sandboxd.selfcheck``), before any listener
+        opens; StartError with the cause and the fix otherwise (what it made is removed)."""
+        from sandboxd import selfcheck
+
+        try:
+            self.checked = selfcheck.check(self, self.check_box)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """A start that fails after the cgroups were made: remove what was made (the locks go
+        with the process)."""
+        self.cgroups.remove_bases()
+        toolchain.unmount_images(self.toolchains_dir)
 
     def _limit_box_memory(self) -> None:
         """Account what boxes hold where a limit applies: the base cgroup of every build and
@@ -198,9 +235,12 @@ class SandboxDaemon(service.MultiService):
                      box=settings.max_box_memory_mb)
 
     def startService(self) -> None:
-        swept = self.cgroups.sweep()
-        if swept:
-            log.info("removed {n} cgroups a previous daemon left", n=swept)
+        # SIGHUP (the terminal of a foreground daemon closed) stops it the way SIGTERM and
+        # SIGINT do: gracefully, every box removed.  Logs are not reopened on SIGHUP.
+        signal.signal(signal.SIGHUP, self._hangup)
+        instance.mark_holder(self.state_lock)  # twistd may have forked to daemonize
+        if self.range_lock is not None:
+            instance.update_range_pid(self.range_lock)
         self._limit_box_memory()
         self.pool.start()
         go = ", ".join(f"{n}={tc.version}" for n, tc in self.toolchains.items())
@@ -211,23 +251,37 @@ class SandboxDaemon(service.MultiService):
             log.info("limit mechanism: {line}", line=line)
         if self.runtime.modules is not None:
             log.info("{modules}", modules=self.runtime.modules.describe())
+        if self.swept:
+            log.info("removed {n} cgroups a previous daemon left", n=self.swept)
+        if self.checked:
+            log.info("{checked}", checked=self.checked)
         super().startService()
         for listener in self.listeners:
-            waiting = getattr(listener, "_waitingForPort", None)
-            if waiting is not None:  # say where: an onion address, a port chosen by the kernel
-                waiting.addCallback(self._listening, listener)
+            if listener.port is not None:  # listening since the start (sandboxd.listening)
+                self._listening(listener.port, listener)
+            elif listener.waiting is not None:  # an onion service: once tor published it
+                listener.waiting.addCallbacks(self._listening, self._not_listening,
+                                              callbackArgs=(listener,),
+                                              errbackArgs=(listener,))
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        log.info("Received SIGHUP, shutting down.")
+        self.reactor.callFromThread(self.reactor.stop)
+
+    def _not_listening(self, failure: Any, listener: Any) -> None:
+        # A listener the operator asked for and cannot have (an onion service tor could not
+        # publish, say) is a failed start: stop, exit 1, and let the service manager retry
+        # (Restart=on-failure), rather than run without it.
+        if self.stopping or failure.check(defer.CancelledError):
+            return
+        from sandboxd.listening import describe_failure
+
+        log.critical("sandboxd: {why}; stopping",
+                     why=describe_failure(listener.description, failure.value))
+        self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+        self.reactor.callWhenRunning(self.reactor.stop)  # it may fail before the reactor runs
 
     def _listening(self, port: Any, listener: Any) -> Any:
-        if port is None:
-            # Twisted logged why (an onion service tor could not publish, say). A listener the
-            # operator asked for and cannot have is a failed start: stop, exit 1, and let the
-            # service manager retry (Restart=on-failure), rather than run without it.
-            if not self.stopping:
-                log.critical("--listen {what} failed; stopping",
-                             what=getattr(listener, "description", "?"))
-                self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
-                self.reactor.stop()
-            return port
         host = port.getHost()
         where = getattr(host, "onion_uri", None)
         where = f"{where}:{host.onion_port}" if where else str(host)
@@ -274,6 +328,10 @@ class SandboxDaemon(service.MultiService):
         await self._stop_children([s for s in reversed(list(self)) if s.running])
         self._sweep_leftovers()
         toolchain.unmount_images(self.toolchains_dir)
+        self.cgroups.remove_bases()
+        if self.range_lock is not None:
+            instance.unregister_range(self.state_dir, self.range_lock)
+            self.range_lock = None
         log.info("sandboxd stopped; every box removed")
 
     def _sweep_leftovers(self) -> None:

@@ -389,8 +389,8 @@ class Job:
         """How a build-phase step failed (sandbox, limit, non-zero exit), or None."""
         text = b"".join(collected).decode("utf-8", "replace")
         if result.report.failed:
-            return BuildOutcome(None, Status.INTERNAL_ERROR,
-                                f"sandbox failure: {result.report.message}", result=result)
+            return BuildOutcome(None, Status.INTERNAL_ERROR, _sandbox_failed(result),
+                                result=result)
         limit = self._limit_status(result, Phase.BUILD) or self._build_limit(result, text)
         if limit is not None:
             return BuildOutcome(None, limit[0], limit[1], diagnostics=diagnostics.clean(text),
@@ -518,8 +518,7 @@ class Job:
     def _finished_by_stop(self, result: ChildResult, phase: Phase) -> bool:
         """End the request when the sandbox failed or a limit (or cancel) stopped the phase."""
         if result.report.failed:
-            self._finish(Status.INTERNAL_ERROR, f"sandbox failure: {result.report.message}",
-                         result)
+            self._finish(Status.INTERNAL_ERROR, _sandbox_failed(result), result)
             return True
         limit = self._limit_status(result, phase)
         if limit is not None:
@@ -830,6 +829,13 @@ class Job:
         except Exception:
             log.failure("accounting for request {id}", id=self.request.id)
         self.emit(final_event(self.request.id, status, message, self.phase, **fields))
+
+
+def _sandbox_failed(result: ChildResult) -> str:
+    """The final message when the sandbox itself failed: the server's fault, in fixed words
+    (the sandbox tool's own, host paths and all, went to the log)."""
+    return (f"internal error: sandbox failure ({result.report.message}); this is the "
+            "server's fault, not the program's: the server's log has the details")
 
 
 def _shareable(outcome: BuildOutcome) -> bool:

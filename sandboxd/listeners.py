@@ -217,20 +217,32 @@ class InheritedUnixEndpoint:
             return defer.fail()
         return defer.succeed(port)
 
+def _plain(e: BaseException) -> str:
+    """Twisted's parse errors in words: the value that is wrong, or which kind is unknown."""
+    text = str(e)
+    number = re.match(r"invalid literal for int\(\) with base \d+: (.*)", text)
+    if number:
+        return f"{number.group(1)} is not a number"
+    if isinstance(e, ValueError) and text.startswith("Unknown endpoint type"):
+        return text.replace("Unknown endpoint type", "unknown endpoint type") + (
+            " (tcp:, ssl:, unix:, systemd:, onion: with txtorcon)")
+    return text or type(e).__name__
+
 
 def endpoint_for(reactor: Any, description: str,
                  client_ca: list[Any] | None = None) -> interfaces.IStreamServerEndpoint:
     """The server endpoint a ``--listen`` string names, with sandboxd's defaults applied."""
+    given = description  # errors quote what the operator typed, not our added defaults
     description = with_backlog(with_safe_defaults(description))
     _clear_stale_unix_socket(description)
     try:
         endpoint = endpoints.serverFromString(reactor, description)
-    except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, OSError, ImportError) as e:
         if description.startswith("systemd:") and isinstance(e, IndexError):
             raise ListenerError(
-                f"{description}: no such descriptor was inherited (is LISTEN_FDS/LISTEN_PID "
+                f"{given}: no such descriptor was inherited (is LISTEN_FDS/LISTEN_PID "
                 "set, as systemd does?)") from None
-        raise ListenerError(f"cannot listen on {description}: {e}") from None
+        raise ListenerError(f"cannot listen on {given}: {_plain(e)}") from None
     if (isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint)
             and endpoint.addressFamily == socket.AF_UNIX):
         endpoint = InheritedUnixEndpoint(endpoint.reactor, endpoint.fileno)

@@ -2,53 +2,96 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 from twisted.application import service
 from twisted.python import usage
 
+from sandboxd.drivers.base import DriverError
+from sandboxd.instance import StartError
 from sandboxd.limits import LimitError, LimitPolicy
 from sandboxd.listeners import ListenerError, endpoint_for, load_client_ca
+from sandboxd.listening import Listener
 from sandboxd.pool import box_memory_mb
+from sandboxd.toolchain import ToolchainError
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 GO_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
 
 
+def _whole(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("is not a whole number") from None
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError("is not a number") from None
+
+
 def _positive(value: str) -> int:
-    number = int(value)
+    number = _whole(value)
     if number < 1:
-        raise ValueError(f"{value} is not a positive number")
+        raise ValueError("is not a positive number")
     return number
 
 
 def _seconds(value: str) -> float:
-    number = float(value)
+    number = _number(value)
     if number <= 0:
-        raise ValueError(f"{value} is not a positive number of seconds")
+        raise ValueError("is not a positive number of seconds")
     return number
 
 
 def _on_off(value: str) -> str:
     if value not in ("on", "off"):
-        raise ValueError(f"{value!r} is neither on nor off")
+        raise ValueError("is neither on nor off")
     return value
 
 
 def _client_identity(value: str) -> str:
     if value not in ("connection", "address"):
-        raise ValueError(f"{value!r} is neither connection nor address")
+        raise ValueError("is neither connection nor address")
     return value
 
 
 def _non_negative(value: str) -> float:
-    number = float(value)
+    number = _number(value)
     if number < 0:
-        raise ValueError(f"{value} is negative")
+        raise ValueError("is negative")
     return number
+
+
+TYPE_ERROR = "Parameter type enforcement failed: "
+
+
+def _named(parameters: list[list]) -> list[list]:
+    """Each coercing parameter's errors name the option and the value given:
+    ``--boxes 'abc' is not a whole number``, not Twisted's bare ``invalid literal ...``."""
+    out = []
+    for entry in parameters:
+        if len(entry) > 4 and entry[4] is not None:
+            name, coerce = entry[0], entry[4]
+
+            def named(value: str, name: str = name, coerce=coerce) -> object:
+                try:
+                    return coerce(value)
+                except ValueError as e:
+                    raise ValueError(f"--{name} {value!r} {e}") from None
+
+            named.coerceDoc = getattr(coerce, "coerceDoc", "")  # type: ignore[attr-defined]
+            entry = [*entry[:4], named]
+        out.append(entry)
+    return out
 
 
 class Options(usage.Options):
@@ -85,7 +128,7 @@ class Options(usage.Options):
         ["first-uid", None, 60000, "uid of box 0; box N runs as first-uid + N (bubblewrap)",
          _positive],
         ["first-box", None, 0, "number of the first box (isolate box ids are machine-wide: "
-         "give two daemons on one machine different ranges)", int],
+         "give two daemons on one machine different ranges)", _whole],
         ["session-idle", None, 1200.0, "seconds a session's box lives unused", _seconds],
         ["session-max-age", None, 1800.0, "seconds a session's box lives at most", _seconds],
         ["cleanup-period", None, 300.0, "seconds between session cleanups", _seconds],
@@ -113,6 +156,7 @@ class Options(usage.Options):
         ["shutdown-grace", None, 10.0, "seconds running requests get to finish after SIGTERM "
          "before they are cancelled", _non_negative],
     ]
+    optParameters = _named(optParameters)
 
     def __init__(self) -> None:
         super().__init__()
@@ -127,6 +171,19 @@ class Options(usage.Options):
         self["max-limits"] = []
         self["go"] = None
         self["more-go"] = {}
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """As twistd's subcommand, a mistake is one line and exit status 1, not Twisted's
+        whole usage text followed by the error (``--help`` has the usage)."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            message = str(e)
+            if message.startswith(TYPE_ERROR):
+                message = message[len(TYPE_ERROR):]
+            if getattr(self, "parent", None) is None:  # called directly (tests, tools)
+                raise usage.UsageError(message) from None
+            raise SystemExit(f"twistd sandboxd: {message} (see twistd sandboxd --help)") from None
 
     def opt_go(self, spec: str) -> None:
         """A Go toolchain, GOROOT or its bin/go: PATH is the default one; NAME=PATH adds one
@@ -228,15 +285,29 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.MultiService:
-    """The daemon; a sandbox or Go toolchain the operator has not set up right (isolate's
-    config, a missing tool, a toolchain that cannot build) ends the start with one line."""
-    from sandboxd.drivers import DriverError
-    from sandboxd.toolchain import ToolchainError
-
+    """The daemon, checked and listening; any operator mistake ends here with one line on
+    stderr and exit status 1 (twistd has not started logging yet)."""
     try:
         return _make_service(options)
-    except (DriverError, ToolchainError) as e:
+    except SystemExit:
+        raise
+    except (StartError, ListenerError, DriverError, ToolchainError) as e:
         raise SystemExit(f"sandboxd: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"sandboxd: {_os_error(e)}") from None
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as one line: the path, and what is wrong with it."""
+    what = {errno.ENOTDIR: "a path component is not a directory",
+            errno.EEXIST: "exists and is not a directory",
+            errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+            errno.EROFS: "read-only file system",
+            errno.ENOENT: "no such file or directory"}.get(e.errno or 0, e.strerror or str(e))
+    where = e.filename or ""
+    if where and Path(str(where)).resolve().is_relative_to("/proc"):
+        what += " (under /proc: give a directory on a real file system)"
+    return f"{where}: {what}" if where else what
 
 
 def _make_service(options: Options) -> service.MultiService:
@@ -244,15 +315,39 @@ def _make_service(options: Options) -> service.MultiService:
 
     from sandboxd.daemon import SandboxDaemon
 
+    if os.geteuid() != 0:
+        raise StartError("must run as root (it mounts each box's file system, makes cgroups "
+                         "and runs boxes as their own uids); the privileges it keeps are in "
+                         "docs/operations.md")
+    for name in ("state-dir", "cache-dir"):
+        where = Path(options[name]).resolve()
+        top = "/" + where.parts[1] if len(where.parts) > 1 else "/"
+        if top in ("/proc", "/sys"):
+            raise StartError(f"--{name} {options[name]} is under {top}: give a directory on "
+                             "a real file system")
+        if where.exists() and not where.is_dir():
+            raise StartError(f"--{name} {options[name]} is not a directory")
+    from sandboxd.toolchain import find_goroot
+
+    for name, path in [("default", options["go"]), *options["more-go"].items()]:
+        if path is not None:
+            try:
+                find_goroot(path)
+            except ToolchainError as e:
+                why = str(e).removeprefix(f"{Path(path)} is ")
+                raise StartError(f"--go {'' if name == 'default' else name + '='}{path}: "
+                                 f"{why}") from None
+    for description in options["listen"]:
+        if (description.startswith("onion:") and "controlPort=" not in description
+                and shutil.which("tor") is None):
+            raise StartError(f"--listen {description} launches tor, which is not installed: "
+                             "apt-get install tor, or give controlPort= of a running tor")
     # Endpoints first: a wrong --listen string ends the start before anything is set up.
     client_ca = options.get("client-ca-certs")
-    try:
-        listen = [endpoint_for(reactor, e, client_ca) for e in options["listen"]]
-        metrics = endpoint_for(reactor, options["metrics"]) if options["metrics"] else None
-        http = [endpoint_for(reactor, e, client_ca) for e in options["http"]]
-    except ListenerError as e:
-        raise SystemExit(f"sandboxd: {e}") from None
-    daemon = _or_exit(SandboxDaemon)(
+    listen = [endpoint_for(reactor, e, client_ca) for e in options["listen"]]
+    metrics = endpoint_for(reactor, options["metrics"]) if options["metrics"] else None
+    http = [endpoint_for(reactor, e, client_ca) for e in options["http"]]
+    daemon = SandboxDaemon(
         policy=options["policy"],
         sandbox=options["sandbox"],
         cgroups=options["cgroups"],
@@ -285,49 +380,40 @@ def _make_service(options: Options) -> service.MultiService:
         max_connections=options["max-connections"],
         shutdown_grace=options["shutdown-grace"],
     )
-    for description, endpoint in zip(options["listen"], listen, strict=True):
-        listener = _listener(endpoint, daemon.factory, daemon)
-        listener.description = description  # type: ignore[attr-defined]
-        daemon.listeners.append(listener)
-    if http:
-        from sandboxd.web.site import WebSettings, make_site
-
-        site = make_site(daemon.factory, WebSettings(
-            origins=options["http-origin"], hosts=options["http-host"],
-            max_body_bytes=options["max-line-bytes"],
-            max_connections=options["max-connections"],
-            idle_timeout=options["idle-timeout"]))
-        for description, endpoint in zip(options["http"], http, strict=True):
-            listener = _listener(endpoint, site, daemon)
-            listener.description = f"--http {description}"  # type: ignore[attr-defined]
+    # It proves it can serve before anything listens (sandboxd.selfcheck).
+    daemon.check()
+    made: list[Listener] = []
+    try:
+        for description, endpoint in zip(options["listen"], listen, strict=True):
+            listener = _listener(endpoint, daemon.factory, daemon, description, made)
             daemon.listeners.append(listener)
-    if metrics is not None:
-        from sandboxd.metrics import metrics_site
+        if http:
+            from sandboxd.web.site import WebSettings, make_site
 
-        _listener(metrics, metrics_site(daemon), daemon)
+            site = make_site(daemon.factory, WebSettings(
+                origins=options["http-origin"], hosts=options["http-host"],
+                max_body_bytes=options["max-line-bytes"],
+                max_connections=options["max-connections"],
+                idle_timeout=options["idle-timeout"]))
+            for description, endpoint in zip(options["http"], http, strict=True):
+                listener = _listener(endpoint, site, daemon, description, made)
+                daemon.listeners.append(listener)
+        if metrics is not None:
+            from sandboxd.metrics import metrics_site
+
+            _listener(metrics, metrics_site(daemon), daemon, options["metrics"], made)
+    except ListenerError:
+        for listener in made:
+            listener.stopService()
+        daemon.abort()
+        raise
     return daemon
 
 
-def _or_exit(make: Any) -> Any:
-    """``make`` whose setup failures (no toolchain, a sandbox that cannot run a box: e.g. a
-    container without the privileges docs/operations.md lists) end the start with one message
-    instead of a traceback."""
-    from sandboxd.drivers import DriverError
-    from sandboxd.toolchain import ToolchainError
-
-    def made(**kwargs: Any) -> Any:
-        try:
-            return make(**kwargs)
-        except (ToolchainError, DriverError) as e:
-            raise SystemExit(f"sandboxd: {e}") from None
-
-    return made
-
-
-def _listener(endpoint: Any, factory: Any, parent: service.MultiService) -> service.Service:
-    from twisted.application.internet import StreamServerEndpointService
-
-    listener = StreamServerEndpointService(endpoint, factory)
-    listener._raiseSynchronously = True  # a failed listen ends the start, loudly
+def _listener(endpoint: Any, factory: Any, parent: service.MultiService, description: str,
+              made: list[Listener]) -> Listener:
+    listener = Listener(endpoint, factory, description)
+    made.append(listener)
+    listener.listen_now()
     listener.setServiceParent(parent)
     return listener

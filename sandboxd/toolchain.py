@@ -416,6 +416,8 @@ def _run_in_warm_box(driver: Any, argv: list[str], env: dict[str, str], limits: 
         # Output goes to a file, not a pipe: a sandbox that dies half-made can leave a
         # process holding a pipe open, and the warm must not wait on it for ever.
         with tempfile.TemporaryFile() as output:
+            if driver.stderr_fd != 2:  # the build's own stderr, apart from the tool's
+                fds[driver.stderr_fd] = output.fileno()
             try:
                 proc = subprocess.run(command, env=command_env, stdin=subprocess.DEVNULL,
                                       stdout=output, stderr=subprocess.STDOUT, timeout=900,
@@ -547,6 +549,8 @@ def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
             # process holding a pipe open, and the warm must not wait on it for ever.
             proc: subprocess.Popen | None = None
             with tempfile.TemporaryFile() as output:
+                if driver.stderr_fd != 2:  # the build's own stderr, apart from the tool's
+                    fds[driver.stderr_fd] = output.fileno()
                 try:
                     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                             stdout=output, stderr=subprocess.STDOUT,

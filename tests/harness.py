@@ -79,6 +79,9 @@ class Daemon:
         self._lock_fd, self.first_box = _claim_box_range()
         self.argv.insert(self.argv.index("sandboxd") + 1, f"--first-box={self.first_box}")
         self.argv.insert(self.argv.index("sandboxd") + 1, f"--first-uid={100000 + self.first_box}")
+        # Box numbers first-box .. first-box + 3 x boxes + max-sessions + 2 are this daemon's alone
+        # (sandboxd refuses overlapping ranges): 3 x boxes + 4 sessions + 3 fit in the 16 claimed.
+        self.argv.insert(self.argv.index("sandboxd") + 1, "--max-sessions=4")
 
     def start(self, wait_for: str | None = None) -> Daemon:
         self.proc = subprocess.Popen(
@@ -87,7 +90,12 @@ class Daemon:
         )
         deadline = time.monotonic() + HANG
         target = wait_for or self.socket_path
-        while not os.path.exists(target):
+        # The socket exists from before the daemon starts (it listens, then twistd starts its
+        # services): started means it has logged that it listens, where it logs to a file.
+        logged = any(a.startswith("--logfile=") and a != "--logfile=-" for a in self.argv)
+        listening = self.log().count("] listening on ")
+        while not os.path.exists(target) or (
+                logged and self.log().count("] listening on ") == listening):
             if self.proc.poll() is not None:
                 out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
                 raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{out}\n{self.log()}")
@@ -126,6 +134,7 @@ class Daemon:
             point = mount.split()[1]
             if point.startswith(str(self.state_dir)):
                 subprocess.run(["umount", "-l", point], capture_output=True)
+        _remove_cgroups(self.state_dir)
         shutil.rmtree(self.dir, ignore_errors=True)
         if self._lock_fd in _held:
             _held.remove(self._lock_fd)
@@ -141,6 +150,35 @@ class Daemon:
                 client.send(r)
             client.shutdown_write()
             return client.read_all(timeout)
+
+
+def _remove_cgroups(state_dir: Path) -> None:
+    """What a daemon that was killed (SIGKILL, never restarted) left in the cgroup trees: its
+    ``sandboxd-<hash>`` base cgroups and any run cgroups in them. A daemon stopped cleanly
+    leaves none (tests/test_failures.py checks that); this only keeps a test run from leaving
+    killed daemons' behind."""
+    from sandboxd.daemon import _instance_name
+
+    name = f"sandboxd-{_instance_name(state_dir)}"
+    bases = [p for pattern in (name, f"*/{name}", f"*/*/*/{name}")
+             for p in Path("/sys/fs/cgroup").glob(pattern) if p.is_dir()]
+    for base in bases:
+        for child in [c for c in base.iterdir() if c.is_dir()]:
+            for pid in (child / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+            for _ in range(100):
+                try:
+                    child.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+        try:
+            base.rmdir()
+        except OSError:
+            pass
 
 
 class Client:

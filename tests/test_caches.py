@@ -316,6 +316,8 @@ def test_a_build_in_a_box_compiles_only_the_program(driver):
         cmd, env = drv.command(run)
         sink = os.open(os.devnull, os.O_WRONLY)
         fds = {STATUS_FD: sink, **run.fds}
+        if drv.stderr_fd != 2:  # the build's own stderr: here the same pipe as the tool's
+            fds[drv.stderr_fd] = 2
 
         def place() -> None:
             for child_fd, fd in fds.items():

@@ -21,7 +21,7 @@ from sandboxd.drivers.base import (
     Mount,
     SandboxRun,
 )
-from sandboxd.drivers.bubblewrap import BubblewrapDriver, read_options
+from sandboxd.drivers.bubblewrap import STDERR_SHIM, BubblewrapDriver, read_options
 from sandboxd.drivers.isolate import IsolateDriver, box_ids, parse_meta
 from sandboxd.limits import DEFAULT_LIMITS
 from sandboxd.status import Phase
@@ -65,7 +65,8 @@ def bwrap_command(bwrap: BubblewrapDriver, run: SandboxRun) -> tuple[list[str], 
     argv, env = bwrap.command(run)
     at = argv.index("--args")
     assert argv[at + 1] == str(ARGS_FD) and argv[at + 2] == "--"
-    assert argv[at + 3:] == run.argv  # nothing else after bwrap's own name
+    # nothing else after bwrap's own name but the stderr shim (fixed words, no host path)
+    assert argv[at + 3:] == [*STDERR_SHIM, *run.argv]
     options = read_options(run.fds[ARGS_FD])
     os.close(run.fds.pop(ARGS_FD))
     return [*argv[:at], *options, *argv[at + 2:]], env
@@ -122,7 +123,8 @@ def test_bwrap_run_command(bwrap, tmp_path):
     clear = sandbox.index("--clearenv")
     assert all(i > clear for i, a in enumerate(sandbox) if a == "--setenv")
     assert dict(pairs(sandbox, "--setenv")) == {"HOME": "/box", "PATH": "/usr/bin"}
-    assert sandbox[-2:] == ["--", "/prog/main"]
+    # The program gets its stderr at fd 6 back as fd 2 (fd 2 of bwrap is the tool's own).
+    assert sandbox[-2 - len(STDERR_SHIM):] == ["--", *STDERR_SHIM, "/prog/main"]
 
 
 def test_bwrap_build_has_no_workspace_and_only_out_writable(bwrap, tmp_path):
@@ -135,7 +137,8 @@ def test_bwrap_build_has_no_workspace_and_only_out_writable(bwrap, tmp_path):
     assert {"/go", "/gocache", "/src"} <= ro
     assert sandbox[sandbox.index("--chdir") + 1] == "/src"
     assert dict(pairs(sandbox, "--setenv")) == BUILD_ENV
-    assert sandbox[-7:] == ["--", "/go/bin/go", "build", "-trimpath", "-o", "/out/main", "."]
+    assert sandbox[-7 - len(STDERR_SHIM):] == ["--", *STDERR_SHIM, "/go/bin/go", "build",
+                                               "-trimpath", "-o", "/out/main", "."]
 
 
 def test_bwrap_held_run_waits_on_its_pipe_and_only_then(bwrap, tmp_path):
@@ -166,15 +169,27 @@ def test_bwrap_with_a_cgroup_joins_it_first_and_drops_the_address_space_limit(bw
     assert not any(a.startswith("--as=") for a in argv)
 
 
+STARTED = b'{ "child-pid": 5, "pid-namespace": 4026532183 }\n'
+
+
 @pytest.mark.parametrize(
     ("exit_code", "signal", "status", "expect"),
     [
-        (0, None, b'{"child-pid": 5}', {"exit_code": 0, "signal": None, "failed": False}),
-        (3, None, b'{"child-pid": 5}', {"exit_code": 3, "signal": None, "failed": False}),
-        (137, None, b'{"child-pid": 5}', {"exit_code": None, "signal": 9, "failed": False}),
+        (0, None, STARTED + b'{ "exit-code": 0 }\n', {"exit_code": 0, "signal": None,
+                                                       "failed": False}),
+        (3, None, STARTED + b'{ "exit-code": 3 }\n', {"exit_code": 3, "signal": None,
+                                                       "failed": False}),
+        (137, None, STARTED + b'{ "exit-code": 137 }\n', {"exit_code": None, "signal": 9,
+                                                           "failed": False}),
+        # The program's own 125 is the program's, not a launcher failure.
+        (LAUNCHER_FAILED, None, STARTED + b'{ "exit-code": 125 }\n',
+         {"exit_code": LAUNCHER_FAILED, "failed": False}),
         (None, 9, b"", {"exit_code": None, "signal": 9, "failed": False}),
         (1, None, b"", {"failed": True}),  # bwrap never started the program
         (LAUNCHER_FAILED, None, b"", {"failed": True}),
+        # bwrap's set-up failed after it forked ("Can't find source path …"): a child-pid but
+        # no exit-code.  This was blamed on the program (compile_error, runtime_error).
+        (1, None, STARTED, {"exit_code": 1, "failed": True}),
     ],
 )
 def test_bwrap_report(bwrap, tmp_path, exit_code, signal, status, expect):
@@ -368,8 +383,8 @@ def test_isolate_report_for_each_meta_case(iso, tmp_path, case):
     assert (report.exit_code, report.signal, report.cpu_ms, report.wall_ms, report.memory_kb,
             report.timed_out, report.failed) == (code, sig, cpu, wall, mem, timed_out, failed)
     assert report.memory_exceeded is (case == "cg")
-    if failed:
-        assert "No such file" in report.message
+    if failed:  # isolate's words name host paths: the log's, never the client's
+        assert "No such file" in report.detail and "/nope" not in report.message
     assert not iso._meta(run).exists()  # read once, then removed
 
 

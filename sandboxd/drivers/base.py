@@ -46,6 +46,9 @@ INIT_FD = 6
 # Where bwrap reads its options (--args): a box's pid 1 is bwrap, and its command line is
 # readable inside the box, so no host path may be on it.  (Not 6: the isolate box init's.)
 ARGS_FD = 7
+# The program's own stderr where the sandbox tool's stderr (fd 2) is kept apart from it (see
+# ``Driver.stderr_fd``): what bwrap says about the host never reaches a client.  (Not 6 or 7.)
+PROGRAM_STDERR_FD = 8
 
 # What a program sees as its whole environment.
 RUN_ENV = {
@@ -119,8 +122,9 @@ class Report:
     memory_kb: int | None = None
     timed_out: str | None = None  # "wall" or "cpu" when the driver itself stopped it
     memory_exceeded: bool = False
-    message: str = ""
+    message: str = ""  # fixed wording, sent to the client: never a host path
     failed: bool = False  # the sandbox itself failed (not the program)
+    detail: str = ""  # for the log only (what the sandbox tool said, host paths and all)
 
 
 class Driver(ABC):
@@ -131,6 +135,9 @@ class Driver(ABC):
     graceful_stop = False
     # True: the sandbox makes and enforces its own cgroup (isolate --cg); the daemon makes none.
     own_cgroups = False
+    # The descriptor the program's stderr arrives on; 2 means the sandbox tool's own messages
+    # share it.  Another number: fd 2 carries only the tool's messages, logged, never sent.
+    stderr_fd = 2
     # True: a run can be set up ahead and held until its program may start (``SandboxRun.hold``).
     can_hold = False
     warm_box_number = 4095

@@ -20,6 +20,7 @@ from sandboxd.drivers.base import (
     HOLD_FD,
     LAUNCHER_FAILED,
     MIB,
+    PROGRAM_STDERR_FD,
     SECCOMP_FD,
     STATUS_FD,
     Driver,
@@ -32,6 +33,12 @@ SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/sbin")
 
 # What a download step with network needs to resolve names and check TLS certificates.
 NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl")
+
+# Inside the box, before the program: its stderr becomes PROGRAM_STDERR_FD, so fd 2 (where
+# bwrap, setpriv and prlimit write their errors, host paths included) carries tool messages only.
+STDERR_SHIM = ["/bin/sh", "-c", f'exec 2>&{PROGRAM_STDERR_FD} {PROGRAM_STDERR_FD}>&-; exec "$@"',
+               "sandboxd"]
+
 
 def options_fd(options: list[str]) -> int:
     """A fresh descriptor, at its start, holding ``options`` NUL-separated (bwrap --args)."""
@@ -64,6 +71,7 @@ def read_options(fd: int) -> list[str]:
 class BubblewrapDriver(Driver):
     name = "bubblewrap"
     can_hold = True  # bwrap --block-fd: namespaces, mounts and limits set up, program not yet
+    stderr_fd = PROGRAM_STDERR_FD
 
     def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:
         super().__init__(state_dir, cgroups, first_uid)
@@ -177,21 +185,23 @@ class BubblewrapDriver(Driver):
         # on a descriptor, not its command line: bwrap stays the box's pid 1, and its
         # /proc/1/cmdline is readable inside.  bwrap reads the descriptor and closes it.
         run.fds[ARGS_FD] = options_fd(sandbox[1:])
-        command = [self.bwrap, "--args", str(ARGS_FD), "--", *run.argv]
+        command = [self.bwrap, "--args", str(ARGS_FD), "--", *STDERR_SHIM, *run.argv]
         return [*self.launcher(run), *rlimits, *identity, *command], {"PATH": "/usr/bin:/bin"}
 
     def report(
         self, run: SandboxRun, exit_code: int | None, signal: int | None, status: bytes
     ) -> Report:
-        if b"child-pid" not in status and exit_code != LAUNCHER_FAILED and signal is None:
-            return Report(exit_code=exit_code, failed=True,
-                          message="the sandbox could not start (bwrap failed)")
         if signal is not None:
             # bwrap itself was killed (by us, for a limit or a cancel).
             return Report(exit_code=None, signal=signal)
-        if exit_code == LAUNCHER_FAILED:
+        # bwrap reports the program's "exit-code" only when the program was started (its
+        # set-up finished and exec worked): without it, the sandbox failed, whatever the code.
+        if b'"exit-code"' not in status:
+            if exit_code == LAUNCHER_FAILED and b"child-pid" not in status:
+                return Report(exit_code=exit_code, failed=True,
+                              message="could not place the process in its cgroup")
             return Report(exit_code=exit_code, failed=True,
-                          message="could not place the process in its cgroup")
+                          message="the sandbox could not start the program")
         if exit_code is not None and exit_code > 128:
             # bwrap's pid 1 reports a child killed by signal N as 128 + N.
             return Report(exit_code=None, signal=exit_code - 128)

@@ -326,6 +326,10 @@ class IsolateDriver(Driver):
         finally:
             self._meta(run).unlink(missing_ok=True)
         if not meta:
+            if signal is None and exit_code is not None:
+                # It exited by itself and wrote no meta file: it failed before the box ran.
+                return Report(exit_code=exit_code, failed=True,
+                              message="the sandbox could not start the program")
             # isolate itself was killed (by us, for a limit or a cancel).
             return Report(signal=signal or 9)
         if boxinit.READY not in status and (
@@ -347,7 +351,8 @@ class IsolateDriver(Driver):
         code = meta.get("status", "")
         if code == "XX":
             report.failed = True
-            report.message = meta.get("message", "isolate failed")
+            report.message = "the sandbox failed"  # its own words name host paths: the log's
+            report.detail = meta.get("message", "")
         elif code == "TO":
             report.timed_out = "wall" if "wall" in meta.get("message", "") else "cpu"
             if "killed" not in meta and run.phase is Phase.BUILD:
