@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,12 @@ SHUTDOWN_POLL_S = 0.05
 SHUTDOWN_KILL_WAIT_S = 10.0  # cancelled requests: their boxes are killed, this is a hang bound
 SHUTDOWN_FLUSH_S = 5.0  # connections get this long to take their last events
 BASE_MARGIN_MB = 256  # launchers held ahead, the health probe: over the boxes' own bounds
+
+
+def default_node_name() -> str:
+    """The host name, made to fit --node-name's rule (1-64 of A-Z a-z 0-9 . _ -)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:64]
+    return name or "sandboxd"
 
 
 def default_box_memory_mb(meminfo: str = "/proc/meminfo") -> int:
@@ -83,11 +91,15 @@ class SandboxDaemon(service.MultiService):
         max_sessions_per_client: int = 16,
         client_identity: str = "connection",
         max_box_memory_mb: int | None = None,
+        drain_time: float = 0,
+        node_name: str | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor or default_reactor
         self.policy = policy
         self.shutdown_grace = shutdown_grace
+        self.drain_time = drain_time
+        self.node_name = node_name or default_node_name()
         self.stopping = False
         self.listeners: list[service.Service] = []
         _raise_open_files()
@@ -175,6 +187,7 @@ class SandboxDaemon(service.MultiService):
             toolchains=self.toolchains,
             modules=(ModuleSource(cache=Path(gomodcache).resolve()) if gomodcache
                      else ModuleSource(proxy=goproxy) if goproxy else None),
+            node=self.node_name,
         )
         if hold_builds:
             held = self.runtime.held_builds = HeldBuilds(
@@ -244,9 +257,9 @@ class SandboxDaemon(service.MultiService):
         self._limit_box_memory()
         self.pool.start()
         go = ", ".join(f"{n}={tc.version}" for n, tc in self.toolchains.items())
-        log.info("sandboxd: {driver} driver, {n} boxes, Go {go}, {cg}", driver=self.driver.name,
-                 n=self.pool.settings.boxes, go=go,
-                 cg=self.cgroups.describe())
+        log.info("sandboxd {node}: {driver} driver, {n} boxes, Go {go}, {cg}",
+                 node=self.node_name, driver=self.driver.name, n=self.pool.settings.boxes,
+                 go=go, cg=self.cgroups.describe())
         for line in self.driver.describe():
             log.info("limit mechanism: {line}", line=line)
         if self.runtime.modules is not None:
@@ -289,14 +302,20 @@ class SandboxDaemon(service.MultiService):
         return port
 
     def stopService(self) -> defer.Deferred[None]:
-        """SIGTERM: stop accepting, let running requests finish within the grace period,
-        cancel the rest (each still gets its final event), close connections, remove boxes."""
+        """SIGTERM: /healthz says 503 at once; after --drain-time (a balancer has stopped
+        sending work here meanwhile; everything else went on), stop accepting, let running
+        requests finish within the grace period, cancel the rest (each still gets its final
+        event), close connections, remove boxes."""
         self.stopping = True
-        self.factory.shutting_down = True
         service.Service.stopService(self)
         return defer.ensureDeferred(self._drain())
 
     async def _drain(self) -> None:
+        if self.drain_time > 0:
+            log.info("draining: /healthz answers 503 for {s} s while requests are still taken",
+                     s=self.drain_time)
+            await task.deferLater(self.reactor, self.drain_time, lambda: None)
+        self.factory.shutting_down = True
         # Request listeners close first; the rest (metrics: /healthz says 503 meanwhile) last.
         await self._stop_children([s for s in self.listeners if s.running])
         waiting = [job for job in self._jobs() if job.box is None]

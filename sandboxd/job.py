@@ -72,6 +72,7 @@ class Runtime:
     held_builds: HeldBuilds | None = None  # each ready box's next build, launched ahead
     stats: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    node: str | None = None  # --node-name: every request's final event names its daemon
 
     def __post_init__(self) -> None:
         self.toolchains.setdefault(self.toolchain.name, self.toolchain)
@@ -813,6 +814,10 @@ class Job:
         fields.update(self.extra_fields)
         if self.request.session_id is not None:
             fields["session_id"] = self.request.session_id
+            if self.box is not None:  # its box was made for it: no file of earlier requests
+                fields["session_new"] = self.box.runs == 1
+        if self.rt.node is not None:
+            fields["node"] = self.rt.node
         fields.update(extra)
         try:  # bookkeeping that fails must not cost the client its final event
             self.rt.count(f"status_{status}")

@@ -5,8 +5,9 @@ default one, so two daemons in one test process never mix).  It is rendered in t
 thread, not in a thread pool as ``prometheus_client.twisted.MetricsResource`` would: the
 gauges read the pool's live state, which only the reactor thread may touch.
 
-``/healthz`` answers 200 when a box can run a program right now and 503 otherwise; see
-``sandboxd.health`` for what is checked.
+``/healthz`` answers 200 when a box can run a program right now and 503 otherwise (and from
+the moment of a SIGTERM: a balancer stops sending work, see ``--drain-time``); see
+``sandboxd.health`` for what is checked.  Both name the daemon (``--node-name``).
 """
 
 from __future__ import annotations
@@ -97,16 +98,32 @@ class _DaemonState:
                                 value=binaries.total)
 
 
+class _WithNode:
+    """The registry with a ``node`` label (``--node-name``) on every sample, so that the
+    series of several daemons behind one balancer never mix, whatever the scraper adds."""
+
+    def __init__(self, registry: CollectorRegistry, node: str) -> None:
+        self.registry = registry
+        self.node = node
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.registry.collect():
+            family.samples = [s._replace(labels={"node": self.node, **s.labels})
+                              for s in family.samples]
+            yield family
+
+
 class _MetricsPage(resource.Resource):
     isLeaf = True
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, node: str) -> None:
         super().__init__()
         self.metrics = metrics
+        self.labelled = _WithNode(metrics.registry, node)
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.metrics.registry)
+        return generate_latest(self.labelled)  # type: ignore[arg-type]
 
 
 class _HealthPage(resource.Resource):
@@ -123,7 +140,8 @@ class _HealthPage(resource.Resource):
         def answer(verdict: tuple[bool, str]) -> None:
             healthy, why = verdict
             request.setResponseCode(200 if healthy else 503)
-            request.write(f"{'ok' if healthy else 'unhealthy'}: {why}\n".encode())
+            request.write(f"{'ok' if healthy else 'unhealthy'}: {why} "
+                          f"(node {self.daemon.node_name})\n".encode())
             request.finish()
 
         def failed(failure: Any) -> None:
@@ -138,7 +156,7 @@ class _HealthPage(resource.Resource):
 def metrics_site(daemon: SandboxDaemon) -> server.Site:
     """The HTTP site for ``--metrics``: /metrics and /healthz, nothing else."""
     root = resource.Resource()
-    root.putChild(b"metrics", _MetricsPage(daemon.runtime.metrics))
+    root.putChild(b"metrics", _MetricsPage(daemon.runtime.metrics, daemon.node_name))
     root.putChild(b"healthz", _HealthPage(daemon))
     site = server.Site(root)
     site.displayTracebacks = False

@@ -18,6 +18,7 @@ from sandboxd.limits import LimitError, LimitPolicy
 from sandboxd.listeners import ListenerError, endpoint_for, load_client_ca
 from sandboxd.listening import Listener
 from sandboxd.pool import box_memory_mb
+from sandboxd.request import SESSION_ID as NODE_NAME  # the same rule: safe in JSON and labels
 from sandboxd.toolchain import ToolchainError
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -61,6 +62,13 @@ def _on_off(value: str) -> str:
 def _client_identity(value: str) -> str:
     if value not in ("connection", "address"):
         raise ValueError("is neither connection nor address")
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not NODE_NAME.match(value):
+        raise ValueError("is not 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter "
+                         "or digit")
     return value
 
 
@@ -155,6 +163,12 @@ class Options(usage.Options):
          "on, e.g. tcp:9100:interface=127.0.0.1 [default: none, no metrics listener]"],
         ["shutdown-grace", None, 10.0, "seconds running requests get to finish after SIGTERM "
          "before they are cancelled", _non_negative],
+        ["drain-time", None, 0.0, "seconds after SIGTERM during which /healthz says 503 while "
+         "work is still taken, so that a balancer moves new work away before the listeners "
+         "close; then --shutdown-grace begins", _non_negative],
+        ["node-name", None, None, "this daemon's name in final events (\"node\"), metrics "
+         "(label node) and /healthz: 1-64 characters of A-Z a-z 0-9 . _ - [default: the host "
+         "name]", _node_name],
     ]
     optParameters = _named(optParameters)
 
@@ -379,6 +393,8 @@ def _make_service(options: Options) -> service.MultiService:
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
         shutdown_grace=options["shutdown-grace"],
+        drain_time=options["drain-time"],
+        node_name=options["node-name"],
     )
     # It proves it can serve before anything listens (sandboxd.selfcheck).
     daemon.check()
