@@ -10,7 +10,6 @@ a long line; one longer than twice that closes the socket.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sandboxd.connection import SHUTDOWN_NOT_STARTED
-from sandboxd.events import final_event
+from sandboxd.events import encode, final_event
 from sandboxd.request import BadRequest, Control, Request, parse_line
 from sandboxd.status import Phase, Status
 
@@ -201,8 +200,8 @@ class LineSocket(WebSocketServerProtocol):
 
     def _send(self, event: dict[str, Any]) -> None:
         if not self.closed:
-            self.sendMessage(json.dumps(event, ensure_ascii=False,
-                                        separators=(",", ":")).encode("utf-8"))
+            # The line protocol's one encoder (control characters escaped), without its "\n".
+            self.sendMessage(encode(event)[:-1])
 
 
 class _Upgrade(WebSocketResource):
