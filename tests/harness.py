@@ -157,7 +157,7 @@ def _remove_cgroups(state_dir: Path) -> None:
     ``sandboxd-<hash>`` base cgroups and any run cgroups in them. A daemon stopped cleanly
     leaves none (tests/test_failures.py checks that); this only keeps a test run from leaving
     killed daemons' behind."""
-    from sandboxd.daemon import _instance_name
+    from sandboxd.service.daemon import _instance_name
 
     name = f"sandboxd-{_instance_name(state_dir)}"
     bases = [p for pattern in (name, f"*/{name}", f"*/*/*/{name}")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd import toolchain
-from sandboxd.box import Box
-from sandboxd.cgroup import CgroupSupport
-from sandboxd.drivers import Mount, SandboxRun, choose
-from sandboxd.drivers.base import STATUS_FD
+from sandboxd.boxes.box import Box
+from sandboxd.golang import toolchain
 from sandboxd.limits import DEFAULT_LIMITS
+from sandboxd.sandbox.cgroup import CgroupSupport
+from sandboxd.sandbox.driver import STATUS_FD
+from sandboxd.sandbox.drivers import Mount, SandboxRun, choose
 from sandboxd.status import Phase
 from tests.harness import Daemon, _claim_box_range, finals, go_main, output
 

@@ -1,4 +1,4 @@
-"""Unit tests of sandboxd.cgroup's v2 and v1 file handling on a fake cgroup tree.
+"""Unit tests of sandboxd.sandbox.cgroup's v2 and v1 file handling on a fake cgroup tree.
 
 The machines here have cgroup v1 only, so the v2 code cannot run for real in the suite; these
 tests pin down what it writes and how it reads the kernel's files (formats as documented in the
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sandboxd import cgroup
-from sandboxd.cgroup import CgroupSupport, RunCgroup
+from sandboxd.sandbox import cgroup
+from sandboxd.sandbox.cgroup import CgroupSupport, RunCgroup
 
 
 def fake_v2(tmp_path: Path) -> Path:

@@ -8,9 +8,9 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
-from sandboxd import submit
-from sandboxd.connection import ConnectionFactory
+from sandboxd.jobs import submit
 from sandboxd.limits import LimitPolicy
+from sandboxd.wire.connection import ConnectionFactory
 
 CODE = "package main\n\nfunc main() {}\n"
 

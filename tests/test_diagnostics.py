@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sandboxd.diagnostics import clean
+from sandboxd.golang.diagnostics import clean
 
 
 def test_go_build_output_is_cleaned():

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd import seccomp
-from sandboxd.box import Box
-from sandboxd.cgroup import CgroupSupport, RunCgroup
-from sandboxd.drivers import DriverError
-from sandboxd.drivers.base import (
+from sandboxd.boxes.box import Box
+from sandboxd.limits import DEFAULT_LIMITS
+from sandboxd.sandbox import seccomp
+from sandboxd.sandbox.bubblewrap import STDERR_SHIM, BubblewrapDriver, read_options
+from sandboxd.sandbox.cgroup import CgroupSupport, RunCgroup
+from sandboxd.sandbox.driver import (
     ARGS_FD,
     HOLD_FD,
     INIT_FD,
@@ -21,9 +22,8 @@ from sandboxd.drivers.base import (
     Mount,
     SandboxRun,
 )
-from sandboxd.drivers.bubblewrap import STDERR_SHIM, BubblewrapDriver, read_options
-from sandboxd.drivers.isolate import IsolateDriver, box_ids, parse_meta
-from sandboxd.limits import DEFAULT_LIMITS
+from sandboxd.sandbox.drivers import DriverError
+from sandboxd.sandbox.isolate import IsolateDriver, box_ids, parse_meta
 from sandboxd.status import Phase
 
 MIB = 1024 * 1024
@@ -210,8 +210,8 @@ ISOLATE_CONFIG = {"first_uid": "60000", "first_gid": "60000", "num_boxes": "1000
 def iso(tmp_path, monkeypatch) -> IsolateDriver:
     config = tmp_path / "isolate.cf"
     config.write_text("")
-    monkeypatch.setattr("sandboxd.drivers.isolate.config_path", lambda: config)
-    monkeypatch.setattr("sandboxd.drivers.isolate.read_config",
+    monkeypatch.setattr("sandboxd.sandbox.isolate.config_path", lambda: config)
+    monkeypatch.setattr("sandboxd.sandbox.isolate.read_config",
                         lambda path=None: dict(ISOLATE_CONFIG))
     driver = IsolateDriver(tmp_path / "state", NO_CGROUPS)
     driver.use_tmpfs = False
@@ -447,8 +447,8 @@ def test_isolate_without_its_init_refuses_to_run(iso, tmp_path):
 def test_isolate_file_locks_allowed_by_its_config_are_not_faked(tmp_path, monkeypatch):
     config = tmp_path / "isolate.cf"
     config.write_text("")
-    monkeypatch.setattr("sandboxd.drivers.isolate.config_path", lambda: config)
-    monkeypatch.setattr("sandboxd.drivers.isolate.read_config",
+    monkeypatch.setattr("sandboxd.sandbox.isolate.config_path", lambda: config)
+    monkeypatch.setattr("sandboxd.sandbox.isolate.read_config",
                         lambda path=None: {**ISOLATE_CONFIG, "syscall_flags": "27"})
     assert not IsolateDriver(tmp_path / "state", NO_CGROUPS).fake_flock
 

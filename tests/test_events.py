@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from sandboxd.events import StreamDecoder, encode, final_event, output_event
 from sandboxd.status import Phase, Status
+from sandboxd.wire.events import StreamDecoder, encode, final_event, output_event
 
 
 def feed_all(chunks: list[bytes]) -> tuple[str, bytes]:

@@ -22,7 +22,7 @@ HELLO = go_main('\tfmt.Println("hello")')
 
 
 def base_name(state_dir: Path) -> str:
-    from sandboxd.daemon import _instance_name
+    from sandboxd.service.daemon import _instance_name
 
     return f"sandboxd-{_instance_name(state_dir)}"
 

@@ -14,11 +14,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
 
-from sandboxd.cgroup import CgroupSupport
-from sandboxd.connection import Connection, ConnectionFactory
-from sandboxd.daemon import default_box_memory_mb
-from sandboxd.pool import QueueFull, box_memory_mb
-from sandboxd.tap import Options
+from sandboxd.boxes.pool import QueueFull, box_memory_mb
+from sandboxd.sandbox.cgroup import CgroupSupport
+from sandboxd.service.daemon import default_box_memory_mb
+from sandboxd.service.tap import Options
+from sandboxd.wire.connection import Connection, ConnectionFactory
 from tests.test_pool import MIN, got, make_pool, waiting
 
 
@@ -345,7 +345,7 @@ def test_wrong_options_are_one_clear_line(argv: list[str], says: str):
 
 @pytest.fixture
 def turns(monkeypatch):
-    from sandboxd import submit
+    from sandboxd.jobs import submit
     from sandboxd.limits import LimitPolicy
     from tests.test_connection import FakeJob
 

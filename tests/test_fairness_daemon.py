@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.daemon import _instance_name
+from sandboxd.service.daemon import _instance_name
 from tests.harness import HANG, Daemon, finals, go_main, output
 
 NAP = go_main('\ttime.Sleep(150 * time.Millisecond)\n\tfmt.Println("nap")',

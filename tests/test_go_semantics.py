@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd import toolchain
-from sandboxd.bincache import BinaryCache
+from sandboxd.golang import toolchain
+from sandboxd.jobs.bincache import BinaryCache
 from sandboxd.limits import DEFAULT_LIMITS
 from tests.harness import Daemon, finals, go_main, output
 from tests.test_modules import make_proxy

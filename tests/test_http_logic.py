@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.python import usage
 
-from sandboxd.tap import Options
+from sandboxd.service.tap import Options
 from sandboxd.web.play import events_of, playground_names
 from sandboxd.web.site import host_allowed
 

@@ -13,12 +13,12 @@ import pytest
 from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
-from sandboxd.box import Box
-from sandboxd.job import Job, Runtime
+from sandboxd.boxes.box import Box
+from sandboxd.jobs.job import Job, Runtime
 from sandboxd.limits import LimitPolicy
-from sandboxd.metrics import Metrics
-from sandboxd.request import parse_line
+from sandboxd.service.metrics import Metrics
 from sandboxd.status import Status
+from sandboxd.wire.request import parse_line
 
 
 class FakePool:

@@ -1,4 +1,5 @@
-"""Unit tests of the small rules in sandboxd.listeners and sandboxd.health (no daemon)."""
+"""Unit tests of the small rules in sandboxd.service.listeners and sandboxd.service.health
+(no daemon)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from sandboxd.health import HealthCheck
-from sandboxd.listeners import (
+from sandboxd.service.health import HealthCheck
+from sandboxd.service.listeners import (
     ListenerError,
     _clear_stale_unix_socket,
     endpoint_for,

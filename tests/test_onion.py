@@ -14,9 +14,9 @@ from txtorcon import TorConfig
 from txtorcon.endpoints import TCPHiddenServiceEndpoint
 from txtorcon.testutil import FakeControlProtocol
 
-from sandboxd.connection import ConnectionFactory
 from sandboxd.limits import LimitPolicy
-from sandboxd.listeners import endpoint_for
+from sandboxd.service.listeners import endpoint_for
+from sandboxd.wire.connection import ConnectionFactory
 
 
 class OnionStringTests(unittest.TestCase):

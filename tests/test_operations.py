@@ -90,7 +90,7 @@ def leftovers(d: Daemon, before: bool = False) -> dict[str, list[str]]:
 
     ``before``: only what an earlier daemon of this state directory left, not what the one
     running now has (its builds held ahead: a launcher each, their cgroups and mounts)."""
-    from sandboxd.daemon import _instance_name
+    from sandboxd.service.daemon import _instance_name
 
     state = str(d.state_dir)
     table = _processes()
@@ -325,7 +325,7 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path):
 
 
 def test_systemd_service_command_line_is_valid():
-    from sandboxd.tap import Options
+    from sandboxd.service.tap import Options
 
     service = (ROOT / "systemd" / "sandboxd.service").read_text()
     exec_start = next(line for line in service.splitlines() if line.startswith("ExecStart="))

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from sandboxd import diagnostics, gotest, txtar
+from sandboxd.golang import diagnostics, gotest
 from sandboxd.limits import LimitPolicy
-from sandboxd.request import BadRequest, Control, SourceLimits, parse_line
+from sandboxd.wire import txtar
+from sandboxd.wire.request import BadRequest, Control, SourceLimits, parse_line
 
 
 def parse(obj: dict, **kw):

@@ -9,8 +9,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from sandboxd.box import Box
-from sandboxd.pool import BoxPool, PoolSettings, QueueFull
+from sandboxd.boxes.box import Box
+from sandboxd.boxes.pool import BoxPool, PoolSettings, QueueFull
 
 MIN = 60
 

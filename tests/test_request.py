@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sandboxd.limits import DEFAULT_LIMITS, LimitPolicy
-from sandboxd.request import (
+from sandboxd.wire.request import (
     MAX_ID_LENGTH,
     BadRequest,
     SourceLimits,

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from sandboxd import seccomp
+from sandboxd.sandbox import seccomp
 
 ALLOW = seccomp.RET_ALLOW
 EPERM = seccomp.RET_ERRNO | errno.EPERM

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd import toolchain
+from sandboxd.golang import toolchain
 from tests.harness import HANG, ROOT, _claim_box_range, _held
 
 BIN = Path(sys.executable).parent

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from sandboxd.singleflight import SingleFlight
+from sandboxd.jobs.singleflight import SingleFlight
 
 
 class Work:

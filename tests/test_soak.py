@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.daemon import _instance_name
+from sandboxd.service.daemon import _instance_name
 from tests.harness import DRIVERS, HANG, Client, Daemon, driver_missing, go_main
 from tests.hostile import BENIGN, box_uids, processes_of, program
 

@@ -7,7 +7,7 @@ import re
 import pytest
 from twisted.python import usage
 
-from sandboxd.tap import DEFAULT_LISTEN, Options
+from sandboxd.service.tap import DEFAULT_LISTEN, Options
 
 
 def help_entries() -> dict[str, str]:

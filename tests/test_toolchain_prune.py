@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from sandboxd import toolchain
+from sandboxd.golang import toolchain
 
 
 def test_prune_removes_only_old_caches_and_dead_warm_dirs(tmp_path):

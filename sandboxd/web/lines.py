@@ -20,15 +20,15 @@ from twisted.internet import interfaces
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sandboxd.connection import SHUTDOWN_NOT_STARTED
-from sandboxd.events import final_event
-from sandboxd.request import BadRequest, Control, Request, parse_line
 from sandboxd.status import Phase, Status
+from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED
+from sandboxd.wire.events import final_event
+from sandboxd.wire.request import BadRequest, Control, Request, parse_line
 
 if TYPE_CHECKING:
-    from sandboxd.connection import ConnectionFactory
-    from sandboxd.submit import Handle
+    from sandboxd.jobs.submit import Handle
     from sandboxd.web.site import WebSettings
+    from sandboxd.wire.connection import ConnectionFactory
 
 log = Logger()
 
@@ -40,7 +40,7 @@ def client_for(factory: ConnectionFactory, transport: Any) -> str:
     connection alone (``http:N``)."""
     from types import SimpleNamespace
 
-    from sandboxd.connection import Connection
+    from sandboxd.wire.connection import Connection
 
     view = SimpleNamespace(transport=transport)
     return (Connection._certificate_identity(view)  # type: ignore[arg-type]

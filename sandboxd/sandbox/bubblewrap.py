@@ -13,9 +13,9 @@ import fcntl
 import os
 from pathlib import Path
 
-from sandboxd import seccomp
-from sandboxd.cgroup import CgroupSupport
-from sandboxd.drivers.base import (
+from sandboxd.sandbox import seccomp
+from sandboxd.sandbox.cgroup import CgroupSupport
+from sandboxd.sandbox.driver import (
     ARGS_FD,
     HOLD_FD,
     LAUNCHER_FAILED,

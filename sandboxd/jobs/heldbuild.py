@@ -23,20 +23,20 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sandboxd import hostfs
-from sandboxd.box import Box
-from sandboxd.cgroup import CgroupSupport
-from sandboxd.child import ChildResult, SandboxChild
-from sandboxd.drivers.base import INODES_PER_MB, MIB, Driver, Mount, SandboxRun
-from sandboxd.limits import PhaseLimits
-from sandboxd.status import Phase
-from sandboxd.toolchain import (
+from sandboxd.boxes import hostfs
+from sandboxd.boxes.box import Box
+from sandboxd.golang.toolchain import (
     GOCACHE_INSIDE,
     GOROOT_INSIDE,
     OUTPUT_INSIDE,
     SOURCE_INSIDE,
     Toolchain,
 )
+from sandboxd.limits import PhaseLimits
+from sandboxd.sandbox.cgroup import CgroupSupport
+from sandboxd.sandbox.child import ChildResult, SandboxChild
+from sandboxd.sandbox.driver import INODES_PER_MB, MIB, Driver, Mount, SandboxRun
+from sandboxd.status import Phase
 
 log = Logger()
 

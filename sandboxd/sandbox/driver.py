@@ -11,10 +11,10 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from sandboxd import boxetc, hostfs
-from sandboxd.box import Box
-from sandboxd.cgroup import CgroupSupport, RunCgroup
+from sandboxd.boxes import boxetc, hostfs
+from sandboxd.boxes.box import Box
 from sandboxd.limits import PhaseLimits
+from sandboxd.sandbox.cgroup import CgroupSupport, RunCgroup
 from sandboxd.status import Phase
 
 log = Logger()
@@ -41,7 +41,7 @@ STATUS_FD = 3
 SECCOMP_FD = 4
 # Where a held sandbox (see ``Driver.can_hold``) waits for the byte that lets its program start.
 HOLD_FD = 5
-# Where an isolate box finds sandboxd's box init (``sandboxd.boxinit``), to run it first.
+# Where an isolate box finds sandboxd's box init (``sandboxd.golang.boxinit``), to run it first.
 INIT_FD = 6
 # Where bwrap reads its options (--args): a box's pid 1 is bwrap, and its command line is
 # readable inside the box, so no host path may be on it.  (Not 6: the isolate box init's.)
@@ -161,7 +161,7 @@ class Driver(ABC):
         return path
 
     def box_etc(self, run: SandboxRun) -> Path:
-        """The box's own read-only /etc (see ``sandboxd.boxetc``) for ``run``: in its /tmp's
+        """The box's own read-only /etc (see ``sandboxd.boxes.boxetc``) for ``run``: in its /tmp's
         tmpfs where it has one.  For every run that does not have the host's network (a
         module download step keeps the host's name files)."""
         box = run.box
@@ -178,7 +178,7 @@ class Driver(ABC):
     def gid_for(self, number: int) -> int:
         return self.uid_for(number)
 
-    # True: every run starts as ``sandboxd.boxinit``; the toolchain's warm step builds it and
+    # True: every run starts as ``sandboxd.golang.boxinit``; the toolchain's warm step builds it and
     # hands its path to ``use_init``.
     needs_init = False
 

@@ -15,33 +15,35 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sandboxd import diagnostics, executable, gotest, hostfs
-from sandboxd.bincache import BinaryCache
-from sandboxd.box import Box
-from sandboxd.cgroup import CgroupSupport
-from sandboxd.child import SIGNAL_NAMES, ChildResult, SandboxChild
-from sandboxd.drivers.base import MIB, RUN_ENV, Driver, Mount, SandboxRun
-from sandboxd.events import StreamDecoder, final_event, output_event
-from sandboxd.heldbuild import (
-    HeldBuild,
-    HeldBuilds,
-    build_mounts,
-    make_job_dir,
-    remove_job_dir,
-)
-from sandboxd.metrics import Metrics
-from sandboxd.modules import MODCACHE_INSIDE, PROXY_INSIDE, ModuleSource
-from sandboxd.pool import NO_CLIENT, BoxPool, QueueFull
-from sandboxd.request import Request
-from sandboxd.singleflight import SingleFlight
-from sandboxd.status import Phase, Status
-from sandboxd.toolchain import (
+from sandboxd.boxes import hostfs
+from sandboxd.boxes.box import Box
+from sandboxd.boxes.pool import NO_CLIENT, BoxPool, QueueFull
+from sandboxd.golang import diagnostics, gotest
+from sandboxd.golang.modules import MODCACHE_INSIDE, PROXY_INSIDE, ModuleSource
+from sandboxd.golang.toolchain import (
     BINARY_INSIDE,
     BUILD_FLAGS,
     GOROOT_INSIDE,
     SOURCE_INSIDE,
     Toolchain,
 )
+from sandboxd.jobs.bincache import BinaryCache
+from sandboxd.jobs.heldbuild import (
+    HeldBuild,
+    HeldBuilds,
+    build_mounts,
+    make_job_dir,
+    remove_job_dir,
+)
+from sandboxd.jobs.singleflight import SingleFlight
+from sandboxd.sandbox import executable
+from sandboxd.sandbox.cgroup import CgroupSupport
+from sandboxd.sandbox.child import SIGNAL_NAMES, ChildResult, SandboxChild
+from sandboxd.sandbox.driver import MIB, RUN_ENV, Driver, Mount, SandboxRun
+from sandboxd.service.metrics import Metrics
+from sandboxd.status import Phase, Status
+from sandboxd.wire.events import StreamDecoder, final_event, output_event
+from sandboxd.wire.request import Request
 
 log = Logger()
 

@@ -6,7 +6,7 @@ thread, not in a thread pool as ``prometheus_client.twisted.MetricsResource`` wo
 gauges read the pool's live state, which only the reactor thread may touch.
 
 ``/healthz`` answers 200 when a box can run a program right now and 503 otherwise; see
-``sandboxd.health`` for what is checked.
+``sandboxd.service.health`` for what is checked.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prometheus_client.exposition import generate_latest
 from twisted.web import resource, server
 
 if TYPE_CHECKING:
-    from sandboxd.daemon import SandboxDaemon
+    from sandboxd.service.daemon import SandboxDaemon
 
 # Builds take from ~0.1 s (warm cache) to the build limit; runs from ~2 ms to the run limit.
 BUILD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)

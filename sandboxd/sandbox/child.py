@@ -20,9 +20,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sandboxd import boxprocs
-from sandboxd.drivers.base import HOLD_FD, STATUS_FD, Driver, Report, SandboxRun
-from sandboxd.events import now_ms
+from sandboxd.sandbox import boxprocs
+from sandboxd.sandbox.driver import HOLD_FD, STATUS_FD, Driver, Report, SandboxRun
+from sandboxd.wire.events import now_ms
 
 log = Logger()
 
@@ -162,7 +162,7 @@ class SandboxChild(protocol.ProcessProtocol):
             self._cpu_source = lambda: self._cgroup_usage(cg)
             interval = CPU_POLL_S
         else:
-            # No cgroup: the box's uid finds its processes (see sandboxd.boxprocs).
+            # No cgroup: the box's uid finds its processes (see sandboxd.sandbox.boxprocs).
             uid = self.run.box.uid
             self._cpu_source = lambda: self._uid_usage(uid)
             interval = UID_POLL_S

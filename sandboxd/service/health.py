@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sandboxd.child import SandboxChild
-from sandboxd.drivers.base import RUN_ENV, SandboxRun
-from sandboxd.singleflight import SingleFlight
+from sandboxd.jobs.singleflight import SingleFlight
+from sandboxd.sandbox.child import SandboxChild
+from sandboxd.sandbox.driver import RUN_ENV, SandboxRun
 from sandboxd.status import Phase
 
 if TYPE_CHECKING:
-    from sandboxd.daemon import SandboxDaemon
+    from sandboxd.service.daemon import SandboxDaemon
 
 log = Logger()
 

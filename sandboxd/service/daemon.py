@@ -14,18 +14,21 @@ from twisted.internet import defer, task
 from twisted.internet import reactor as default_reactor
 from twisted.logger import Logger
 
-from sandboxd import cgroup, hostfs, instance, toolchain
-from sandboxd.bincache import BinaryCache
-from sandboxd.connection import SHUTDOWN_NOT_STARTED, ConnectionFactory
-from sandboxd.drivers import DriverError, choose
-from sandboxd.health import HealthCheck
-from sandboxd.heldbuild import HeldBuilds
-from sandboxd.job import Runtime
+from sandboxd.boxes import hostfs
+from sandboxd.boxes.pool import MAX_BOX_NUMBER, BoxPool, PoolSettings
+from sandboxd.golang import toolchain
+from sandboxd.golang.modules import ModuleSource
+from sandboxd.jobs.bincache import BinaryCache
+from sandboxd.jobs.heldbuild import HeldBuilds
+from sandboxd.jobs.job import Runtime
 from sandboxd.limits import LimitPolicy
-from sandboxd.metrics import Metrics
-from sandboxd.modules import ModuleSource
-from sandboxd.pool import MAX_BOX_NUMBER, BoxPool, PoolSettings
-from sandboxd.request import SourceLimits
+from sandboxd.sandbox import cgroup
+from sandboxd.sandbox.drivers import DriverError, choose
+from sandboxd.service import instance
+from sandboxd.service.health import HealthCheck
+from sandboxd.service.metrics import Metrics
+from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED, ConnectionFactory
+from sandboxd.wire.request import SourceLimits
 
 log = Logger()
 
@@ -101,7 +104,7 @@ class SandboxDaemon(service.MultiService):
         # (they would be left behind): the driver (its tools), the box range, the toolchains.
         self.driver = choose(sandbox, state_dir=state_dir, cgroups=cgroup.CgroupSupport(
             None, {}, "not looked for yet"), first_uid=first_uid)
-        # The pool's box numbers, then one more: the start-up check's (sandboxd.selfcheck).
+        # The pool's box numbers, then one more: the start-up check's (sandboxd.service.selfcheck).
         self.check_box = first_box + min(MAX_BOX_NUMBER, 3 * boxes + max_sessions + 2)
         self.driver.check_box_range(first_box, self.check_box - first_box + 1)
         if cgroups == "isolate":
@@ -198,9 +201,9 @@ class SandboxDaemon(service.MultiService):
         )
 
     def check(self) -> None:
-        """Prove this daemon can serve (see ``sandboxd.selfcheck``), before any listener
+        """Prove this daemon can serve (see ``sandboxd.service.selfcheck``), before any listener
         opens; StartError with the cause and the fix otherwise (what it made is removed)."""
-        from sandboxd import selfcheck
+        from sandboxd.service import selfcheck
 
         try:
             self.checked = selfcheck.check(self, self.check_box)
@@ -257,7 +260,7 @@ class SandboxDaemon(service.MultiService):
             log.info("{checked}", checked=self.checked)
         super().startService()
         for listener in self.listeners:
-            if listener.port is not None:  # listening since the start (sandboxd.listening)
+            if listener.port is not None:  # listening since the start (sandboxd.service.listening)
                 self._listening(listener.port, listener)
             elif listener.waiting is not None:  # an onion service: once tor published it
                 listener.waiting.addCallbacks(self._listening, self._not_listening,
@@ -274,7 +277,7 @@ class SandboxDaemon(service.MultiService):
         # (Restart=on-failure), rather than run without it.
         if self.stopping or failure.check(defer.CancelledError):
             return
-        from sandboxd.listening import describe_failure
+        from sandboxd.service.listening import describe_failure
 
         log.critical("sandboxd: {why}; stopping",
                      why=describe_failure(listener.description, failure.value))

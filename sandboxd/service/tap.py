@@ -12,13 +12,13 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from sandboxd.drivers.base import DriverError
-from sandboxd.instance import StartError
+from sandboxd.boxes.pool import box_memory_mb
+from sandboxd.golang.toolchain import ToolchainError
 from sandboxd.limits import LimitError, LimitPolicy
-from sandboxd.listeners import ListenerError, endpoint_for, load_client_ca
-from sandboxd.listening import Listener
-from sandboxd.pool import box_memory_mb
-from sandboxd.toolchain import ToolchainError
+from sandboxd.sandbox.driver import DriverError
+from sandboxd.service.instance import StartError
+from sandboxd.service.listeners import ListenerError, endpoint_for, load_client_ca
+from sandboxd.service.listening import Listener
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 GO_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
@@ -313,7 +313,7 @@ def _os_error(e: OSError) -> str:
 def _make_service(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
-    from sandboxd.daemon import SandboxDaemon
+    from sandboxd.service.daemon import SandboxDaemon
 
     if os.geteuid() != 0:
         raise StartError("must run as root (it mounts each box's file system, makes cgroups "
@@ -327,7 +327,7 @@ def _make_service(options: Options) -> service.MultiService:
                              "a real file system")
         if where.exists() and not where.is_dir():
             raise StartError(f"--{name} {options[name]} is not a directory")
-    from sandboxd.toolchain import find_goroot
+    from sandboxd.golang.toolchain import find_goroot
 
     for name, path in [("default", options["go"]), *options["more-go"].items()]:
         if path is not None:
@@ -380,7 +380,7 @@ def _make_service(options: Options) -> service.MultiService:
         max_connections=options["max-connections"],
         shutdown_grace=options["shutdown-grace"],
     )
-    # It proves it can serve before anything listens (sandboxd.selfcheck).
+    # It proves it can serve before anything listens (sandboxd.service.selfcheck).
     daemon.check()
     made: list[Listener] = []
     try:
@@ -399,7 +399,7 @@ def _make_service(options: Options) -> service.MultiService:
                 listener = _listener(endpoint, site, daemon, description, made)
                 daemon.listeners.append(listener)
         if metrics is not None:
-            from sandboxd.metrics import metrics_site
+            from sandboxd.service.metrics import metrics_site
 
             _listener(metrics, metrics_site(daemon), daemon, options["metrics"], made)
     except ListenerError:

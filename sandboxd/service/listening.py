@@ -18,7 +18,7 @@ from twisted.application import service
 from twisted.internet import defer, error
 from twisted.python.failure import Failure
 
-from sandboxd.listeners import ListenerError
+from sandboxd.service.listeners import ListenerError
 
 AT_ONCE = ("tcp:", "tcp6:", "ssl:", "unix:", "systemd:")
 

@@ -10,7 +10,7 @@ Every Twisted server endpoint string works (``tcp:``, ``ssl:``, ``unix:``, ``sys
 - takes over a ``unix:`` socket a killed daemon left (see ``_clear_stale_unix_socket``);
 - with ``--client-ca``, makes every ``ssl:`` listener demand a client certificate signed by
   one of the CA's certificates, at the handshake (``ssl:`` strings have no option for that);
-- makes a client's TLS ``close_notify`` a half-close, like TCP's (``sandboxd.tlshalfclose``).
+- makes a client's TLS ``close_notify`` a half-close, like TCP's (``sandboxd.wire.tlshalfclose``).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def endpoint_for(reactor: Any, description: str,
     if client_ca and description.startswith("ssl:"):
         require_client_certificates(endpoint, client_ca)
     if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
-        from sandboxd.tlshalfclose import HalfCloseTLSEndpoint
+        from sandboxd.wire.tlshalfclose import HalfCloseTLSEndpoint
 
         return HalfCloseTLSEndpoint(endpoint)
     return endpoint

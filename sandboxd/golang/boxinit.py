@@ -1,5 +1,5 @@
 """The init of an isolate box: a tiny Go program that runs first in the box and installs
-sandboxd's own seccomp filter (``sandboxd.seccomp``) before it becomes the box's program.
+sandboxd's own seccomp filter (``sandboxd.sandbox.seccomp``) before it becomes the box's program.
 
 Released isolate (2.6) installs only its own small filter (keyctl, AF_VSOCK, file locks,
 io_uring); bubblewrap boxes get sandboxd's whole filter through ``bwrap --seccomp``.  So that
@@ -13,7 +13,7 @@ anything fails it reports the reason on ``STATUS_FD`` and exits 127 without star
 the driver then reports a failure of the sandbox, never one of the program.
 
 It is built from the source below by the daemon's own Go toolchain when the toolchain is
-warmed (``sandboxd.toolchain.warm``), on the host, into a private build cache (the shared
+warmed (``sandboxd.golang.toolchain.warm``), on the host, into a private build cache (the shared
 standard-library cache is never written), and kept as ``init-<hash>`` in the cache directory
 (root-owned, mode 0755).  The box reaches it only through the descriptor the daemon opened: no
 host path names it inside the box.
@@ -31,7 +31,7 @@ from pathlib import Path
 READY = b"sandboxd-init: ready"
 FAILED_PREFIX = b"sandboxd-init: "
 
-SOURCE = r"""// sandboxd's init for isolate boxes (see sandboxd/boxinit.py).
+SOURCE = r"""// sandboxd's init for isolate boxes (see sandboxd/golang/boxinit.py).
 package main
 
 import (

@@ -2,7 +2,7 @@
 
 ``FairSlots`` lets ``--boxes`` requests run at once; the rest wait, each client's first in,
 first out, and a freed box goes to the next *client* in turn (round-robin), so one client's
-flood costs that client, not its neighbours.  A client (see ``sandboxd.connection``) may have
+flood costs that client, not its neighbours.  A client (see ``sandboxd.wire.connection``) may have
 ``--max-queue-per-client`` requests waiting and ``--max-sessions-per-client`` live sessions;
 when the whole queue (``--max-queue``) is full, the newest waiting request of the client with
 the most waiting gives its place to a client with fewer.  Session boxes keep their files
@@ -29,8 +29,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from sandboxd.box import Box
-from sandboxd.drivers.base import INODES_PER_MB, Driver
+from sandboxd.boxes.box import Box
+from sandboxd.sandbox.driver import INODES_PER_MB, Driver
 
 log = Logger()
 
@@ -180,7 +180,7 @@ class BoxPool:
         self._cleanup = LoopingCall(self.cleanup)
         self._cleanup.clock = clock
         # Told when an anonymous box becomes ready (again, after each wipe), and when any box
-        # is destroyed: what is prepared ahead for a box (``sandboxd.heldbuild``) dies with it.
+        # is destroyed: what is prepared ahead for a box (``sandboxd.jobs.heldbuild``) dies with it.
         self.on_ready: Callable[[Box], None] = lambda box: None
         self.on_retire: Callable[[Box], None] = lambda box: None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from sandboxd import hostfs
+from sandboxd.boxes import hostfs
 from sandboxd.limits import PhaseLimits
 
 log = Logger()

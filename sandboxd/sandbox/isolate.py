@@ -6,11 +6,11 @@ isolate's box N (its uid is isolate's ``first_uid + N``, its gid ``first_gid + N
 from ``/etc/subuid`` and ``/etc/subgid`` when the config names a ``subid_user``, isolate's stock
 configuration); a session keeps its isolate box between runs.  Without ``--cg`` isolate limits
 with rlimits; the daemon still puts the whole isolate process tree into its own cgroup where the
-host has one (see ``sandboxd.cgroup``), so memory and processes are bounded for the box as a
+host has one (see ``sandboxd.sandbox.cgroup``), so memory and processes are bounded for the box as a
 whole.
 
-Every build and run starts as sandboxd's box init (``sandboxd.boxinit``, passed as a descriptor
-with ``--inherit-fds``), which installs sandboxd's own seccomp filter -- the one bubblewrap
+Every build and run starts as sandboxd's box init (``sandboxd.golang.boxinit``, passed as a
+descriptor with ``--inherit-fds``), which installs sandboxd's own seccomp filter -- the one bubblewrap
 boxes get -- on top of isolate's, then becomes the program.  isolate's own filter stays: where
 its configuration forbids file locks (``syscall_flags`` bit 4, the default), a build's filter
 makes ``flock`` return 0 without locking, which ``go build`` needs to read go.mod (a filter
@@ -34,10 +34,12 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from sandboxd import boxinit, hostfs, seccomp
-from sandboxd.box import Box
-from sandboxd.cgroup import CgroupSupport
-from sandboxd.drivers.base import (
+from sandboxd.boxes import hostfs
+from sandboxd.boxes.box import Box
+from sandboxd.golang import boxinit
+from sandboxd.sandbox import seccomp
+from sandboxd.sandbox.cgroup import CgroupSupport
+from sandboxd.sandbox.driver import (
     INIT_FD,
     LAUNCHER_FAILED,
     SECCOMP_FD,
@@ -137,7 +139,7 @@ class IsolateDriver(Driver):
     graceful_stop = True
     cpu_backstop = "isolate --time/--extra-time on the program's main process"
 
-    needs_init = True  # sandboxd.boxinit, set by the toolchain's warm step (use_init)
+    needs_init = True  # sandboxd.golang.boxinit, set by the toolchain's warm step (use_init)
 
     def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:
         super().__init__(state_dir, cgroups, first_uid)

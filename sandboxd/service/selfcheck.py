@@ -24,9 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandboxd import boxprocs, hostfs
-from sandboxd.box import Box
-from sandboxd.drivers.base import (
+from sandboxd.boxes import hostfs
+from sandboxd.boxes.box import Box
+from sandboxd.golang.toolchain import BINARY_INSIDE, SOURCE_INSIDE, Toolchain
+from sandboxd.jobs.heldbuild import build_mounts, make_job_dir
+from sandboxd.limits import PhaseLimits
+from sandboxd.sandbox import boxprocs
+from sandboxd.sandbox.driver import (
     RUN_ENV,
     STATUS_FD,
     Driver,
@@ -34,11 +38,8 @@ from sandboxd.drivers.base import (
     Report,
     SandboxRun,
 )
-from sandboxd.heldbuild import build_mounts, make_job_dir
-from sandboxd.instance import StartError
-from sandboxd.limits import PhaseLimits
+from sandboxd.service.instance import StartError
 from sandboxd.status import Phase
-from sandboxd.toolchain import BINARY_INSIDE, SOURCE_INSIDE, Toolchain
 
 SOURCE = b'package main\n\nimport "os"\n\nfunc main() { os.Stdout.WriteString("sandboxd ok\\n") }\n'
 EXPECTED = b"sandboxd ok\n"

@@ -1,6 +1,6 @@
 """The one way a request gets run: ``Requests.submit(request, emit, client) -> Handle``.
 
-Every face of the daemon — the line protocol (``sandboxd.connection``), HTTP and WebSocket
+Every face of the daemon — the line protocol (``sandboxd.wire.connection``), HTTP and WebSocket
 (``sandboxd.web``) — turns what its client sent into a checked ``Request`` and submits it here;
 none of them makes a ``Job`` itself.  ``Requests`` keeps every request in flight, whichever face
 it came from, so a shutdown finds and ends them all.
@@ -14,10 +14,10 @@ from typing import Any
 from twisted.internet import defer
 
 from sandboxd import __version__
-from sandboxd.events import final_event
-from sandboxd.job import Job, Runtime
-from sandboxd.request import Request
+from sandboxd.jobs.job import Job, Runtime
 from sandboxd.status import Phase, Status
+from sandboxd.wire.events import final_event
+from sandboxd.wire.request import Request
 
 Emit = Callable[[dict[str, Any]], None]
 

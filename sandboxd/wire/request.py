@@ -9,8 +9,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandboxd import txtar
 from sandboxd.limits import LimitError, LimitPolicy, Limits
+from sandboxd.wire import txtar
 
 MAX_ID_LENGTH = 128
 SESSION_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from sandboxd.drivers.base import Driver, DriverError, Mount, Report, SandboxRun
+from sandboxd.sandbox.driver import Driver, DriverError, Mount, Report, SandboxRun
 
 __all__ = ["Driver", "DriverError", "Mount", "Report", "SandboxRun", "choose"]
 
@@ -14,11 +14,11 @@ def choose(name: str, **options: object) -> Driver:
     if name == "auto":
         name = "isolate" if shutil.which("isolate") else "bubblewrap"
     if name == "isolate":
-        from sandboxd.drivers.isolate import IsolateDriver
+        from sandboxd.sandbox.isolate import IsolateDriver
 
         return IsolateDriver(**options)  # type: ignore[arg-type]
     if name == "bubblewrap":
-        from sandboxd.drivers.bubblewrap import BubblewrapDriver
+        from sandboxd.sandbox.bubblewrap import BubblewrapDriver
 
         return BubblewrapDriver(**options)  # type: ignore[arg-type]
     raise DriverError(f"unknown sandbox {name!r} (auto, isolate or bubblewrap)")

@@ -25,12 +25,12 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from sandboxd import __version__
-from sandboxd.events import encode, final_event
-from sandboxd.job import Runtime
+from sandboxd.jobs.job import Runtime
+from sandboxd.jobs.submit import Handle, Requests
 from sandboxd.limits import LimitPolicy
-from sandboxd.request import BadRequest, Control, SourceLimits, parse_line
 from sandboxd.status import Phase, Status
-from sandboxd.submit import Handle, Requests
+from sandboxd.wire.events import encode, final_event
+from sandboxd.wire.request import BadRequest, Control, SourceLimits, parse_line
 
 log = Logger()
 
@@ -346,7 +346,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
     @property
     def client(self) -> str:
         """Who this connection's requests count as, for the shares of the queue and of the
-        sessions (``sandboxd.pool``): the client certificate where one was verified (an
+        sessions (``sandboxd.boxes.pool``): the client certificate where one was verified (an
         ``ssl:`` listener with ``--client-ca``), else the peer's address with
         ``--client-identity=address`` (IPv6: its /64), else this connection alone.  Asked at
         the first request, after any TLS handshake."""
