@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
 from sandboxd.jobs import submit
+from sandboxd.jobs.submit import Requests
 from sandboxd.limits import LimitPolicy
 from sandboxd.wire.connection import ConnectionFactory
 
@@ -60,7 +61,7 @@ class FakeJob:
 def conn(monkeypatch):
     FakeJob.made = []
     monkeypatch.setattr(submit, "Job", FakeJob)  # every face makes its jobs there
-    factory = ConnectionFactory(runtime=None, policy=LimitPolicy(), max_line_bytes=100,
+    factory = ConnectionFactory(requests=Requests(None), policy=LimitPolicy(), max_line_bytes=100,
                                 idle_timeout=None)
     proto = factory.buildProtocol(None)
     transport = StringTransport()

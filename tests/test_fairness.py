@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python import usage
 
 from sandboxd.boxes.pool import QueueFull, box_memory_mb
+from sandboxd.jobs.submit import Requests
 from sandboxd.sandbox.cgroup import CgroupSupport
 from sandboxd.service.daemon import default_box_memory_mb
 from sandboxd.service.tap import Options
@@ -282,13 +283,13 @@ def client_of(factory: ConnectionFactory, transport: FakeTransport) -> str:
 
 
 def test_each_connection_is_its_own_client_by_default():
-    factory = ConnectionFactory(None, None)  # type: ignore[arg-type]
+    factory = ConnectionFactory(Requests(None), None)  # type: ignore[arg-type]
     keys = {client_of(factory, FakeTransport("10.0.0.1")) for _ in range(3)}
     assert len(keys) == 3
 
 
 def test_by_address_connections_of_one_host_or_one_ipv6_64_are_one_client():
-    factory = ConnectionFactory(None, None, client_identity="address")  # type: ignore[arg-type]
+    factory = ConnectionFactory(Requests(None), None, client_identity="address")  # type: ignore[arg-type]
     a = client_of(factory, FakeTransport("10.0.0.1"))
     assert a == client_of(factory, FakeTransport("10.0.0.1")) == "addr:10.0.0.1"
     assert client_of(factory, FakeTransport("::ffff:10.0.0.1")) == a
@@ -302,7 +303,7 @@ def test_by_address_connections_of_one_host_or_one_ipv6_64_are_one_client():
 
 
 def test_a_verified_client_certificate_names_the_client_whatever_the_address():
-    factory = ConnectionFactory(None, None, client_identity="address")  # type: ignore[arg-type]
+    factory = ConnectionFactory(Requests(None), None, client_identity="address")  # type: ignore[arg-type]
     alice = client_of(factory, FakeTransport("10.0.0.1", FakeCert(b"alice"), tls=True))
     assert alice.startswith("cert:")
     assert alice == client_of(factory, FakeTransport("10.0.0.9", FakeCert(b"alice"), tls=True))
@@ -352,7 +353,7 @@ def turns(monkeypatch):
     FakeJob.made = []
     monkeypatch.setattr(submit, "Job", FakeJob)  # every face makes its jobs there
     clock = Clock()
-    factory = ConnectionFactory(runtime=None, policy=LimitPolicy(), idle_timeout=None,
+    factory = ConnectionFactory(requests=Requests(None), policy=LimitPolicy(), idle_timeout=None,
                                 lines_per_turn=2, reactor=clock)
 
     def connect() -> tuple[Connection, StringTransport]:

@@ -15,8 +15,8 @@ from twisted.logger import globalLogPublisher
 
 from sandboxd.boxes.box import Box
 from sandboxd.jobs.job import Job, Runtime
+from sandboxd.jobs.metrics import Metrics
 from sandboxd.limits import LimitPolicy
-from sandboxd.service.metrics import Metrics
 from sandboxd.status import Status
 from sandboxd.wire.request import parse_line
 

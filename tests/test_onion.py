@@ -14,6 +14,7 @@ from txtorcon import TorConfig
 from txtorcon.endpoints import TCPHiddenServiceEndpoint
 from txtorcon.testutil import FakeControlProtocol
 
+from sandboxd.jobs.submit import Requests
 from sandboxd.limits import LimitPolicy
 from sandboxd.service.listeners import endpoint_for
 from sandboxd.wire.connection import ConnectionFactory
@@ -67,7 +68,7 @@ class OnionServiceTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_onion_service_is_added_and_served_by_sandboxd(self):
-        factory = ConnectionFactory(runtime=None, policy=LimitPolicy(),  # type: ignore[arg-type]
+        factory = ConnectionFactory(requests=Requests(None), policy=LimitPolicy(),  # type: ignore[arg-type]
                                     idle_timeout=None)
         ep = TCPHiddenServiceEndpoint(reactor, self.config, 80, ephemeral=True, version=3,
                                       private_key="f" * 32)

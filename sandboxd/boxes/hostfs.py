@@ -16,6 +16,10 @@ import shutil
 import stat
 from pathlib import Path
 
+MIB = 1024 * 1024
+# A box's tmpfs holds this many files per MiB of its size (its inode bound).
+INODES_PER_MB = 256
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 MS_NOSUID, MS_NODEV, MS_REMOUNT = 2, 4, 32
 MNT_DETACH = 2

@@ -23,6 +23,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -30,11 +32,24 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from sandboxd.boxes.box import Box
-from sandboxd.sandbox.driver import INODES_PER_MB, Driver
+from sandboxd.boxes.hostfs import INODES_PER_MB
 
 log = Logger()
 
 MAX_BOX_NUMBER = 4000
+
+
+class Driver(Protocol):
+    """What the pool asks of a sandbox driver (``sandboxd.sandbox.driver.Driver`` is one): the
+    pool is below the sandbox, so it names only what it calls."""
+
+    def sweep(self) -> None: ...
+    def uid_for(self, number: int) -> int: ...
+    def gid_for(self, number: int) -> int: ...
+    def workspace_for(self, number: int) -> Path: ...
+    def create_box(self, box: Box, disk_mb: int) -> None: ...
+    def destroy_box(self, box: Box) -> None: ...
+    def wipe_box(self, box: Box, disk_mb: int) -> None: ...
 # Kernel memory of one tmpfs inode with its dentry (charged to the memory cgroup, not counted
 # in the tmpfs size): measured 0.96 KiB for an empty file with a short name and 1.46 KiB with a
 # 248-byte name (cgroup v1, Linux 6.18; bench/flood.py memory).  A box of disk_mb MiB may hold

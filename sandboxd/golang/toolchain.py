@@ -325,11 +325,11 @@ def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
 
 
 def box_init(toolchain: Toolchain) -> Path:
-    """The isolate box init (``sandboxd.golang.boxinit``) compiled by this toolchain: built once
+    """The isolate box init (``sandboxd.sandbox.boxinit``) compiled by this toolchain: built once
     into the cache directory (about 15 s on 2 cores: its private build cache starts empty)."""
     import fcntl
 
-    from sandboxd.golang import boxinit
+    from sandboxd.sandbox import boxinit
 
     target = boxinit.binary_path(toolchain.cache_dir, toolchain.ident)
     if target.is_file():

@@ -35,12 +35,12 @@ from sandboxd.jobs.heldbuild import (
     make_job_dir,
     remove_job_dir,
 )
+from sandboxd.jobs.metrics import Metrics
 from sandboxd.jobs.singleflight import SingleFlight
 from sandboxd.sandbox import executable
 from sandboxd.sandbox.cgroup import CgroupSupport
 from sandboxd.sandbox.child import SIGNAL_NAMES, ChildResult, SandboxChild
 from sandboxd.sandbox.driver import MIB, RUN_ENV, Driver, Mount, SandboxRun
-from sandboxd.service.metrics import Metrics
 from sandboxd.status import Phase, Status
 from sandboxd.wire.events import StreamDecoder, final_event, output_event
 from sandboxd.wire.request import Request

@@ -20,9 +20,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sandboxd.clock import now_ms
 from sandboxd.sandbox import boxprocs
 from sandboxd.sandbox.driver import HOLD_FD, STATUS_FD, Driver, Report, SandboxRun
-from sandboxd.wire.events import now_ms
 
 log = Logger()
 

@@ -13,17 +13,16 @@ from twisted.logger import Logger
 
 from sandboxd.boxes import boxetc, hostfs
 from sandboxd.boxes.box import Box
+from sandboxd.boxes.hostfs import INODES_PER_MB, MIB
 from sandboxd.limits import PhaseLimits
 from sandboxd.sandbox.cgroup import CgroupSupport, RunCgroup
 from sandboxd.status import Phase
 
 log = Logger()
 
-MIB = 1024 * 1024
 # Where a cgroup counts processes, the per-uid RLIMIT_NPROC is only a backstop set this much
 # higher, so the cgroup refuses first and its count says the process limit was reached.
 NPROC_BACKSTOP = 16
-INODES_PER_MB = 256
 
 # The launcher: join the run's cgroups, then become the sandbox.  Runs before anything of the
 # request, so no process of the request starts outside the cgroup.  Exit 125 means it failed.
@@ -41,7 +40,7 @@ STATUS_FD = 3
 SECCOMP_FD = 4
 # Where a held sandbox (see ``Driver.can_hold``) waits for the byte that lets its program start.
 HOLD_FD = 5
-# Where an isolate box finds sandboxd's box init (``sandboxd.golang.boxinit``), to run it first.
+# Where an isolate box finds sandboxd's box init (``sandboxd.sandbox.boxinit``), to run it first.
 INIT_FD = 6
 # Where bwrap reads its options (--args): a box's pid 1 is bwrap, and its command line is
 # readable inside the box, so no host path may be on it.  (Not 6: the isolate box init's.)
@@ -178,8 +177,8 @@ class Driver(ABC):
     def gid_for(self, number: int) -> int:
         return self.uid_for(number)
 
-    # True: every run starts as ``sandboxd.golang.boxinit``; the toolchain's warm step builds it and
-    # hands its path to ``use_init``.
+    # True: every run starts as ``sandboxd.sandbox.boxinit``; the toolchain's warm step builds it
+    # and hands its path to ``use_init``.
     needs_init = False
 
     def use_init(self, path: Path) -> None:  # noqa: B027 (most drivers need none)

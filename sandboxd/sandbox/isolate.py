@@ -9,13 +9,13 @@ with rlimits; the daemon still puts the whole isolate process tree into its own 
 host has one (see ``sandboxd.sandbox.cgroup``), so memory and processes are bounded for the box as a
 whole.
 
-Every build and run starts as sandboxd's box init (``sandboxd.golang.boxinit``, passed as a
-descriptor with ``--inherit-fds``), which installs sandboxd's own seccomp filter -- the one bubblewrap
-boxes get -- on top of isolate's, then becomes the program.  isolate's own filter stays: where
-its configuration forbids file locks (``syscall_flags`` bit 4, the default), a build's filter
+Every build and run starts as sandboxd's box init (``sandboxd.sandbox.boxinit``, passed as a
+descriptor with ``--inherit-fds``), which installs sandboxd's own seccomp filter -- the one
+bubblewrap boxes get -- on top of isolate's, then becomes the program.  isolate's own filter stays:
+where its configuration forbids file locks (``syscall_flags`` bit 4, the default), a build's filter
 makes ``flock`` return 0 without locking, which ``go build`` needs to read go.mod (a filter
-installed later decides among equal actions); ``--syscalls``, which only isolate's master knows,
-is never passed.
+installed later decides among equal actions); ``--syscalls``, which only isolate's master knows, is
+never passed.
 
 isolate is started in its own process group with ``PR_SET_PDEATHSIG`` = SIGTERM (``setpriv
 --pdeathsig``): if the daemon dies, even by SIGKILL, isolate kills the box at once (it handles
@@ -36,8 +36,7 @@ from twisted.logger import Logger
 
 from sandboxd.boxes import hostfs
 from sandboxd.boxes.box import Box
-from sandboxd.golang import boxinit
-from sandboxd.sandbox import seccomp
+from sandboxd.sandbox import boxinit, seccomp
 from sandboxd.sandbox.cgroup import CgroupSupport
 from sandboxd.sandbox.driver import (
     INIT_FD,
@@ -139,7 +138,7 @@ class IsolateDriver(Driver):
     graceful_stop = True
     cpu_backstop = "isolate --time/--extra-time on the program's main process"
 
-    needs_init = True  # sandboxd.golang.boxinit, set by the toolchain's warm step (use_init)
+    needs_init = True  # sandboxd.sandbox.boxinit, set by the toolchain's warm step (use_init)
 
     def __init__(self, state_dir: Path, cgroups: CgroupSupport, first_uid: int = 60000) -> None:
         super().__init__(state_dir, cgroups, first_uid)

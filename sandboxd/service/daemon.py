@@ -21,12 +21,14 @@ from sandboxd.golang.modules import ModuleSource
 from sandboxd.jobs.bincache import BinaryCache
 from sandboxd.jobs.heldbuild import HeldBuilds
 from sandboxd.jobs.job import Runtime
+from sandboxd.jobs.metrics import Metrics
+from sandboxd.jobs.submit import Requests
 from sandboxd.limits import LimitPolicy
 from sandboxd.sandbox import cgroup
 from sandboxd.sandbox.drivers import DriverError, choose
 from sandboxd.service import instance
 from sandboxd.service.health import HealthCheck
-from sandboxd.service.metrics import Metrics
+from sandboxd.service.metrics import watch
 from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED, ConnectionFactory
 from sandboxd.wire.request import SourceLimits
 
@@ -185,11 +187,11 @@ class SandboxDaemon(service.MultiService):
                 jobs_dir)
             self.pool.on_ready = held.hold
             self.pool.on_retire = held.retire
-        self.runtime.metrics.watch(self)
+        watch(self.runtime.metrics, self)
         self.health = HealthCheck(self)
         self.checked = ""  # what the start-up check found (see ``check``)
         self.factory = ConnectionFactory(
-            self.runtime,
+            Requests(self.runtime),
             policy,
             SourceLimits(max_bytes=max_source_bytes, max_files=max_files,
                          max_stdin_bytes=max_stdin_bytes),

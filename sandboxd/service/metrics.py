@@ -14,41 +14,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from twisted.web import resource, server
 
+from sandboxd.jobs.metrics import Metrics
+
 if TYPE_CHECKING:
     from sandboxd.service.daemon import SandboxDaemon
 
-# Builds take from ~0.1 s (warm cache) to the build limit; runs from ~2 ms to the run limit.
-BUILD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
-RUN_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
-
-
-class Metrics:
-    """What the request path records; the pool's state is read at scrape time instead."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("sandboxd_requests", "Requests ended, by final status",
-                                ["status"], registry=self.registry)
-        self.build_seconds = Histogram("sandboxd_build_seconds",
-                                       "Wall time of builds run in a box (cache hits excluded)",
-                                       buckets=BUILD_BUCKETS, registry=self.registry)
-        self.run_seconds = Histogram("sandboxd_run_seconds", "Wall time of program runs",
-                                     buckets=RUN_BUCKETS, registry=self.registry)
-        self.output_bytes = Counter("sandboxd_output_bytes",
-                                    "Bytes of program and compiler output streamed to clients",
-                                    registry=self.registry)
-
-    def request_ended(self, status: str, output_bytes: int) -> None:
-        self.requests.labels(status=status).inc()
-        self.output_bytes.inc(output_bytes)
-
-    def watch(self, daemon: SandboxDaemon) -> None:
-        self.registry.register(_DaemonState(daemon))
+def watch(metrics: Metrics, daemon: SandboxDaemon) -> None:
+    """Have ``metrics`` read the daemon's live state (pool, caches) when scraped."""
+    metrics.registry.register(_DaemonState(daemon))
 
 
 class _DaemonState:

@@ -16,21 +16,21 @@ import itertools
 import select
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.internet import interfaces, protocol
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from sandboxd import __version__
-from sandboxd.jobs.job import Runtime
-from sandboxd.jobs.submit import Handle, Requests
 from sandboxd.limits import LimitPolicy
 from sandboxd.status import Phase, Status
 from sandboxd.wire.events import encode, final_event
-from sandboxd.wire.request import BadRequest, Control, SourceLimits, parse_line
+from sandboxd.wire.request import BadRequest, Control, Request, SourceLimits, parse_line
 
 log = Logger()
 
@@ -57,7 +57,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.factory = factory
         self.buffer = b""
         self.discarding = False
-        self.jobs: dict[str, Handle] = {}
+        self.jobs: dict[str, Submitted] = {}
         self.input_closed = False
         self.lost = False
         self.paused = False
@@ -338,7 +338,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
             self.send(final_event(None, Status.BAD_REQUEST, problem, Phase.QUEUE,
                                   for_id=control.target, for_type=control.type))
 
-    def _job_done(self, result: Any, request_id: str, job: Handle) -> None:
+    def _job_done(self, result: Any, request_id: str, job: Submitted) -> None:
         if self.jobs.get(request_id) is job:
             del self.jobs[request_id]
         self._close_if_done()
@@ -420,12 +420,34 @@ class Connection(protocol.Protocol, TimeoutMixin):
             job.cancel("the client disconnected")
 
 
+class Submitted(Protocol):
+    """A submitted request as a face sees it (``sandboxd.jobs.submit.Handle`` is one)."""
+
+    def start(self) -> Deferred[None]: ...
+    def cancel(self, reason: str = ...) -> None: ...
+    def write_stdin(self, data: bytes, limit: int) -> str | None: ...
+    def close_stdin(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+
+class Submit(Protocol):
+    """The seam every face runs requests through (``sandboxd.jobs.submit.Requests`` is one):
+    the wire is below the jobs, so it names only what it calls."""
+
+    runtime: Any  # the toolchains a request may name, the reactor
+
+    def submit(self, request: Request, emit: Callable[[dict[str, Any]], None],
+               client: str | None = None) -> Submitted: ...
+    def version_event(self, request_id: str | None) -> dict[str, Any]: ...
+
+
 class ConnectionFactory(protocol.Factory):
     protocol = Connection  # type: ignore[assignment]
 
     def __init__(
         self,
-        runtime: Runtime,
+        requests: Submit,
         policy: LimitPolicy,
         sources: SourceLimits | None = None,
         max_line_bytes: int = 2 * 1024 * 1024,
@@ -436,8 +458,8 @@ class ConnectionFactory(protocol.Factory):
         lines_per_turn: int = LINES_PER_TURN,
         reactor: Any = None,
     ) -> None:
-        self.runtime = runtime
-        self.requests = Requests(runtime)  # every request in flight, HTTP ones too
+        self.requests = requests  # every request in flight, HTTP ones too
+        runtime = self.runtime
         self.lines_per_turn = lines_per_turn
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -455,6 +477,10 @@ class ConnectionFactory(protocol.Factory):
         self.idle_timeout = idle_timeout
         self.connections: set[Connection] = set()
         self.shutting_down = False  # set on SIGTERM: new requests are refused
+
+    @property
+    def runtime(self) -> Any:
+        return self.requests.runtime if self.requests is not None else None
 
     def buildProtocol(self, addr: Any) -> Connection:
         if len(self.connections) >= self.max_connections:

@@ -13,16 +13,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 from typing import Any
 
+from sandboxd.clock import now_ms
 from sandboxd.status import Phase, Status
-
-
-def now_ms() -> str:
-    """Unix milliseconds as a string, as the original service sent them."""
-    return str(time.time_ns() // 1_000_000)
-
 
 # What JSON itself leaves raw but a terminal or a JavaScript reader acts on: DEL, the C1
 # controls (U+0085 NEL, U+009B CSI, ...), and U+2028/U+2029 (line breaks to some JavaScript

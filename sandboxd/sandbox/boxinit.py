@@ -31,7 +31,7 @@ from pathlib import Path
 READY = b"sandboxd-init: ready"
 FAILED_PREFIX = b"sandboxd-init: "
 
-SOURCE = r"""// sandboxd's init for isolate boxes (see sandboxd/golang/boxinit.py).
+SOURCE = r"""// sandboxd's init for isolate boxes (see sandboxd/sandbox/boxinit.py).
 package main
 
 import (
