@@ -155,7 +155,7 @@ class Daemon:
 def _remove_cgroups(state_dir: Path) -> None:
     """What a daemon that was killed (SIGKILL, never restarted) left in the cgroup trees: its
     ``sandboxd-<hash>`` base cgroups and any run cgroups in them. A daemon stopped cleanly
-    leaves none (tests/test_failures.py checks that); this only keeps a test run from leaving
+    leaves none (tests/system/test_failures.py checks that); this only keeps a test run from leaving
     killed daemons' behind."""
     from sandboxd.service.daemon import _instance_name
 

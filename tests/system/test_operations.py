@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import HANG, ROOT, TWISTD, Client, Daemon, finals, go_main, output
-from tests.test_listeners import first_driver, free_port
+from tests.system.test_listeners import first_driver, free_port
 
 TICKS = go_main('\tfor i := 0; ; i++ {\n\t\tfmt.Println("tick", i)\n'
                 '\t\ttime.Sleep(100 * time.Millisecond)\n\t}', imports=("fmt", "time"))

@@ -16,7 +16,7 @@ from sandboxd.golang import toolchain
 from sandboxd.jobs.bincache import BinaryCache
 from sandboxd.limits import DEFAULT_LIMITS
 from tests.harness import Daemon, finals, go_main, output
-from tests.test_modules import make_proxy
+from tests.system.test_modules import make_proxy
 
 LIB = "package lib\n\nfunc F() int { return 1 }\n"
 

@@ -1,5 +1,5 @@
 """The seccomp filter, run through a small classic-BPF interpreter for both architectures
-(only x86_64 can be tried for real here; tests/test_hostile.py does that)."""
+(only x86_64 can be tried for real here; tests/system/test_hostile.py does that)."""
 
 from __future__ import annotations
 

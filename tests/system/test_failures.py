@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import HANG, TWISTD, Daemon, finals, go_main, output
-from tests.test_listeners import free_port
+from tests.system.test_listeners import free_port
 
 TICKS = go_main('\tfor i := 0; ; i++ {\n\t\tfmt.Println("tick", i)\n'
                 '\t\ttime.Sleep(100 * time.Millisecond)\n\t}', imports=("fmt", "time"))

@@ -200,7 +200,7 @@ SLEEPER = go_main('\tfmt.Println("up")\n\ttime.Sleep(1500 * time.Millisecond)',
 def test_a_client_certificate_is_one_client_over_all_its_connections(driver: str,
                                                                       tmp_path: Path):
     from tests.certs import make_cert, make_certs
-    from tests.test_listeners import free_port, tls_connect, wait_port
+    from tests.system.test_listeners import free_port, tls_connect, wait_port
 
     certs = make_certs(tmp_path)
     bob, bob_key = make_cert(tmp_path, "bob", "ca",

@@ -1,6 +1,6 @@
 """A job's way out, with fakes: whatever fails inside it (its work, the end of its held run,
 giving its box back), the request gets exactly one final event and the box is given back or
-the failure to do so is logged.  The real-daemon side is in tests/test_shared_builds.py."""
+the failure to do so is logged.  The real-daemon side is in tests/system/test_shared_builds.py."""
 
 from __future__ import annotations
 

@@ -396,7 +396,7 @@ def test_shutdown_ends_an_http_stream_with_its_final_event():
         assert len(ends) == 1 and events[-1] is ends[0]
         assert ends[0]["status"] == "cancelled"
         assert "shutting down" in ends[0]["message"]
-        assert daemon.proc.wait(timeout=60) in (0, -15)  # as tests/test_operations.py
+        assert daemon.proc.wait(timeout=60) in (0, -15)  # as tests/system/test_operations.py
         assert "sandboxd stopped; every box removed" in daemon.log()
     finally:
         daemon.cleanup()

@@ -20,7 +20,7 @@ from sandboxd.sandbox.cgroup import CgroupSupport
 from sandboxd.service.daemon import default_box_memory_mb
 from sandboxd.service.tap import Options
 from sandboxd.wire.connection import Connection, ConnectionFactory
-from tests.test_pool import MIN, got, make_pool, waiting
+from tests.unit.test_pool import MIN, got, make_pool, waiting
 
 
 def refused(d: defer.Deferred) -> str:
@@ -348,7 +348,7 @@ def test_wrong_options_are_one_clear_line(argv: list[str], says: str):
 def turns(monkeypatch):
     from sandboxd.jobs import submit
     from sandboxd.limits import LimitPolicy
-    from tests.test_connection import FakeJob
+    from tests.unit.test_connection import FakeJob
 
     FakeJob.made = []
     monkeypatch.setattr(submit, "Job", FakeJob)  # every face makes its jobs there

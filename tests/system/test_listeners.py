@@ -18,7 +18,7 @@ import pytest
 from tests.certs import Certs, make_certs
 from tests.harness import DRIVERS, HANG, Client, Daemon, driver_missing, finals, go_main, output
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # tests/, where listen_fds.py is
 PROGRAM = go_main('\tfmt.Println(strings.Repeat("ab", 3), 6*7)', imports=("fmt", "strings"))
 EXPECTED = "ababab 42\n"
 

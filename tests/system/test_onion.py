@@ -110,8 +110,8 @@ def test_daemon_with_an_unreachable_tor_stops_with_status_1():
     import subprocess
 
     from tests.harness import HANG, Daemon
-    from tests.test_listeners import first_driver, free_port
-    from tests.test_operations import leftovers
+    from tests.system.test_listeners import first_driver, free_port
+    from tests.system.test_operations import leftovers
 
     d = Daemon(first_driver(), listen=[f"onion:80:controlPort={free_port()}"])
     try:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.certs import make_certs
 from tests.harness import HANG, Daemon
-from tests.test_listeners import free_port
+from tests.system.test_listeners import free_port
 
 CLIENT = Path(sys.executable).parent / "sandboxd-client"
 HELLO = 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("hi") }\n'

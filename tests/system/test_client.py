@@ -146,7 +146,7 @@ def test_unreachable_server_is_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def tls_daemon(driver, tmp_path_factory):
     from tests.certs import make_certs
-    from tests.test_listeners import free_port, wait_port
+    from tests.system.test_listeners import free_port, wait_port
 
     certs = make_certs(tmp_path_factory.mktemp("certs"))
     port = free_port()

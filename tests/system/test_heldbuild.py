@@ -13,8 +13,8 @@ import pytest
 
 from tests.harness import Daemon, finals, go_main, output
 from tests.hostile import box_uids, processes_of
-from tests.test_listeners import free_port
-from tests.test_operations import _processes, scrape, wait_for
+from tests.system.test_listeners import free_port
+from tests.system.test_operations import _processes, scrape, wait_for
 
 SEED = random.randrange(1 << 30)
 _serial = iter(range(1 << 30))
