@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import signal as signal_numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from sandboxd.golang.toolchain import (
     SOURCE_INSIDE,
     Toolchain,
 )
+from sandboxd.jobs import verdict
 from sandboxd.jobs.bincache import BinaryCache
 from sandboxd.jobs.heldbuild import (
     HeldBuild,
@@ -39,7 +39,7 @@ from sandboxd.jobs.metrics import Metrics
 from sandboxd.jobs.singleflight import SingleFlight
 from sandboxd.sandbox import executable
 from sandboxd.sandbox.cgroup import CgroupSupport
-from sandboxd.sandbox.child import SIGNAL_NAMES, ChildResult, SandboxChild
+from sandboxd.sandbox.child import ChildResult, SandboxChild
 from sandboxd.sandbox.driver import MIB, RUN_ENV, Driver, Mount, SandboxRun
 from sandboxd.status import Phase, Status
 from sandboxd.wire.events import StreamDecoder, final_event, output_event
@@ -391,12 +391,13 @@ class Job:
         """How a build-phase step failed (sandbox, limit, non-zero exit), or None."""
         text = b"".join(collected).decode("utf-8", "replace")
         if result.report.failed:
-            return BuildOutcome(None, Status.INTERNAL_ERROR, _sandbox_failed(result),
+            return BuildOutcome(None, Status.INTERNAL_ERROR, verdict.sandbox_failed(result),
                                 result=result)
-        limit = self._limit_status(result, Phase.BUILD) or self._build_limit(result, text)
+        limit = (self._stopped(result, Phase.BUILD)
+                 or verdict.build_limit(result, text, self.request.limits.build))
         if limit is not None:
-            return BuildOutcome(None, limit[0], limit[1], diagnostics=diagnostics.clean(text),
-                                result=result)
+            return BuildOutcome(None, limit.status, limit.message,
+                                diagnostics=diagnostics.clean(text), result=result)
         if result.report.exit_code != 0:
             return BuildOutcome(None, Status.COMPILE_ERROR, failed,
                                 diagnostics=diagnostics.clean(text, self.renamed), result=result)
@@ -514,17 +515,19 @@ class Job:
             self._finish(Status.COMPILE_ERROR, "the program did not compile", result)
         else:
             self._finish(Status.VET_ISSUES,
-                         f"go vet found {_plural(lines.findings, 'issue')}", result,
+                         f"go vet found {verdict.plural(lines.findings, 'issue')}", result,
                          vet_findings=lines.findings)
+
+    def _stopped(self, result: ChildResult, phase: Phase) -> verdict.Verdict | None:
+        return verdict.stopped(result, phase, self.request.limits.phase(phase),
+                               self.request.limits.output_bytes,
+                               self.rt.cgroups.version is not None, self.cancel_reason)
 
     def _finished_by_stop(self, result: ChildResult, phase: Phase) -> bool:
         """End the request when the sandbox failed or a limit (or cancel) stopped the phase."""
-        if result.report.failed:
-            self._finish(Status.INTERNAL_ERROR, _sandbox_failed(result), result)
-            return True
-        limit = self._limit_status(result, phase)
-        if limit is not None:
-            self._finish(limit[0], limit[1], result)
+        stop = self._stopped(result, phase)
+        if stop is not None:
+            self._finish(stop.status, stop.message, result)
             return True
         return False
 
@@ -566,28 +569,10 @@ class Job:
         self._flush()
         if self._finished_by_stop(result, Phase.RUN):
             return
-        report = result.report
-        if self.tests is not None:
-            tests = {"tests_passed": self.tests.passed, "tests_failed": self.tests.failed}
-            if report.signal is None and report.exit_code == 0:
-                self._finish(Status.OK, f"{_plural(self.tests.passed, 'test')} passed", result,
-                             **tests)
-                return
-            if report.signal is None and report.exit_code == 1 and self.tests.failed:
-                self._finish(Status.RUNTIME_ERROR, f"{_plural(self.tests.failed, 'test')} failed",
-                             result, **tests)
-                return
-            self.extra_fields.update(tests)
-        note = self._limit_note(result, Phase.RUN)
-        if report.signal is not None:
-            name = SIGNAL_NAMES.get(report.signal, f"signal {report.signal}")
-            self._finish(Status.RUNTIME_ERROR, f"the program was killed by {name}{note}",
-                         result, signal=name)
-        elif report.exit_code:
-            self._finish(Status.RUNTIME_ERROR,
-                         f"the program exited with status {report.exit_code}{note}", result)
-        else:
-            self._finish(Status.OK, "the program exited normally", result)
+        tests = (self.tests.passed, self.tests.failed) if self.tests is not None else None
+        end = verdict.program_end(result, limits, tests)
+        self.extra_fields.update(end.counts)
+        self._finish(end.status, end.message, result, **end.fields)
 
     # -- the run's sandbox, made ahead -----------------------------------------------------
 
@@ -695,75 +680,6 @@ class Job:
         finally:
             self.child = None
 
-    def _limit_note(self, result: ChildResult, phase: Phase) -> str:
-        """Why a program may have failed on its own: a limit that refused it something."""
-        lim = self.request.limits.phase(phase)
-        if result.report.signal == signal_numbers.SIGXFSZ:
-            return f" (it wrote past its file size limit of {lim.file_size_mb} MiB)"
-        if result.pids_refused:
-            return f" (it reached its process limit of {lim.processes})"
-        return ""
-
-    def _build_limit(self, result: ChildResult, text: str) -> tuple[Status, str] | None:
-        """``build_limit`` when the build failed at one of its own limits that a tool meets
-        as a failing call (file size, disk, processes, open files), not at the source: the
-        toolchain's own words (a line not about a source position) or a counted refusal say
-        which.  Such a failure is the request's settings', never the program's."""
-        report = result.report
-        if report.exit_code == 0 and report.signal is None:
-            return None
-        lim = self.request.limits.build
-        said = [line.lower() for line in text.splitlines()
-                if line and not line[0].isspace() and not _SOURCE_POSITION.match(line)]
-        for words, what in (
-            ("file too large", f"its file size limit of {lim.file_size_mb} MiB"),
-            ("no space left on device", f"its disk limit of {lim.disk_mb} MiB"),
-            ("disk quota exceeded", f"its disk limit of {lim.disk_mb} MiB"),
-            ("too many open files", f"its open files limit of {lim.open_files}"),
-        ):
-            if any(words in line for line in said):
-                return Status.BUILD_LIMIT, f"the build reached {what} ({words})"
-        if report.signal == signal_numbers.SIGXFSZ:
-            return (Status.BUILD_LIMIT,
-                    f"the build reached its file size limit of {lim.file_size_mb} MiB")
-        if result.pids_refused:
-            return (Status.BUILD_LIMIT,
-                    f"the build reached its process limit of {lim.processes}")
-        return None
-
-    def _limit_status(self, result: ChildResult, phase: Phase) -> tuple[Status, str] | None:
-        """The status when a limit (or a cancel) ended the phase, else None."""
-        lim = self.request.limits.phase(phase)
-        what = "the build" if phase is Phase.BUILD else "the program"
-        stopped = result.stopped_for
-        if stopped == "cancelled":
-            return Status.CANCELLED, self.cancel_reason or "cancelled"
-        if stopped == "output":
-            return (Status.OUTPUT_LIMIT,
-                    f"{what} wrote more than {self.request.limits.output_bytes} bytes of output")
-        if result.oom_killed or stopped == "memory":
-            return Status.MEMORY_LIMIT, f"{what} used more than {lim.memory_mb} MiB of memory"
-        if stopped == "wall":
-            processes = (f"; it reached its process limit of {lim.processes}"
-                         if result.pids_refused else "")
-            return (Status.TIMEOUT, f"{what} ran longer than {lim.wall_ms} ms of wall time"
-                    f"{processes} (timeout: wall)")
-        if stopped == "cpu" or (result.report.timed_out == "cpu"):
-            return (Status.TIMEOUT,
-                    f"{what} used more than {lim.cpu_ms} ms of CPU time (timeout: cpu)")
-        if result.report.timed_out == "wall":
-            return (Status.TIMEOUT,
-                    f"{what} ran longer than {lim.wall_ms} ms of wall time (timeout: wall)")
-        sig = result.report.signal
-        if sig == 24 or (sig == 9 and self.rt.cgroups.version is None
-                         and result.wall_ms >= lim.cpu_ms):
-            return (Status.TIMEOUT,
-                    f"{what} used more than {lim.cpu_ms} ms of CPU time (timeout: cpu)")
-        if (self.rt.cgroups.version is None and result.report.exit_code == 2
-                and result.out_of_memory):
-            return Status.MEMORY_LIMIT, f"{what} used more than {lim.memory_mb} MiB of memory"
-        return None
-
     # -- output ----------------------------------------------------------------------------
 
     def _stream(self, stream: str, data: bytes, timestamp: str) -> int:
@@ -831,13 +747,6 @@ class Job:
         except Exception:
             log.failure("accounting for request {id}", id=self.request.id)
         self.emit(final_event(self.request.id, status, message, self.phase, **fields))
-
-
-def _sandbox_failed(result: ChildResult) -> str:
-    """The final message when the sandbox itself failed: the server's fault, in fixed words
-    (the sandbox tool's own, host paths and all, went to the log)."""
-    return (f"internal error: sandbox failure ({result.report.message}); this is the "
-            "server's fault, not the program's: the server's log has the details")
 
 
 def _shareable(outcome: BuildOutcome) -> bool:
@@ -928,10 +837,4 @@ class _LineCleaner:
         self.job._send("stderr", cleaned.encode())
 
 
-_SOURCE_POSITION = re.compile(r"^\S+:\d+(:\d+)?: ")  # a compiler's line about the source
 _FINDING = re.compile(r"^[\w./+-]+\.go:\d+:\d+: ")
-
-
-def _plural(n: int, noun: str) -> str:
-    """``1 test``, ``2 tests``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
