@@ -43,6 +43,10 @@ class Verdict:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
+# What a phase ends with: its verdict and the child whose end it is (None: no child ran).
+Ending = tuple[Verdict, ChildResult | None]
+
+
 def sandbox_failed(result: ChildResult) -> str:
     """The final message when the sandbox itself failed: the server's fault, in fixed words
     (the sandbox tool's own, host paths and all, went to the log)."""
