@@ -4,6 +4,7 @@ cancelled as the job is."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -16,7 +17,10 @@ log = Logger()
 
 
 class Children:
-    """Spawns and awaits the job's children (mixed into ``Job``)."""
+    """Spawns and awaits the job's children (mixed into ``Job``).  ``child_factory`` makes
+    each (a ``SandboxChild``; unit tests put a fake there, see tests/unit/fakechild.py)."""
+
+    child_factory: Callable[..., SandboxChild] = SandboxChild
 
     def _spawn(self, run: SandboxRun, sink, stdin: bytes | None) -> tuple[SandboxChild,
                                                                             defer.Deferred]:
@@ -25,7 +29,7 @@ class Children:
             cgroup = self.rt.cgroups.create(f"{run.phase}-{os.getpid()}-{self.number}",
                                             run.limits)
         run.cgroup = cgroup
-        child = SandboxChild(self.rt.reactor, self.rt.driver, run, sink, stdin)
+        child = self.child_factory(self.rt.reactor, self.rt.driver, run, sink, stdin)
         if self.paused:
             child.pauseProducing()
         if self.cancel_reason is not None:
