@@ -165,7 +165,23 @@ def make_scratch_dir(path: Path, size_bytes: int, inodes: int) -> bool:
     return True
 
 
-def remove_scratch_dir(path: Path) -> None:
+def tmpfs_bounds(disk_mb: int, min_inodes: int = 64) -> tuple[int, int]:
+    """A box tmpfs's size in bytes and its inode bound, for ``disk_mb`` MiB (the one formula:
+    INODES_PER_MB files per MiB, never fewer than ``min_inodes``)."""
+    return disk_mb * MIB, max(min_inodes, disk_mb * INODES_PER_MB)
+
+
+def unmount_all(path: Path) -> None:
+    """Unmount ``path`` until nothing is mounted there (mounts may be stacked)."""
     while is_mountpoint(path):
         unmount(path)
+
+
+def remove_mounted(path: Path) -> None:
+    """Unmount everything at ``path``, then remove it and what it holds."""
+    unmount_all(path)
     remove_tree(path)
+
+
+def remove_scratch_dir(path: Path) -> None:
+    remove_mounted(path)

@@ -28,7 +28,6 @@ import importlib.util
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -707,8 +706,7 @@ def unmount_images(mounts_dir: Path) -> None:
     if not mounts_dir.is_dir() or mounts_dir.is_symlink():
         return
     for point in mounts_dir.iterdir():
-        while hostfs.is_mountpoint(point):
-            hostfs.unmount(point)
+        hostfs.unmount_all(point)
         try:
             point.rmdir()
         except OSError:
@@ -772,11 +770,7 @@ def _kill_uid(uid: int) -> None:
     """End whatever still runs as the warm box's uid (it belongs to no one else)."""
     from sandboxd.sandbox import boxprocs
 
-    for pid in boxprocs.pids_of(uid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    boxprocs.kill_all(uid)
 
 
 def main(argv: list[str] | None = None) -> int:

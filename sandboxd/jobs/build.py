@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sandboxd.boxes import hostfs
+from sandboxd.boxes.hostfs import MIB
 from sandboxd.golang import diagnostics, gotest
 from sandboxd.golang.modules import MODCACHE_INSIDE, PROXY_INSIDE
 from sandboxd.golang.toolchain import (
@@ -26,10 +27,10 @@ from sandboxd.jobs.heldbuild import (
     make_job_dir,
     remove_job_dir,
 )
-from sandboxd.jobs.output import collector
+from sandboxd.jobs.output import Collector, collector
 from sandboxd.sandbox import executable
 from sandboxd.sandbox.child import ChildResult
-from sandboxd.sandbox.driver import MIB, Mount, SandboxRun
+from sandboxd.sandbox.driver import Mount, SandboxRun
 from sandboxd.status import Phase, Status
 
 log = Logger()
@@ -169,15 +170,15 @@ class BuildPhase:
         if self.rt.modules is None or not self.rt.modules.downloads:
             return None
         run = self._build_run(job_dir, files, self.toolchain.download_argv(), download=True)
-        collected, collect = collector(self.request.limits.output_bytes)
-        result = await self._child(run, collect)
+        collected = collector(self.request.limits.output_bytes)
+        result = await self._child(run, collected)
         return self._build_failure(result, collected, "the modules could not be downloaded")
 
     def _build_failure(
-        self, result: ChildResult, collected: list[bytes], failed: str
+        self, result: ChildResult, collected: Collector, failed: str
     ) -> BuildOutcome | None:
         """How a build-phase step failed (sandbox, limit, non-zero exit), or None."""
-        text = b"".join(collected).decode("utf-8", "replace")
+        text = collected.joined().decode("utf-8", "replace")
         if result.report.failed:
             return BuildOutcome(None, Status.INTERNAL_ERROR, verdict.sandbox_failed(result),
                                 result=result)
@@ -196,12 +197,12 @@ class BuildPhase:
         held = self._claim_held_build()
         job_dir = held.job_dir if held is not None else self._make_job_dir()
         try:
-            collected, collect = collector(self.request.limits.output_bytes)
+            collected = collector(self.request.limits.output_bytes)
             if held is not None:  # launched ahead with these very settings: let it go
                 self.child = held.child
                 if self.cancel_reason is not None:
                     held.child.stopped_for = "cancelled"
-                building = held.start(files, collect, self.paused)
+                building = held.start(files, collected, self.paused)
                 building.addBoth(self._child_ended)
             else:
                 argv = (self.toolchain.test_argv() if self.testing
@@ -210,7 +211,7 @@ class BuildPhase:
                 if failed is not None:
                     return failed
                 run = self._build_run(job_dir, files, argv)
-                building = defer.ensureDeferred(self._child(run, collect))  # spawned by now
+                building = defer.ensureDeferred(self._child(run, collected))  # spawned by now
             out = job_dir / "out"
             self._hold_run()  # set up while the build runs, not before it starts
             result = await building

@@ -3,13 +3,13 @@ cancelled as the job is."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sandboxd.sandbox import cgroup as cgroup_names
 from sandboxd.sandbox.child import ChildResult, SandboxChild
 from sandboxd.sandbox.driver import SandboxRun
 
@@ -26,7 +26,7 @@ class Children:
                                                                             defer.Deferred]:
         cgroup = None
         if self.rt.cgroups.version is not None and not self.rt.driver.own_cgroups:
-            cgroup = self.rt.cgroups.create(f"{run.phase}-{os.getpid()}-{self.number}",
+            cgroup = self.rt.cgroups.create(cgroup_names.run_name(str(run.phase), self.number),
                                             run.limits)
         run.cgroup = cgroup
         child = self.child_factory(self.rt.reactor, self.rt.driver, run, sink, stdin)

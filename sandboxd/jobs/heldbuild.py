@@ -32,10 +32,12 @@ from sandboxd.golang.toolchain import (
     SOURCE_INSIDE,
     Toolchain,
 )
+from sandboxd.jobs.output import Collector
 from sandboxd.limits import PhaseLimits
+from sandboxd.sandbox import cgroup
 from sandboxd.sandbox.cgroup import CgroupSupport
 from sandboxd.sandbox.child import ChildResult, SandboxChild
-from sandboxd.sandbox.driver import INODES_PER_MB, MIB, Driver, Mount, SandboxRun
+from sandboxd.sandbox.driver import Driver, Mount, SandboxRun
 from sandboxd.status import Phase
 
 log = Logger()
@@ -46,7 +48,7 @@ _serial = itertools.count(1)
 
 def make_job_dir(path: Path, disk_mb: int) -> None:
     """A build's own directory: a tmpfs of the build's ``disk_mb``, bounded in inodes too."""
-    hostfs.make_scratch_dir(path, disk_mb * MIB, max(256, disk_mb * INODES_PER_MB))
+    hostfs.make_scratch_dir(path, *hostfs.tmpfs_bounds(disk_mb, min_inodes=256))
 
 
 def build_mounts(tc: Toolchain, job_dir: Path) -> list[Mount]:
@@ -71,7 +73,7 @@ class HeldBuild:
     child: SandboxChild
     done: defer.Deferred[ChildResult]
     job_dir: Path
-    early: list[bytes]  # what the launcher said before a request took it (why it died)
+    early: Collector  # what the launcher said before a request took it (why it died)
 
     @property
     def alive(self) -> bool:
@@ -148,16 +150,10 @@ class HeldBuilds:
                 with_workspace=False, scratch=job_dir, hold_launcher=True,
                 tag=f"ahead{serial}",  # its /tmp outlives neither it nor a later one's
             )
-            run.cgroup = self.cgroups.create(f"build-{os.getpid()}-ahead{box.number}-{serial}",
-                                             self.limits)
-            early: list[bytes] = []
-
-            def keep(stream: str, data: bytes, timestamp: str) -> int:
-                if sum(map(len, early)) < 4096:  # a launcher says little; keep it bounded
-                    early.append(data[:4096])
-                return len(data)
-
-            child = SandboxChild(self.reactor, self.driver, run, keep)
+            name = cgroup.run_name("build", f"ahead{box.number}-{serial}")
+            run.cgroup = self.cgroups.create(name, self.limits)
+            early = Collector(4096)  # a launcher says little; keep it bounded
+            child = SandboxChild(self.reactor, self.driver, run, early)
             done = child.start()
         except Exception:
             log.failure("holding a build ahead for {box}", box=box)
@@ -175,7 +171,7 @@ class HeldBuilds:
         if held is None:
             return None
         if not held.alive:
-            said = b"".join(held.early)[-1024:].decode("utf-8", "replace").strip()
+            said = held.early.joined()[-1024:].decode("utf-8", "replace").strip()
             log.info("the build held ahead for {box} had ended ({said}); building the usual "
                      "way", box=box, said=said or "it said nothing")
         elif not held.untouched():

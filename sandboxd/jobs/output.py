@@ -54,20 +54,33 @@ class Output:
                 self.emit(output_event(self.request_id, stream, self.phase(), text, raw))
 
 
-def collector(limit: int) -> tuple[list[bytes], Callable[[str, bytes, str], int]]:
-    """A sink that keeps a tool's output up to ``limit`` bytes and 64 KiB more: the text is
-    cleaned before ``limit`` applies, and a cut fragment would clean away to nothing."""
-    cap = limit + 64 * 1024
-    collected: list[bytes] = []
-    size = [0]
+class Collector:
+    """A child's output kept (not streamed) up to ``cap`` bytes, the one bounded collector:
+    a build's or a tool's output before it is cleaned, a launcher's few words.  As a child's
+    sink it answers that it took everything, or (``stop_when_full``) only what fit, which
+    stops the child for its output limit."""
 
-    def collect(stream: str, data: bytes, timestamp: str) -> int:
-        room = max(0, cap - size[0])
-        collected.append(data[:room])
-        size[0] += len(data)
-        return len(data)
+    def __init__(self, cap: int, stop_when_full: bool = False) -> None:
+        self.cap = cap
+        self.stop_when_full = stop_when_full
+        self.size = 0  # all that came, kept or not
+        self.chunks: list[tuple[str, bytes]] = []
 
-    return collected, collect
+    def __call__(self, stream: str, data: bytes, timestamp: str) -> int:
+        room = max(0, self.cap - self.size)
+        self.chunks.append((stream, data[:room]))
+        self.size += len(data)
+        return min(len(data), room) if self.stop_when_full else len(data)
+
+    def joined(self, stream: str | None = None) -> bytes:
+        """What was kept, of one stream or of both in the order it came."""
+        return b"".join(data for name, data in self.chunks if stream in (None, name))
+
+
+def collector(limit: int) -> Collector:
+    """A build's output kept up to ``limit`` bytes and 64 KiB more: the text is cleaned
+    before ``limit`` applies, and a cut fragment would clean away to nothing."""
+    return Collector(limit + 64 * 1024)
 
 
 class Stdin:

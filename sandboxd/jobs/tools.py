@@ -12,6 +12,7 @@ from sandboxd.golang import diagnostics
 from sandboxd.golang.toolchain import (
     GOROOT_INSIDE,
 )
+from sandboxd.jobs.output import Collector
 from sandboxd.jobs.verdict import Ending, Verdict, plural
 from sandboxd.sandbox.driver import Mount, SandboxRun
 from sandboxd.status import Phase, Status
@@ -69,25 +70,16 @@ class ToolPhases:
             limits=self.request.limits.build, mounts=[Mount(tc.goroot, GOROOT_INSIDE)],
             with_workspace=False,
         )
-        streams: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
-        size = [0]
-        cap = self.rt_source_cap()
-
-        def collect(stream: str, data: bytes, timestamp: str) -> int:
-            room = max(0, cap - size[0])
-            streams[stream].append(data[:room])
-            size[0] += len(data)
-            return min(len(data), room)
-
-        result = await self._child(run, collect, self.request.files["main.go"])
+        collected = Collector(self.rt_source_cap(), stop_when_full=True)
+        result = await self._child(run, collected, self.request.files["main.go"])
         stop = self._stopped(result, Phase.BUILD)
         if stop is not None:
             return stop, result
         if result.report.exit_code != 0:
-            errors = diagnostics.clean(b"".join(streams["stderr"]).decode("utf-8", "replace"))
+            errors = diagnostics.clean(collected.joined("stderr").decode("utf-8", "replace"))
             self._send("stderr", errors.encode())
             return Verdict(Status.COMPILE_ERROR, "gofmt found syntax errors"), result
-        code = b"".join(streams["stdout"]).decode("utf-8", "replace")
+        code = collected.joined("stdout").decode("utf-8", "replace")
         return Verdict(Status.OK, "formatted", {
             "code": code, "changed": code.encode() != self.request.files["main.go"]}), result
 

@@ -11,6 +11,7 @@ makes itself non-dumpable shows up as root's and is missed; ``RLIMIT_CPU`` still
 from __future__ import annotations
 
 import os
+import signal
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -28,6 +29,15 @@ def pids_of(uid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def kill_all(uid: int) -> None:
+    """SIGKILL every process running as ``uid`` (a box's own: it belongs to no one else)."""
+    for pid in pids_of(uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def usage(uid: int) -> tuple[int, int]:

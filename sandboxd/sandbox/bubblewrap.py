@@ -13,13 +13,13 @@ import fcntl
 import os
 from pathlib import Path
 
+from sandboxd.boxes.hostfs import MIB
 from sandboxd.sandbox import seccomp
 from sandboxd.sandbox.cgroup import CgroupSupport
 from sandboxd.sandbox.driver import (
     ARGS_FD,
     HOLD_FD,
     LAUNCHER_FAILED,
-    MIB,
     PROGRAM_STDERR_FD,
     SECCOMP_FD,
     STATUS_FD,

@@ -350,3 +350,9 @@ def _prepare_v2(root: Path, own: str, instance: str) -> CgroupSupport:
     base.mkdir(exist_ok=True)
     _write(base / "cgroup.subtree_control", wanted)
     return CgroupSupport(2, {"unified": base})
+
+
+def run_name(kind: str, tag: object) -> str:
+    """A run's cgroup name, the one rule: its kind (``build``, ``run``, ``health``,
+    ``start-check``), this daemon's pid, and a tag unique within the daemon."""
+    return f"{kind}-{os.getpid()}-{tag}"

@@ -220,11 +220,7 @@ class SandboxChild(protocol.ProcessProtocol):
         has ended (the box may serve the next request by then), but from ``processEnded``."""
         if self._ended and not ended:
             return
-        for pid in boxprocs.pids_of(self.run.box.uid):
-            try:
-                os.kill(pid, signals.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        boxprocs.kill_all(self.run.box.uid)
 
     def _signal(self, pid: int, sig: int) -> None:
         if self._ended:

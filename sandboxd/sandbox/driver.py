@@ -13,7 +13,6 @@ from twisted.logger import Logger
 
 from sandboxd.boxes import boxetc, hostfs
 from sandboxd.boxes.box import Box
-from sandboxd.boxes.hostfs import INODES_PER_MB, MIB
 from sandboxd.limits import PhaseLimits
 from sandboxd.sandbox.cgroup import CgroupSupport, RunCgroup
 from sandboxd.status import Phase
@@ -243,14 +242,11 @@ class Driver(ABC):
 
     def create_box(self, box: Box, disk_mb: int) -> None:
         path = box.workspace
-        if hostfs.is_mountpoint(path):
-            hostfs.unmount(path)
-        hostfs.remove_tree(path)
+        hostfs.remove_mounted(path)
         hostfs.make_private_dir(path, 0, 0, 0o700)
         if self.use_tmpfs:
             try:
-                hostfs.mount_tmpfs(path, disk_mb * MIB, max(64, disk_mb * INODES_PER_MB),
-                                   box.uid, box.gid)
+                hostfs.mount_tmpfs(path, *hostfs.tmpfs_bounds(disk_mb), box.uid, box.gid)
                 return
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.EACCES):
@@ -265,10 +261,7 @@ class Driver(ABC):
         self.create_box(box, disk_mb)
 
     def destroy_box(self, box: Box) -> None:
-        path = box.workspace
-        while hostfs.is_mountpoint(path):
-            hostfs.unmount(path)
-        hostfs.remove_tree(path)
+        hostfs.remove_mounted(box.workspace)
         self._remove_tmp(box.number)
 
     @staticmethod
@@ -286,9 +279,7 @@ class Driver(ABC):
         else:
             every = [self._tmp_for(number, tag)]
         for tmp in every:
-            while hostfs.is_mountpoint(tmp):
-                hostfs.unmount(tmp)
-            hostfs.remove_tree(tmp)
+            hostfs.remove_mounted(tmp)
 
     def _fresh_tmp(self, box: Box, disk_mb: int, tag: str = "") -> Path:
         """A new, empty /tmp and /dev/shm for each run: one daemon-mounted tmpfs bounded in
@@ -296,12 +287,10 @@ class Driver(ABC):
         memory with empty files where no cgroup counts it).  isolate's own /tmp would persist
         between runs, and its /dev/shm is the host's."""
         tmp = self._tmp_for(box.number, tag)
-        while hostfs.is_mountpoint(tmp):
-            hostfs.unmount(tmp)
-        hostfs.remove_tree(tmp)
+        hostfs.remove_mounted(tmp)
         hostfs.make_private_dir(tmp, 0, 0, 0o711)
         if self.use_tmpfs:
-            hostfs.mount_tmpfs(tmp, disk_mb * MIB, max(64, disk_mb * INODES_PER_MB), 0, 0)
+            hostfs.mount_tmpfs(tmp, *hostfs.tmpfs_bounds(disk_mb), 0, 0)
             os.chmod(tmp, 0o711)
         for name in ("tmp", "shm"):
             hostfs.make_private_dir(tmp / name, box.uid, box.gid, 0o700)
@@ -320,18 +309,15 @@ class Driver(ABC):
     def resize_box(self, box: Box, disk_mb: int) -> None:
         if self.use_tmpfs and hostfs.is_mountpoint(box.workspace):
             try:
-                hostfs.mount_tmpfs(box.workspace, disk_mb * MIB,
-                                   max(64, disk_mb * INODES_PER_MB), box.uid, box.gid,
-                                   remount=True)
+                hostfs.mount_tmpfs(box.workspace, *hostfs.tmpfs_bounds(disk_mb), box.uid,
+                                   box.gid, remount=True)
             except OSError as e:
                 log.info("{box}: cannot resize to {mb} MiB ({e}); keeping its size",
                          box=box, mb=disk_mb, e=e)
 
     def sweep(self) -> None:
         for entry in self.boxes_dir.iterdir():
-            while hostfs.is_mountpoint(entry):
-                hostfs.unmount(entry)
-            hostfs.remove_tree(entry)
+            hostfs.remove_mounted(entry)
 
     @abstractmethod
     def command(self, run: SandboxRun) -> tuple[list[str], dict[str, str]]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from sandboxd.jobs.singleflight import SingleFlight
+from sandboxd.sandbox import cgroup as cgroup_names
 from sandboxd.sandbox.child import SandboxChild
 from sandboxd.sandbox.driver import RUN_ENV, SandboxRun
 from sandboxd.status import Phase
@@ -75,7 +75,7 @@ class HealthCheck:
         try:
             limits = dataclasses.replace(daemon.policy.defaults.run, wall_ms=PROBE_WALL_MS)
             if rt.cgroups.version is not None:
-                cgroup = rt.cgroups.create(f"health-{os.getpid()}-{next(_probe_numbers)}",
+                cgroup = rt.cgroups.create(cgroup_names.run_name("health", next(_probe_numbers)),
                                            limits)
             run = SandboxRun(phase=Phase.RUN, box=box, argv=PROBE_ARGV, env=dict(RUN_ENV),
                              cwd="/box", limits=limits, cgroup=cgroup, with_workspace=True)

@@ -29,7 +29,7 @@ from sandboxd.boxes.box import Box
 from sandboxd.golang.toolchain import BINARY_INSIDE, SOURCE_INSIDE, Toolchain
 from sandboxd.jobs.heldbuild import build_mounts, make_job_dir
 from sandboxd.limits import PhaseLimits
-from sandboxd.sandbox import boxprocs
+from sandboxd.sandbox import boxprocs, cgroup
 from sandboxd.sandbox.driver import (
     RUN_ENV,
     STATUS_FD,
@@ -153,7 +153,7 @@ def _run(daemon: Any, run: SandboxRun, what: str) -> bytes:
     limits: PhaseLimits = run.limits
     if cgroups.version is not None and not driver.own_cgroups:
         try:
-            run.cgroup = cgroups.create(f"start-check-{os.getpid()}-{what}", limits)
+            run.cgroup = cgroups.create(cgroup.run_name("start-check", what), limits)
         except OSError as e:
             raise StartError(f"cannot serve: cannot make a cgroup under "
                              f"{cgroups.describe()} ({e.strerror or e}). Try --cgroups=off "
