@@ -100,25 +100,6 @@ def open_box_file(directory: Path, name: str, max_bytes: int) -> tuple[int, int]
     return fd, st.st_size
 
 
-def read_box_file(directory: Path, name: str, max_bytes: int) -> bytes:
-    """Read a regular file the box wrote, refusing links, devices and oversized files."""
-    fd, _ = open_box_file(directory, name, max_bytes)
-    try:
-        chunks, left = [], max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > max_bytes:
-            raise UnsafeFile(errno.EFBIG, f"{name} is larger than {max_bytes} bytes")
-        return data
-    finally:
-        os.close(fd)
-
-
 def copy_fd(source: int, target: int, size: int) -> None:
     """Copy exactly ``size`` bytes in the kernel (sendfile: ~1 ms for a 2 MB program, where
     reading it into Python and writing it out took ~8 ms here)."""

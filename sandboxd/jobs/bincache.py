@@ -29,8 +29,6 @@ class BinaryCache:
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self.hits = 0
-        self.misses = 0
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o711)
         self._entries: OrderedDict[str, int] = OrderedDict()
@@ -62,24 +60,13 @@ class BinaryCache:
 
     def get(self, key: str) -> Path | None:
         if key not in self._entries:
-            self.misses += 1
             return None
         path = self.directory / key
         if not path.is_file():
             self.total -= self._entries.pop(key)
-            self.misses += 1
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         return path
-
-    def put(self, key: str, data: bytes) -> Path:
-        def write(fd: int) -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-
-        return self._store(key, len(data), write)
 
     def put_file(self, key: str, source: int, size: int) -> Path:
         """Store ``size`` bytes of the open file ``source``, copied in the kernel."""

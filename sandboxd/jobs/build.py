@@ -161,7 +161,6 @@ class BuildPhase:
             limits=self.request.limits.build,
             mounts=mounts,
             with_workspace=False,
-            scratch=job_dir,
             network=download and modules is not None and modules.network,
         )
 

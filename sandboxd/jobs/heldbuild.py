@@ -147,7 +147,7 @@ class HeldBuilds:
             run = SandboxRun(
                 phase=Phase.BUILD, box=box, argv=tc.build_argv(), env=tc.build_env(),
                 cwd=SOURCE_INSIDE, limits=self.limits, mounts=build_mounts(tc, job_dir),
-                with_workspace=False, scratch=job_dir, hold_launcher=True,
+                with_workspace=False, hold_launcher=True,
                 tag=f"ahead{serial}",  # its /tmp outlives neither it nor a later one's
             )
             name = cgroup.run_name("build", f"ahead{box.number}-{serial}")

@@ -85,7 +85,6 @@ class SandboxRun:
     cgroup: RunCgroup | None = None
     with_workspace: bool = True  # the box's files at /box
     network: bool = False  # the host's network (only a module download step, never a program)
-    scratch: Path | None = None  # a host directory only the daemon writes, for driver files
     tmp: Path | None = None  # the run's own /tmp and /dev/shm (a daemon-mounted tmpfs)
     # Held: the sandbox is set up at once but starts the program only when ``HOLD_FD`` (read
     # end of a pipe the daemon owns) gets a byte, so the set-up overlaps the build.

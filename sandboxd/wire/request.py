@@ -6,7 +6,7 @@ import itertools
 import json
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sandboxd.limits import LimitError, LimitPolicy, Limits
@@ -65,7 +65,6 @@ class Request:
     interactive: bool = False
     go: str | None = None  # a toolchain name; None: the default one
     test: bool = False  # run the package's tests even when it has a main
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
