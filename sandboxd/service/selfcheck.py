@@ -104,8 +104,7 @@ def check(daemon: Any, number: int) -> str:
         hostfs.make_private_dir(out, uid, uid, 0o700)
         build = SandboxRun(phase=Phase.BUILD, box=box, argv=tc.build_argv(),
                            env=tc.build_env(), cwd=SOURCE_INSIDE, limits=defaults.build,
-                           mounts=build_mounts(tc, job_dir), with_workspace=False,
-                           scratch=job_dir)
+                           mounts=build_mounts(tc, job_dir), with_workspace=False)
         _run(daemon, build, "build")
         built = time.monotonic()
         hostfs.make_private_dir(prog, 0, 0, 0o755)
