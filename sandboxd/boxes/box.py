@@ -19,6 +19,7 @@ class Box:
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     in_use: bool = False
+    runs: int = 0
     expired: bool = False
 
     def __str__(self) -> str:

@@ -406,6 +406,7 @@ class BoxPool:
             raise
         box.in_use = True
         box.last_used = self.now()
+        box.runs += 1
         self.busy.add(box.number)
         self._taken[box.number] = box
         self.holder[box.number] = client
@@ -480,6 +481,7 @@ class BoxPool:
             log.failure("wiping {box}; dropping it", box=box)
             self._destroy(box)
             return
+        box.runs = 0
         self._make_ready(box)
 
     # -- sessions --------------------------------------------------------------------------
