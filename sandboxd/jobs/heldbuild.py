@@ -127,7 +127,8 @@ class HeldBuilds:
         self.limits = limits
         self.jobs_dir = jobs_dir
         self.held: dict[int, HeldBuild] = {}
-        self.ending: set[HeldBuild] = set()  # abandoned, not yet gone (shutdown waits)
+        # Abandoned, not yet gone, with the Deferred of each one's end (a shutdown waits).
+        self.ending: dict[HeldBuild, defer.Deferred] = {}
         self.used = 0  # requests that built in a build held ahead
         self.abandoned = 0  # held builds ended unused (their box destroyed, or it had died)
         # Only where a launcher exists to hold: a cgroup of the daemon's own to join.
@@ -185,8 +186,8 @@ class HeldBuilds:
 
     def abandon(self, held: HeldBuild) -> None:
         self.abandoned += 1
-        self.ending.add(held)
-        held.abandon().addBoth(lambda _: self.ending.discard(held))
+        done = self.ending[held] = held.abandon()
+        done.addBoth(lambda result: (self.ending.pop(held, None), result)[1])
 
     def retire(self, box: Box) -> None:
         """``box`` is being destroyed: its held build goes first."""

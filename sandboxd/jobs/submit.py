@@ -49,9 +49,9 @@ class Handle:
     def start(self) -> defer.Deferred[None]:
         """Run the request; the Deferred fires after its final event, once its box is back."""
         live = self._requests.live
-        live.add(self.job)
         self.done = self.job.start()
-        self.done.addBoth(lambda result: (live.discard(self.job), result)[1])
+        live[self.job] = self.done
+        self.done.addBoth(lambda result: (live.pop(self.job, None), result)[1])
         return self.done
 
     def cancel(self, reason: str = "cancelled by the client") -> None:
@@ -75,13 +75,19 @@ class Requests:
 
     def __init__(self, runtime: Runtime | None) -> None:
         self.runtime = runtime
-        self.live: set[Job] = set()
+        # Every request started and not ended, with the Deferred that fires at its end.
+        self.live: dict[Job, defer.Deferred[None]] = {}
 
     def submit(self, request: Request, emit: Emit, client: str | None = None) -> Handle:
         """A handle on ``request`` (not started yet: register it, then ``start()``).
         ``client``: who the request counts as where the queue is shared out (None: its own)."""
         kwargs = {"client": client} if client is not None else {}
         return Handle(self, Job(self.runtime, request, emit, **kwargs))
+
+    def ended(self, seconds: float, clock: Any) -> defer.Deferred[bool]:
+        """Fires True once every request in flight now has ended, False after ``seconds``
+        (the requests go on: the wait gives up, it cancels nothing)."""
+        return all_fired(list(self.live.values()), seconds, clock)
 
     def version_event(self, request_id: str | None) -> dict[str, Any]:
         """The answer to a ``version`` request (no box needed)."""
@@ -91,3 +97,27 @@ class Requests:
             go={name: tc.version for name, tc in runtime.toolchains.items()},
             default_go=runtime.toolchain.name,
         )
+
+
+def all_fired(deferreds: list[defer.Deferred[Any]], seconds: float,
+              clock: Any) -> defer.Deferred[bool]:
+    """True once every one of ``deferreds`` has fired, False after ``seconds``: the wait gives
+    up, it never cancels the Deferreds it waits on (their results pass through unchanged)."""
+    every: defer.Deferred[bool] = defer.Deferred()
+    left = len(deferreds)
+
+    def one_ended(result: Any) -> Any:
+        nonlocal left
+        left -= 1
+        if left == 0 and not every.called:
+            every.callback(True)
+        return result
+
+    if not deferreds:
+        every.callback(True)
+        return every
+    for d in deferreds:
+        d.addBoth(one_ended)
+    if not every.called:
+        every.addTimeout(seconds, clock, onTimeoutCancel=lambda result, timeout: False)
+    return every

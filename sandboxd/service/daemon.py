@@ -22,7 +22,7 @@ from sandboxd.jobs.bincache import BinaryCache
 from sandboxd.jobs.heldbuild import HeldBuilds
 from sandboxd.jobs.job import Runtime
 from sandboxd.jobs.metrics import Metrics
-from sandboxd.jobs.submit import Requests
+from sandboxd.jobs.submit import Requests, all_fired
 from sandboxd.limits import LimitPolicy
 from sandboxd.sandbox import cgroup
 from sandboxd.sandbox.drivers import DriverError, choose
@@ -311,13 +311,13 @@ class SandboxDaemon(service.MultiService):
         if running:
             log.info("shutting down: {n} requests running; waiting up to {s} s",
                      n=running, s=self.shutdown_grace)
-        if not await self._until(lambda: not self._jobs(), self.shutdown_grace):
+        if not await self.factory.requests.ended(self.shutdown_grace, self.reactor):
             left = self._jobs()
             log.info("shutting down: grace period over; cancelling {n} requests", n=len(left))
             for job in left:
                 job.cancel(f"the server is shutting down (the {self.shutdown_grace:g} s grace "
                            "period for running requests is over)")
-            if not await self._until(lambda: not self._jobs(), SHUTDOWN_KILL_WAIT_S):
+            if not await self.factory.requests.ended(SHUTDOWN_KILL_WAIT_S, self.reactor):
                 log.warn("shutting down: {n} requests did not end", n=len(self._jobs()))
         for conn in list(self.factory.connections):
             conn.transport.loseConnection()  # after every final event is written
@@ -325,11 +325,12 @@ class SandboxDaemon(service.MultiService):
             for conn in list(self.factory.connections):
                 conn.transport.abortConnection()
         # A health probe in flight uses a spare box of its own: let it finish and remove it.
-        await self._until(lambda: not self.health.probing, SHUTDOWN_FLUSH_S)
+        probe = self.health.probe
+        await all_fired([probe] if probe is not None else [], SHUTDOWN_FLUSH_S, self.reactor)
         self.pool.stop()
         held = self.runtime.held_builds
         if held is not None:  # their launchers are killed: let their cgroups and dirs go
-            await self._until(lambda: not held.ending, SHUTDOWN_FLUSH_S)
+            await all_fired(list(held.ending.values()), SHUTDOWN_FLUSH_S, self.reactor)
         await self._stop_children([s for s in reversed(list(self)) if s.running])
         self._sweep_leftovers()
         toolchain.unmount_images(self.toolchains_dir)

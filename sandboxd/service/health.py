@@ -40,10 +40,7 @@ class HealthCheck:
         self.ttl_s = ttl_s
         self._last: tuple[float, tuple[bool, str]] | None = None
         self._probes: SingleFlight[tuple[bool, str]] = SingleFlight()  # one probe at a time
-
-    @property
-    def probing(self) -> bool:
-        return "probe" in self._probes
+        self.probe: defer.Deferred[tuple[bool, str]] | None = None  # the one running
 
     def check(self) -> defer.Deferred[tuple[bool, str]]:
         """(healthy, why); a check that comes while a probe runs gets that probe's answer."""
@@ -55,7 +52,14 @@ class HealthCheck:
         return self._probes.run("probe", self._probe_once)
 
     def _probe_once(self) -> defer.Deferred[tuple[bool, str]]:
-        return defer.ensureDeferred(self._probe()).addBoth(self._answer)
+        probe = self.probe = defer.ensureDeferred(self._probe()).addBoth(self._answer)
+        probe.addBoth(self._probe_ended, probe)
+        return probe
+
+    def _probe_ended(self, result: object, probe: defer.Deferred) -> object:
+        if self.probe is probe:
+            self.probe = None
+        return result
 
     def _answer(self, verdict: object) -> tuple[bool, str]:
         if not isinstance(verdict, tuple):
