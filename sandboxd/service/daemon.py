@@ -1,12 +1,9 @@
-"""The daemon: builds the runtime (driver, cgroups, toolchain, caches, pool) and owns it."""
+"""The daemon: owns the parts `sandboxd.service.assemble` made; starts them, drains and stops."""
 
 from __future__ import annotations
 
 import os
-import resource
 import signal
-import subprocess
-from pathlib import Path
 from typing import Any
 
 from twisted.application import service
@@ -15,20 +12,13 @@ from twisted.internet import reactor as default_reactor
 from twisted.logger import Logger
 
 from sandboxd.boxes import hostfs
-from sandboxd.boxes.pool import MAX_BOX_NUMBER, BoxPool, PoolSettings
 from sandboxd.golang import toolchain
-from sandboxd.golang.modules import ModuleSource
-from sandboxd.jobs.bincache import BinaryCache
-from sandboxd.jobs.heldbuild import HeldBuilds
-from sandboxd.jobs.job import Runtime
-from sandboxd.jobs.metrics import Metrics
 from sandboxd.jobs.submit import Requests, all_fired
-from sandboxd.limits import LimitPolicy
-from sandboxd.sandbox import cgroup
-from sandboxd.sandbox.drivers import DriverError, choose
 from sandboxd.service import instance
+from sandboxd.service.assemble import Parts
 from sandboxd.service.health import HealthCheck
 from sandboxd.service.metrics import watch
+from sandboxd.service.settings import Settings
 from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED, ConnectionFactory
 from sandboxd.wire.request import SourceLimits
 
@@ -40,167 +30,46 @@ SHUTDOWN_FLUSH_S = 5.0  # connections get this long to take their last events
 BASE_MARGIN_MB = 256  # launchers held ahead, the health probe: over the boxes' own bounds
 
 
-def default_box_memory_mb(meminfo: str = "/proc/meminfo") -> int:
-    """A quarter of the machine's memory: what session boxes may hold by default."""
-    try:
-        for line in Path(meminfo).read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return max(64, int(line.split()[1]) // 1024 // 4)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 1024
-
-
 class SandboxDaemon(service.MultiService):
     """Everything one ``twistd sandboxd`` runs; listeners are its children."""
 
-    def __init__(
-        self,
-        policy: LimitPolicy,
-        sandbox: str,
-        boxes: int,
-        state_dir: Path,
-        cache_dir: Path,
-        go: str | None = None,
-        more_go: dict[str, str] | None = None,
-        max_queue: int = 100,
-        max_sessions: int = 256,
-        first_uid: int = 60000,
-        first_box: int = 0,
-        session_idle: float = 1200,
-        session_max_age: float = 1800,
-        cleanup_period: float = 300,
-        binary_cache_mb: int = 512,
-        max_line_bytes: int = 2 * 1024 * 1024,
-        max_pending_input: int = 128 * 1024 * 1024,
-        max_connections: int = 4096,
-        max_source_bytes: int = 512 * 1024,
-        max_files: int = 20,
-        max_stdin_bytes: int = 1024 * 1024,
-        gomodcache: str | None = None,
-        goproxy: str | None = None,
-        idle_timeout: float | None = 600,
-        shutdown_grace: float = 10,
-        reactor: Any = None,
-        cgroups: str = "auto",
-        hold_builds: bool = True,
-        max_queue_per_client: int = 10,
-        max_sessions_per_client: int = 16,
-        client_identity: str = "connection",
-        max_box_memory_mb: int | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, parts: Parts, reactor: Any = None) -> None:
+        """Wires what ``assemble(settings)`` made; nothing slow, nothing on disk."""
         super().__init__()
+        s = settings
+        self.settings = settings
         self.reactor = reactor or default_reactor
-        self.policy = policy
-        self.shutdown_grace = shutdown_grace
+        self.policy = s.policy
+        self.shutdown_grace = s.shutdown_grace
         self.stopping = False
         self.listeners: list[service.Service] = []
-        _raise_open_files()
-        # Before anything of the state directory is touched (the sweep of a dead daemon's
-        # leftovers above all): one daemon per state directory.
-        self.state_lock = instance.lock_state_dir(state_dir)
-        self.state_dir = state_dir
-        self.range_lock: int | None = None
-        os.chmod(state_dir, 0o711)
-        # Nothing that can fail for an operator's reason comes after the cgroups are made
-        # (they would be left behind): the driver (its tools), the box range, the toolchains.
-        self.driver = choose(sandbox, state_dir=state_dir, cgroups=cgroup.CgroupSupport(
-            None, {}, "not looked for yet"), first_uid=first_uid)
-        # The pool's box numbers, then one more: the start-up check's (sandboxd.service.selfcheck).
-        self.check_box = first_box + min(MAX_BOX_NUMBER, 3 * boxes + max_sessions + 2)
-        self.driver.check_box_range(first_box, self.check_box - first_box + 1)
-        if cgroups == "isolate":
-            if self.driver.name != "isolate":
-                raise DriverError("--cgroups=isolate needs the isolate driver")
-            self.driver.own_cgroups = True
-        # Those box numbers (the pool's: 3 x boxes + max_sessions + 2, and the check's): no
-        # other running daemon may use their uids.
-        last_box = self.check_box
-        self.range_lock = instance.register_range(state_dir, instance.Range(
-            first_box, last_box, self.driver.uid_for(first_box), self.driver.uid_for(last_box)))
-        self.toolchain = toolchain.load(toolchain.find_goroot(go), cache_dir)
-        self.toolchains = {self.toolchain.name: self.toolchain}
-        for name, path in (more_go or {}).items():
-            self.toolchains[name] = toolchain.load(toolchain.find_goroot(path), cache_dir, name)
-        for tc in self.toolchains.values():  # each has its own standard-library cache
-            toolchain.warm(tc, self.driver, quiet=False)
-        self.toolchains_dir = state_dir / "toolchains"
-        toolchain.unmount_images(self.toolchains_dir)  # a dead daemon's
-        try:
-            self.toolchains = {name: toolchain.mount_images(tc, self.toolchains_dir)
-                               for name, tc in self.toolchains.items()}
-        except (OSError, subprocess.SubprocessError) as e:
-            toolchain.unmount_images(self.toolchains_dir)
-            log.warn("cannot mount the toolchain's images ({e}); builds see the cache "
-                     "directory's path in their mount table", e=e)
-        self.toolchain = self.toolchains[self.toolchain.name]
-        if cgroups == "off":
-            self.cgroups = cgroup.CgroupSupport(None, {}, "turned off with --cgroups=off")
-        elif cgroups == "isolate":
-            self.cgroups = cgroup.CgroupSupport(None, {}, "isolate --cg makes the cgroups")
-        else:
-            self.cgroups = cgroup.detect(f"sandboxd-{_instance_name(state_dir)}")
-        self.driver.cgroups = self.cgroups
-        # The lock is ours: whatever a previous daemon of this state directory left (it was
-        # killed) can go now, before this one makes anything.
-        self.swept = self.cgroups.sweep()  # logged once logging has begun (startService)
-        self.driver.sweep()
-        jobs_dir = state_dir / "jobs"
-        if jobs_dir.is_dir() and not jobs_dir.is_symlink():
-            for entry in jobs_dir.iterdir():  # a dead daemon's build dirs (tmpfs mounts)
-                hostfs.remove_scratch_dir(entry)
-        hostfs.remove_tree(jobs_dir)
-        jobs_dir.mkdir(mode=0o711)
-        self.pool = BoxPool(
-            self.driver,
-            PoolSettings(
-                boxes=boxes,
-                max_queue=max_queue,
-                max_sessions=max_sessions,
-                max_queue_per_client=max_queue_per_client,
-                max_sessions_per_client=max_sessions_per_client,
-                max_box_memory_mb=max_box_memory_mb or default_box_memory_mb(),
-                session_idle_s=session_idle,
-                session_max_age_s=session_max_age,
-                cleanup_period_s=cleanup_period,
-                disk_mb=policy.defaults.run.disk_mb,
-                first_box=first_box,
-            ),
-            self.reactor,
-        )
-        self.runtime = Runtime(
-            reactor=self.reactor,
-            driver=self.driver,
-            pool=self.pool,
-            cgroups=self.cgroups,
-            toolchain=self.toolchain,
-            binaries=BinaryCache(state_dir / "binaries", binary_cache_mb * 1024 * 1024),
-            jobs_dir=jobs_dir,
-            metrics=Metrics(),
-            toolchains=self.toolchains,
-            modules=(ModuleSource(cache=Path(gomodcache).resolve()) if gomodcache
-                     else ModuleSource(proxy=goproxy) if goproxy else None),
-        )
-        if hold_builds:
-            held = self.runtime.held_builds = HeldBuilds(
-                self.reactor, self.driver, self.cgroups, self.toolchain, policy.defaults.build,
-                jobs_dir)
-            self.pool.on_ready = held.hold
-            self.pool.on_retire = held.retire
-        watch(self.runtime.metrics, self)
-        self.health = HealthCheck(self)
+        self.state_dir = s.state_dir
+        self.state_lock = parts.state_lock
+        self.range_lock = parts.range_lock
+        self.driver = parts.driver
+        self.check_box = parts.check_box
+        self.toolchains = parts.toolchains
+        self.toolchain = parts.runtime.toolchain
+        self.toolchains_dir = parts.toolchains_dir
+        self.cgroups = parts.cgroups
+        self.swept = parts.swept
+        self.pool = parts.pool
+        self.runtime = parts.runtime
+        self.health = HealthCheck(self.runtime, s.policy.defaults.run, lambda: self.stopping)
         self.checked = ""  # what the start-up check found (see ``check``)
         self.factory = ConnectionFactory(
             Requests(self.runtime),
-            policy,
-            SourceLimits(max_bytes=max_source_bytes, max_files=max_files,
-                         max_stdin_bytes=max_stdin_bytes),
-            max_line_bytes=max_line_bytes,
-            idle_timeout=idle_timeout,
-            max_pending_input=max_pending_input,
-            max_connections=max_connections,
-            client_identity=client_identity,
+            s.policy,
+            SourceLimits(max_bytes=s.max_source_bytes, max_files=s.max_files,
+                         max_stdin_bytes=s.max_stdin_bytes),
+            max_line_bytes=s.max_line_bytes,
+            idle_timeout=s.idle_timeout,
+            max_pending_input=s.max_pending_input,
+            max_connections=s.max_connections,
+            client_identity=s.client_identity,
+            reactor=self.reactor,
         )
+        watch(self.runtime.metrics, self.runtime, lambda: len(self.factory.connections))
 
     def check(self) -> None:
         """Prove this daemon can serve (see ``sandboxd.service.selfcheck``), before any listener
@@ -398,16 +267,3 @@ def _exit_failed() -> None:
         except Exception:
             pass
     os._exit(1)
-
-
-def _instance_name(state_dir: Path) -> str:
-    """A cgroup name per state directory, so two daemons never sweep each other's boxes."""
-    import hashlib
-
-    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
-
-
-def _raise_open_files() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
@@ -24,7 +25,8 @@ from sandboxd.sandbox.driver import RUN_ENV, SandboxRun
 from sandboxd.status import Phase
 
 if TYPE_CHECKING:
-    from sandboxd.service.daemon import SandboxDaemon
+    from sandboxd.jobs.runtime import Runtime
+    from sandboxd.limits import PhaseLimits
 
 log = Logger()
 
@@ -35,8 +37,15 @@ _probe_numbers = itertools.count(1)
 
 
 class HealthCheck:
-    def __init__(self, daemon: SandboxDaemon, ttl_s: float = TTL_S) -> None:
-        self.daemon = daemon
+    """``check()``: can a box run a program right now.  It reads what it needs, no more:
+    the runtime (its reactor, pool, driver and cgroups), the run limits a probe takes, and
+    whether the daemon is stopping."""
+
+    def __init__(self, runtime: Runtime, limits: PhaseLimits, stopping: Callable[[], bool],
+                 ttl_s: float = TTL_S) -> None:
+        self.rt = runtime
+        self.limits = dataclasses.replace(limits, wall_ms=PROBE_WALL_MS)
+        self.stopping = stopping
         self.ttl_s = ttl_s
         self._last: tuple[float, tuple[bool, str]] | None = None
         self._probes: SingleFlight[tuple[bool, str]] = SingleFlight()  # one probe at a time
@@ -44,9 +53,9 @@ class HealthCheck:
 
     def check(self) -> defer.Deferred[tuple[bool, str]]:
         """(healthy, why); a check that comes while a probe runs gets that probe's answer."""
-        if self.daemon.stopping:
+        if self.stopping():
             return defer.succeed((False, "the server is shutting down"))
-        now = self.daemon.reactor.seconds()
+        now = self.rt.reactor.seconds()
         if self._last is not None and now - self._last[0] < self.ttl_s:
             return defer.succeed(self._last[1])
         return self._probes.run("probe", self._probe_once)
@@ -65,25 +74,24 @@ class HealthCheck:
         if not isinstance(verdict, tuple):
             log.failure("health probe", verdict)
             verdict = (False, "the health probe failed unexpectedly")
-        self._last = (self.daemon.reactor.seconds(), verdict)
+        self._last = (self.rt.reactor.seconds(), verdict)
         return verdict
 
     async def _probe(self) -> tuple[bool, str]:
-        daemon = self.daemon
-        pool, rt = daemon.pool, daemon.runtime
+        rt = self.rt
+        pool, limits = rt.pool, self.limits
         try:
             box = pool.spare_box()
         except Exception as e:
             return False, f"cannot make a box: {e}"
         cgroup = None
         try:
-            limits = dataclasses.replace(daemon.policy.defaults.run, wall_ms=PROBE_WALL_MS)
             if rt.cgroups.version is not None:
                 cgroup = rt.cgroups.create(cgroup_names.run_name("health", next(_probe_numbers)),
                                            limits)
             run = SandboxRun(phase=Phase.RUN, box=box, argv=PROBE_ARGV, env=dict(RUN_ENV),
                              cwd="/box", limits=limits, cgroup=cgroup, with_workspace=True)
-            result = await SandboxChild(daemon.reactor, rt.driver, run,
+            result = await SandboxChild(rt.reactor, rt.driver, run,
                                         lambda stream, data, ts: len(data)).start()
         except Exception as e:
             return False, f"cannot start a sandboxed program: {e}"

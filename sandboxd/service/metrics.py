@@ -11,35 +11,37 @@ gauges read the pool's live state, which only the reactor thread may touch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
+from twisted.internet import defer
 from twisted.web import resource, server
 
 from sandboxd.jobs.metrics import Metrics
 
 if TYPE_CHECKING:
-    from sandboxd.service.daemon import SandboxDaemon
+    from sandboxd.jobs.runtime import Runtime
 
-def watch(metrics: Metrics, daemon: SandboxDaemon) -> None:
-    """Have ``metrics`` read the daemon's live state (pool, caches) when scraped."""
-    metrics.registry.register(_DaemonState(daemon))
+def watch(metrics: Metrics, runtime: Runtime, connections: Callable[[], int]) -> None:
+    """Have ``metrics`` read the live state (pool, caches, ``connections()``) when scraped."""
+    metrics.registry.register(_DaemonState(runtime, connections))
 
 
 class _DaemonState:
-    """Gauges and counters read from the daemon when scraped."""
+    """Gauges and counters read from the runtime when scraped."""
 
-    def __init__(self, daemon: SandboxDaemon) -> None:
-        self.daemon = daemon
+    def __init__(self, runtime: Runtime, connections: Callable[[], int]) -> None:
+        self.rt = runtime
+        self.connections = connections
 
     def describe(self) -> list[Any]:
         return []  # no collect() at registration: the daemon is not started yet
 
     def collect(self) -> Iterator[Any]:
-        pool, stats = self.daemon.pool, self.daemon.runtime.stats
+        pool, stats = self.rt.pool, self.rt.stats
         yield GaugeMetricFamily("sandboxd_queue_length", "Requests waiting for a box",
                                 value=pool.waiting)
         yield GaugeMetricFamily("sandboxd_busy_boxes", "Boxes running a request",
@@ -53,7 +55,7 @@ class _DaemonState:
             "together now (their reserved sizes; bound: --max-box-memory-mb)",
             value=pool.session_memory_mb * 1024 * 1024)
         yield GaugeMetricFamily("sandboxd_connections", "Open client connections",
-                                value=len(self.daemon.factory.connections))
+                                value=self.connections())
         cache = CounterMetricFamily(
             "sandboxd_build_cache", "Build lookups in the binary cache: hit (no build), shared "
             "(waited for an identical build in flight), miss (built)", labels=["result"])
@@ -61,7 +63,7 @@ class _DaemonState:
                             ("miss", "cache_misses")):
             cache.add_metric([result], stats.get(key, 0))
         yield cache
-        held = self.daemon.runtime.held_builds
+        held = self.rt.held_builds
         if held is not None:
             builds = CounterMetricFamily(
                 "sandboxd_held_builds", "Builds launched ahead for ready boxes: used by a "
@@ -70,7 +72,7 @@ class _DaemonState:
             builds.add_metric(["used"], held.used)
             builds.add_metric(["abandoned"], held.abandoned)
             yield builds
-        binaries = self.daemon.runtime.binaries
+        binaries = self.rt.binaries
         yield GaugeMetricFamily("sandboxd_binary_cache_bytes", "Size of the binary cache",
                                 value=binaries.total)
 
@@ -90,9 +92,9 @@ class _MetricsPage(resource.Resource):
 class _HealthPage(resource.Resource):
     isLeaf = True
 
-    def __init__(self, daemon: SandboxDaemon) -> None:
+    def __init__(self, check: Callable[[], defer.Deferred[tuple[bool, str]]]) -> None:
         super().__init__()
-        self.daemon = daemon
+        self.check = check
 
     def render_GET(self, request: server.Request) -> Any:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
@@ -107,17 +109,18 @@ class _HealthPage(resource.Resource):
         def failed(failure: Any) -> None:
             answer((False, f"the health check failed: {failure.getErrorMessage()}"))
 
-        d = self.daemon.health.check()
+        d = self.check()
         d.addCallback(answer).addErrback(failed)
         request.notifyFinish().addErrback(lambda _: None)  # the client left: nothing to do
         return server.NOT_DONE_YET
 
 
-def metrics_site(daemon: SandboxDaemon) -> server.Site:
-    """The HTTP site for ``--metrics``: /metrics and /healthz, nothing else."""
+def metrics_site(metrics: Metrics,
+                 health: Callable[[], defer.Deferred[tuple[bool, str]]]) -> server.Site:
+    """The HTTP site for ``--metrics``: /metrics and /healthz (``health()``), nothing else."""
     root = resource.Resource()
-    root.putChild(b"metrics", _MetricsPage(daemon.runtime.metrics))
-    root.putChild(b"healthz", _HealthPage(daemon))
+    root.putChild(b"metrics", _MetricsPage(metrics))
+    root.putChild(b"healthz", _HealthPage(health))
     site = server.Site(root)
     site.displayTracebacks = False
     site.noisy = False

@@ -313,7 +313,9 @@ def _os_error(e: OSError) -> str:
 def _make_service(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
+    from sandboxd.service.assemble import assemble
     from sandboxd.service.daemon import SandboxDaemon
+    from sandboxd.service.settings import Settings
 
     if os.geteuid() != 0:
         raise StartError("must run as root (it mounts each box's file system, makes cgroups "
@@ -347,39 +349,8 @@ def _make_service(options: Options) -> service.MultiService:
     listen = [endpoint_for(reactor, e, client_ca) for e in options["listen"]]
     metrics = endpoint_for(reactor, options["metrics"]) if options["metrics"] else None
     http = [endpoint_for(reactor, e, client_ca) for e in options["http"]]
-    daemon = SandboxDaemon(
-        policy=options["policy"],
-        sandbox=options["sandbox"],
-        cgroups=options["cgroups"],
-        hold_builds=options["held-builds"] == "on",
-        boxes=options["boxes"],
-        max_queue=options["max-queue"],
-        max_sessions=options["max-sessions"],
-        max_queue_per_client=options["max-queue-per-client"],
-        max_sessions_per_client=options["max-sessions-per-client"],
-        client_identity=options["client-identity"],
-        max_box_memory_mb=options["max-box-memory-mb"],
-        state_dir=Path(options["state-dir"]),
-        cache_dir=Path(options["cache-dir"]),
-        go=options["go"],
-        more_go=options["more-go"],
-        first_uid=options["first-uid"],
-        first_box=options["first-box"],
-        session_idle=options["session-idle"],
-        session_max_age=options["session-max-age"],
-        cleanup_period=options["cleanup-period"],
-        binary_cache_mb=options["binary-cache-mb"],
-        max_line_bytes=options["max-line-bytes"],
-        max_pending_input=options["max-pending-input-mb"] * 1024 * 1024,
-        max_source_bytes=options["max-source-bytes"],
-        max_files=options["max-files"],
-        max_stdin_bytes=options["max-stdin-bytes"],
-        gomodcache=options["gomodcache"],
-        goproxy=options["goproxy"],
-        idle_timeout=options["idle-timeout"],
-        max_connections=options["max-connections"],
-        shutdown_grace=options["shutdown-grace"],
-    )
+    settings = Settings.from_options(options)
+    daemon = SandboxDaemon(settings, assemble(settings, reactor), reactor)
     # It proves it can serve before anything listens (sandboxd.service.selfcheck).
     daemon.check()
     made: list[Listener] = []
@@ -401,7 +372,8 @@ def _make_service(options: Options) -> service.MultiService:
         if metrics is not None:
             from sandboxd.service.metrics import metrics_site
 
-            _listener(metrics, metrics_site(daemon), daemon, options["metrics"], made)
+            site = metrics_site(daemon.runtime.metrics, daemon.health.check)
+            _listener(metrics, site, daemon, options["metrics"], made)
     except ListenerError:
         for listener in made:
             listener.stopService()

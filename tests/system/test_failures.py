@@ -22,9 +22,9 @@ HELLO = go_main('\tfmt.Println("hello")')
 
 
 def base_name(state_dir: Path) -> str:
-    from sandboxd.service.daemon import _instance_name
+    from sandboxd.service.assemble import instance_name
 
-    return f"sandboxd-{_instance_name(state_dir)}"
+    return f"sandboxd-{instance_name(state_dir)}"
 
 
 def left_behind(state_dir: Path, daemon_pid: int | None = None) -> dict[str, list[str]]:

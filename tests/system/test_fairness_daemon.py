@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.service.daemon import _instance_name
+from sandboxd.service.assemble import instance_name
 from tests.harness import HANG, Daemon, finals, go_main, output
 
 NAP = go_main('\ttime.Sleep(150 * time.Millisecond)\n\tfmt.Println("nap")',
@@ -127,7 +127,7 @@ def memory_daemon(driver: str):
 def base_memory_dir(d: Daemon) -> Path | None:
     """The daemon's base cgroup in the memory controller (v1) or the unified tree (v2)."""
     assert d.proc is not None
-    name = f"sandboxd-{_instance_name(d.state_dir)}"
+    name = f"sandboxd-{instance_name(d.state_dir)}"
     for line in Path(f"/proc/{d.proc.pid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if "memory" in controllers.split(","):

@@ -40,9 +40,9 @@ def daemon(driver: str):
 def launchers(d: Daemon) -> dict[int, int]:
     """pid -> uid of every launcher held ahead by ``d`` (waiting for its line on fd 5), known
     by its cgroups (the sandbox's options, host paths and all, are not on command lines)."""
-    from sandboxd.service.daemon import _instance_name
+    from sandboxd.service.assemble import instance_name
 
-    mine = f"/sandboxd-{_instance_name(d.state_dir)}/"
+    mine = f"/sandboxd-{instance_name(d.state_dir)}/"
     return {pid: uid for pid, (_, uid, cmdline) in _processes().items()
             if "read -r go <&5" in cmdline and mine in cmdline}
 

@@ -31,7 +31,7 @@ def daemon(driver: str):
 
 def host_paths(daemon: Daemon) -> list[str]:
     """Every host path of this daemon a box must not learn."""
-    from sandboxd.service.daemon import _instance_name
+    from sandboxd.service.assemble import instance_name
 
     paths = [
         str(daemon.dir),  # its state dir (boxes, jobs, binaries), socket, log, working dir
@@ -39,7 +39,7 @@ def host_paths(daemon: Daemon) -> list[str]:
         DEFAULT_CACHE_DIR,  # toolchain copy and standard-library cache
         str(ROOT),  # the checkout
         str(Path(sys.executable).parent.parent),  # its virtual environment
-        f"sandboxd-{_instance_name(daemon.state_dir)}",  # its cgroups' base name
+        f"sandboxd-{instance_name(daemon.state_dir)}",  # its cgroups' base name
         "/sys/fs/cgroup",
         "/var/local/lib/isolate",  # isolate's own box directories
         "isolate-meta", "isolate-prog",
@@ -157,9 +157,9 @@ def in_boxes(daemon: Daemon, host_mnt: str, host_root: tuple[str, str]) -> list[
     namespaces (not the sandbox tool's monitor, which stays outside), past the sandbox's
     set-up (its root no longer the host's), and not root's (a box sees no process of another
     uid), found by their cgroup."""
-    from sandboxd.service.daemon import _instance_name
+    from sandboxd.service.assemble import instance_name
 
-    mine = f"/sandboxd-{_instance_name(daemon.state_dir)}/"
+    mine = f"/sandboxd-{instance_name(daemon.state_dir)}/"
     host_pid = os.readlink("/proc/self/ns/pid")
     pids = []
     for pid in os.listdir("/proc"):

@@ -90,12 +90,12 @@ def leftovers(d: Daemon, before: bool = False) -> dict[str, list[str]]:
 
     ``before``: only what an earlier daemon of this state directory left, not what the one
     running now has (its builds held ahead: a launcher each, their cgroups and mounts)."""
-    from sandboxd.service.daemon import _instance_name
+    from sandboxd.service.assemble import instance_name
 
     state = str(d.state_dir)
     table = _processes()
     running = d.proc.pid if before and d.proc is not None and d.proc.poll() is None else None
-    name = f"sandboxd-{_instance_name(d.state_dir)}"
+    name = f"sandboxd-{instance_name(d.state_dir)}"
     # bwrap takes its options (the state directory's paths) on a descriptor: a box's sandbox
     # tool is known by its cgroup (names: "{phase}-{daemon pid}-...").
     in_cgroup = set()

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.service.daemon import _instance_name
+from sandboxd.service.assemble import instance_name
 from tests.harness import DRIVERS, HANG, Client, Daemon, driver_missing, go_main
 from tests.hostile import BENIGN, box_uids, processes_of, program
 
@@ -237,7 +237,7 @@ def mounts(daemon: Daemon) -> list[str]:
 
 def cgroups(daemon: Daemon) -> list[str]:
     """Every cgroup under this daemon's base cgroups (one per controller)."""
-    name = f"sandboxd-{_instance_name(daemon.state_dir)}"
+    name = f"sandboxd-{instance_name(daemon.state_dir)}"
     found = []
     for root, dirs, _ in os.walk("/sys/fs/cgroup"):
         if root.count("/") > 8:

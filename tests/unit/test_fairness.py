@@ -17,7 +17,7 @@ from twisted.python import usage
 from sandboxd.boxes.pool import QueueFull, box_memory_mb
 from sandboxd.jobs.submit import Requests
 from sandboxd.sandbox.cgroup import CgroupSupport
-from sandboxd.service.daemon import default_box_memory_mb
+from sandboxd.service.assemble import default_box_memory_mb
 from sandboxd.service.tap import Options
 from sandboxd.wire.connection import Connection, ConnectionFactory
 from tests.unit.test_pool import MIN, got, make_pool, waiting

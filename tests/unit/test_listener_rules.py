@@ -11,6 +11,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from sandboxd.limits import DEFAULT_LIMITS
 from sandboxd.service.health import HealthCheck
 from sandboxd.service.listeners import (
     ListenerError,
@@ -78,8 +79,11 @@ def test_bad_strings_and_files_say_what_is_wrong(tmp_path):
         load_client_ca(tmp_path / "missing.pem")
 
 
-def _daemon(spare_box) -> SimpleNamespace:
-    return SimpleNamespace(stopping=False, reactor=Clock(), runtime=None,
+RUN_LIMITS = DEFAULT_LIMITS.run
+
+
+def _runtime(spare_box) -> SimpleNamespace:
+    return SimpleNamespace(reactor=Clock(),
                            pool=SimpleNamespace(spare_box=spare_box, drop_box=lambda box: None))
 
 
@@ -96,18 +100,19 @@ def test_health_fails_when_no_box_can_be_made_and_remembers_it():
         calls.append(1)
         raise OSError("no space left on device")
 
-    daemon = _daemon(spare_box)
-    check = HealthCheck(daemon, ttl_s=5)  # type: ignore[arg-type]
+    rt = _runtime(spare_box)
+    check = HealthCheck(rt, RUN_LIMITS, lambda: False, ttl_s=5)  # type: ignore[arg-type]
     healthy, why = _result(check.check())
     assert not healthy and "cannot make a box" in why and "no space left" in why
     assert _result(check.check())[0] is False and len(calls) == 1  # kept for ttl_s
-    daemon.reactor.advance(6)
+    rt.reactor.advance(6)
     _result(check.check())
     assert len(calls) == 2
 
 
 def test_health_is_503_while_shutting_down_without_probing():
-    daemon = _daemon(lambda: pytest.fail("no probe while stopping"))
-    daemon.stopping = True
-    healthy, why = _result(HealthCheck(daemon).check())  # type: ignore[arg-type]
+    rt = _runtime(lambda: pytest.fail("no probe while stopping"))
+    stopping = True
+    healthy, why = _result(HealthCheck(rt, RUN_LIMITS,  # type: ignore[arg-type]
+                                       lambda: stopping).check())
     assert not healthy and "shutting down" in why

@@ -1,0 +1,84 @@
+"""The daemon's settings: ``twistd sandboxd``'s options, parsed once (``tap.Options``) and read
+here into one frozen value that the assembly (``sandboxd.service.assemble``) builds from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandboxd.limits import LimitPolicy
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the parts of a daemon are made from (the listeners' endpoints aside)."""
+
+    policy: LimitPolicy
+    sandbox: str
+    boxes: int
+    state_dir: Path
+    cache_dir: Path
+    go: str | None = None
+    more_go: dict[str, str] = field(default_factory=dict)
+    max_queue: int = 100
+    max_sessions: int = 256
+    first_uid: int = 60000
+    first_box: int = 0
+    session_idle: float = 1200
+    session_max_age: float = 1800
+    cleanup_period: float = 300
+    binary_cache_mb: int = 512
+    max_line_bytes: int = 2 * 1024 * 1024
+    max_pending_input: int = 128 * 1024 * 1024
+    max_connections: int = 4096
+    max_source_bytes: int = 512 * 1024
+    max_files: int = 20
+    max_stdin_bytes: int = 1024 * 1024
+    gomodcache: str | None = None
+    goproxy: str | None = None
+    idle_timeout: float | None = 600
+    shutdown_grace: float = 10
+    cgroups: str = "auto"
+    hold_builds: bool = True
+    max_queue_per_client: int = 10
+    max_sessions_per_client: int = 16
+    client_identity: str = "connection"
+    max_box_memory_mb: int | None = None
+
+    @classmethod
+    def from_options(cls, options: Any) -> Settings:
+        """The settings that checked ``tap.Options`` give."""
+        return cls(
+            policy=options["policy"],
+            sandbox=options["sandbox"],
+            cgroups=options["cgroups"],
+            hold_builds=options["held-builds"] == "on",
+            boxes=options["boxes"],
+            max_queue=options["max-queue"],
+            max_sessions=options["max-sessions"],
+            max_queue_per_client=options["max-queue-per-client"],
+            max_sessions_per_client=options["max-sessions-per-client"],
+            client_identity=options["client-identity"],
+            max_box_memory_mb=options["max-box-memory-mb"],
+            state_dir=Path(options["state-dir"]),
+            cache_dir=Path(options["cache-dir"]),
+            go=options["go"],
+            more_go=dict(options["more-go"]),
+            first_uid=options["first-uid"],
+            first_box=options["first-box"],
+            session_idle=options["session-idle"],
+            session_max_age=options["session-max-age"],
+            cleanup_period=options["cleanup-period"],
+            binary_cache_mb=options["binary-cache-mb"],
+            max_line_bytes=options["max-line-bytes"],
+            max_pending_input=options["max-pending-input-mb"] * 1024 * 1024,
+            max_source_bytes=options["max-source-bytes"],
+            max_files=options["max-files"],
+            max_stdin_bytes=options["max-stdin-bytes"],
+            gomodcache=options["gomodcache"],
+            goproxy=options["goproxy"],
+            idle_timeout=options["idle-timeout"],
+            max_connections=options["max-connections"],
+            shutdown_grace=options["shutdown-grace"],
+        )
