@@ -60,19 +60,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     os.chmod(s.state_dir, 0o711)
     # Nothing that can fail for an operator's reason comes after the cgroups are made
     # (they would be left behind): the driver (its tools), the box range, the toolchains.
-    driver = choose(s.sandbox, state_dir=s.state_dir, cgroups=cgroup.CgroupSupport(
-        None, {}, "not looked for yet"), first_uid=s.first_uid)
-    # The pool's box numbers, then one more: the start-up check's (sandboxd.service.selfcheck).
-    check_box = s.first_box + min(MAX_BOX_NUMBER, 3 * s.boxes + s.max_sessions + 2)
-    driver.check_box_range(s.first_box, check_box - s.first_box + 1)
-    if s.cgroups == "isolate":
-        if driver.name != "isolate":
-            raise DriverError("--cgroups=isolate needs the isolate driver")
-        driver.own_cgroups = True
-    # Those box numbers (the pool's: 3 x boxes + max_sessions + 2, and the check's): no
-    # other running daemon may use their uids.
-    range_lock = instance.register_range(s.state_dir, instance.Range(
-        s.first_box, check_box, driver.uid_for(s.first_box), driver.uid_for(check_box)))
+    driver, check_box, range_lock = _driver_and_range(s)
     toolchains_dir = s.state_dir / "toolchains"
     toolchains = _toolchains(s, driver, toolchains_dir)
     cgroups = _cgroups(s)
@@ -81,12 +69,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     # killed) can go now, before this one makes anything.
     swept = cgroups.sweep()  # logged once logging has begun (startService)
     driver.sweep()
-    jobs_dir = s.state_dir / "jobs"
-    if jobs_dir.is_dir() and not jobs_dir.is_symlink():
-        for entry in jobs_dir.iterdir():  # a dead daemon's build dirs (tmpfs mounts)
-            hostfs.remove_scratch_dir(entry)
-    hostfs.remove_tree(jobs_dir)
-    jobs_dir.mkdir(mode=0o711)
+    jobs_dir = _fresh_jobs_dir(s.state_dir / "jobs")
     pool = BoxPool(driver, PoolSettings(
         boxes=s.boxes,
         max_queue=s.max_queue,
@@ -122,6 +105,34 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     return Parts(state_lock=state_lock, range_lock=range_lock, driver=driver,
                  check_box=check_box, toolchains=toolchains, toolchains_dir=toolchains_dir,
                  cgroups=cgroups, swept=swept, pool=pool, runtime=runtime)
+
+
+def _driver_and_range(s: Settings) -> tuple[Driver, int, int | None]:
+    """The driver, the start-up check's box number and the registration of the box range."""
+    driver = choose(s.sandbox, state_dir=s.state_dir, cgroups=cgroup.CgroupSupport(
+        None, {}, "not looked for yet"), first_uid=s.first_uid)
+    # The pool's box numbers, then one more: the start-up check's (sandboxd.service.selfcheck).
+    check_box = s.first_box + min(MAX_BOX_NUMBER, 3 * s.boxes + s.max_sessions + 2)
+    driver.check_box_range(s.first_box, check_box - s.first_box + 1)
+    if s.cgroups == "isolate":
+        if driver.name != "isolate":
+            raise DriverError("--cgroups=isolate needs the isolate driver")
+        driver.own_cgroups = True
+    # Those box numbers (the pool's: 3 x boxes + max_sessions + 2, and the check's): no
+    # other running daemon may use their uids.
+    range_lock = instance.register_range(s.state_dir, instance.Range(
+        s.first_box, check_box, driver.uid_for(s.first_box), driver.uid_for(check_box)))
+    return driver, check_box, range_lock
+
+
+def _fresh_jobs_dir(jobs_dir: Path) -> Path:
+    """The build directories' parent, emptied of a dead daemon's (tmpfs mounts and all)."""
+    if jobs_dir.is_dir() and not jobs_dir.is_symlink():
+        for entry in jobs_dir.iterdir():
+            hostfs.remove_scratch_dir(entry)
+    hostfs.remove_tree(jobs_dir)
+    jobs_dir.mkdir(mode=0o711)
+    return jobs_dir
 
 
 def _toolchains(s: Settings, driver: Driver, toolchains_dir: Path) -> dict[str, Toolchain]:
