@@ -3,7 +3,7 @@ here into one frozen value that the assembly (``sandboxd.service.assemble``) bui
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,37 +48,14 @@ class Settings:
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
-        """The settings that checked ``tap.Options`` give."""
-        return cls(
-            policy=options["policy"],
-            sandbox=options["sandbox"],
-            cgroups=options["cgroups"],
-            hold_builds=options["held-builds"] == "on",
-            boxes=options["boxes"],
-            max_queue=options["max-queue"],
-            max_sessions=options["max-sessions"],
-            max_queue_per_client=options["max-queue-per-client"],
-            max_sessions_per_client=options["max-sessions-per-client"],
-            client_identity=options["client-identity"],
-            max_box_memory_mb=options["max-box-memory-mb"],
-            state_dir=Path(options["state-dir"]),
-            cache_dir=Path(options["cache-dir"]),
-            go=options["go"],
-            more_go=dict(options["more-go"]),
-            first_uid=options["first-uid"],
-            first_box=options["first-box"],
-            session_idle=options["session-idle"],
-            session_max_age=options["session-max-age"],
-            cleanup_period=options["cleanup-period"],
-            binary_cache_mb=options["binary-cache-mb"],
-            max_line_bytes=options["max-line-bytes"],
-            max_pending_input=options["max-pending-input-mb"] * 1024 * 1024,
-            max_source_bytes=options["max-source-bytes"],
-            max_files=options["max-files"],
-            max_stdin_bytes=options["max-stdin-bytes"],
-            gomodcache=options["gomodcache"],
-            goproxy=options["goproxy"],
-            idle_timeout=options["idle-timeout"],
-            max_connections=options["max-connections"],
-            shutdown_grace=options["shutdown-grace"],
-        )
+        """The settings that checked ``tap.Options`` give: each field is the option of its
+        name (``max_queue``: ``--max-queue``), but for the few read another way."""
+        read_otherwise = {
+            "hold_builds": options["held-builds"] == "on",
+            "state_dir": Path(options["state-dir"]),
+            "cache_dir": Path(options["cache-dir"]),
+            "more_go": dict(options["more-go"]),
+            "max_pending_input": options["max-pending-input-mb"] * 1024 * 1024,
+        }
+        return cls(**{f.name: read_otherwise[f.name] if f.name in read_otherwise
+                      else options[f.name.replace("_", "-")] for f in fields(cls)})

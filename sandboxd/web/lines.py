@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sandboxd.status import Phase, Status
-from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED
+from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED, apply_control
 from sandboxd.wire.events import final_event
 from sandboxd.wire.request import BadRequest, Control, Request, parse_line
 
@@ -107,19 +107,9 @@ class LineSession:
             log.failure("a WebSocket request", result)
 
     def control(self, control: Control) -> None:
-        job = self.jobs.get(control.target)
-        problem = None
-        if job is None:
-            problem = f"no request with id {control.target!r} is running on this connection"
-        elif control.type == "cancel":
-            job.cancel()
-        elif control.data:
-            problem = job.write_stdin(control.data, self.factory.sources.max_stdin_bytes)
-        if job is not None and control.eof and problem is None:
-            job.close_stdin()
-        if problem is not None:
-            self.send(final_event(None, Status.BAD_REQUEST, problem, Phase.QUEUE,
-                                  for_id=control.target, for_type=control.type))
+        refused = apply_control(self.jobs, control, self.factory.sources.max_stdin_bytes)
+        if refused is not None:
+            self.send(refused)
 
     def lost(self) -> None:
         for handle in list(self.jobs.values()):

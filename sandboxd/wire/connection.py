@@ -324,19 +324,9 @@ class Connection(protocol.Protocol, TimeoutMixin):
         """stdin and cancel lines act on a running request and are not answered when they
         work; when they cannot, the answer is a ``bad_request`` with ``id`` null (the named
         request goes on and still ends with its own final event) naming it in ``for_id``."""
-        job = self.jobs.get(control.target)
-        problem = None
-        if job is None:
-            problem = f"no request with id {control.target!r} is running on this connection"
-        elif control.type == "cancel":
-            job.cancel()
-        elif control.data:
-            problem = job.write_stdin(control.data, self.factory.sources.max_stdin_bytes)
-        if job is not None and control.eof and problem is None:
-            job.close_stdin()
-        if problem is not None:
-            self.send(final_event(None, Status.BAD_REQUEST, problem, Phase.QUEUE,
-                                  for_id=control.target, for_type=control.type))
+        refused = apply_control(self.jobs, control, self.factory.sources.max_stdin_bytes)
+        if refused is not None:
+            self.send(refused)
 
     def _job_done(self, result: Any, request_id: str, job: Submitted) -> None:
         if self.jobs.get(request_id) is job:
@@ -418,6 +408,26 @@ class Connection(protocol.Protocol, TimeoutMixin):
     def stopProducing(self) -> None:
         for job in list(self.jobs.values()):
             job.cancel("the client disconnected")
+
+
+def apply_control(jobs: dict[str, Submitted], control: Control,
+                  max_stdin_bytes: int) -> dict[str, Any] | None:
+    """A ``stdin`` or ``cancel`` line, applied to the running request it names among ``jobs``
+    (one connection's, or one WebSocket's); the ``bad_request`` event when it cannot be."""
+    job = jobs.get(control.target)
+    problem = None
+    if job is None:
+        problem = f"no request with id {control.target!r} is running on this connection"
+    elif control.type == "cancel":
+        job.cancel()
+    elif control.data:
+        problem = job.write_stdin(control.data, max_stdin_bytes)
+    if job is not None and control.eof and problem is None:
+        job.close_stdin()
+    if problem is None:
+        return None
+    return final_event(None, Status.BAD_REQUEST, problem, Phase.QUEUE,
+                       for_id=control.target, for_type=control.type)
 
 
 class Submitted(Protocol):

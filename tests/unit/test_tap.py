@@ -70,3 +70,17 @@ def test_limit_options_change_the_policy():
     opts = Options()
     opts.parseOptions(["--limit", "run.wall_ms=400000", "--max-limit", "run.wall_ms=400000"])
     assert opts["policy"].defaults.run.wall_ms == 400000
+
+
+def test_options_are_read_once_into_settings():
+    from pathlib import Path
+
+    from sandboxd.service.settings import Settings
+
+    opts = Options()
+    opts.parseOptions(["--boxes", "3", "--held-builds", "off", "--max-pending-input-mb", "7",
+                       "--state-dir", "/tmp/s", "--max-queue", "9", "--shutdown-grace", "2"])
+    s = Settings.from_options(opts)
+    assert (s.boxes, s.hold_builds, s.max_pending_input, s.max_queue) == (3, False, 7 << 20, 9)
+    assert s.state_dir == Path("/tmp/s") and s.shutdown_grace == 2 and s.policy is opts["policy"]
+    assert s.max_line_bytes == opts["max-line-bytes"] and s.sandbox == "auto"
