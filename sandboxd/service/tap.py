@@ -13,7 +13,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from sandboxd.boxes.pool import box_memory_mb
-from sandboxd.golang.toolchain import ToolchainError
+from sandboxd.golang.toolchain import ToolchainError, find_goroot
 from sandboxd.limits import LimitError, LimitPolicy
 from sandboxd.sandbox.driver import DriverError
 from sandboxd.service.instance import StartError
@@ -317,33 +317,7 @@ def _make_service(options: Options) -> service.MultiService:
     from sandboxd.service.daemon import SandboxDaemon
     from sandboxd.service.settings import Settings
 
-    if os.geteuid() != 0:
-        raise StartError("must run as root (it mounts each box's file system, makes cgroups "
-                         "and runs boxes as their own uids); the privileges it keeps are in "
-                         "docs/operations.md")
-    for name in ("state-dir", "cache-dir"):
-        where = Path(options[name]).resolve()
-        top = "/" + where.parts[1] if len(where.parts) > 1 else "/"
-        if top in ("/proc", "/sys"):
-            raise StartError(f"--{name} {options[name]} is under {top}: give a directory on "
-                             "a real file system")
-        if where.exists() and not where.is_dir():
-            raise StartError(f"--{name} {options[name]} is not a directory")
-    from sandboxd.golang.toolchain import find_goroot
-
-    for name, path in [("default", options["go"]), *options["more-go"].items()]:
-        if path is not None:
-            try:
-                find_goroot(path)
-            except ToolchainError as e:
-                why = str(e).removeprefix(f"{Path(path)} is ")
-                raise StartError(f"--go {'' if name == 'default' else name + '='}{path}: "
-                                 f"{why}") from None
-    for description in options["listen"]:
-        if (description.startswith("onion:") and "controlPort=" not in description
-                and shutil.which("tor") is None):
-            raise StartError(f"--listen {description} launches tor, which is not installed: "
-                             "apt-get install tor, or give controlPort= of a running tor")
+    _check_start(options)
     # Endpoints first: a wrong --listen string ends the start before anything is set up.
     client_ca = options.get("client-ca-certs")
     listen = [endpoint_for(reactor, e, client_ca) for e in options["listen"]]
@@ -380,6 +354,36 @@ def _make_service(options: Options) -> service.MultiService:
         daemon.abort()
         raise
     return daemon
+
+
+def _check_start(options: Options) -> None:
+    """What would make the start fail half-way, said before anything is made: root, the
+    directories, the toolchains, tor for an onion listener."""
+    if os.geteuid() != 0:
+        raise StartError("must run as root (it mounts each box's file system, makes cgroups "
+                         "and runs boxes as their own uids); the privileges it keeps are in "
+                         "docs/operations.md")
+    for name in ("state-dir", "cache-dir"):
+        where = Path(options[name]).resolve()
+        top = "/" + where.parts[1] if len(where.parts) > 1 else "/"
+        if top in ("/proc", "/sys"):
+            raise StartError(f"--{name} {options[name]} is under {top}: give a directory on "
+                             "a real file system")
+        if where.exists() and not where.is_dir():
+            raise StartError(f"--{name} {options[name]} is not a directory")
+    for name, path in [("default", options["go"]), *options["more-go"].items()]:
+        if path is not None:
+            try:
+                find_goroot(path)
+            except ToolchainError as e:
+                why = str(e).removeprefix(f"{Path(path)} is ")
+                raise StartError(f"--go {'' if name == 'default' else name + '='}{path}: "
+                                 f"{why}") from None
+    for description in options["listen"]:
+        if (description.startswith("onion:") and "controlPort=" not in description
+                and shutil.which("tor") is None):
+            raise StartError(f"--listen {description} launches tor, which is not installed: "
+                             "apt-get install tor, or give controlPort= of a running tor")
 
 
 def _listener(endpoint: Any, factory: Any, parent: service.MultiService, description: str,
