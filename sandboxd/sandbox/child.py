@@ -16,18 +16,16 @@ from dataclasses import dataclass
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sandboxd.clock import now_ms
 from sandboxd.sandbox import boxprocs
 from sandboxd.sandbox.driver import HOLD_FD, STATUS_FD, Driver, Report, SandboxRun
+from sandboxd.sandbox.watch import LimitWatch
 
 log = Logger()
 
-CPU_POLL_S = 0.05
-UID_POLL_S = 0.1
 GRACE_S = 0.5
 STDERR_TAIL = 4096
 STREAMS = {1: "stdout", 2: "stderr"}
@@ -85,11 +83,8 @@ class SandboxChild(protocol.ProcessProtocol):
         self.paused = False
         self._done: defer.Deferred[ChildResult] = defer.Deferred()
         self._started = 0.0
-        self._timer = None
-        self._cpu_poll: LoopingCall | None = None
-        self._cpu_source: Callable[[], int | None] = lambda: None
-        self._cpu_seen = 0
-        self._memory_seen = 0  # bytes, hosts without cgroups
+        self.watch = LimitWatch(reactor, run, self.stop,  # type: ignore[arg-type]
+                                lambda: self.stopped_for is not None)
         self._ended = False
         self._hold_write: int | None = None  # a held run's "go" pipe (see release())
 
@@ -121,7 +116,7 @@ class SandboxChild(protocol.ProcessProtocol):
             return defer.fail(failure)
         self.run.close_fds()
         if not (self.run.hold or self.run.hold_launcher):
-            self._arm()
+            self.watch.arm()
         return self._done
 
     def release(self) -> None:
@@ -137,7 +132,7 @@ class SandboxChild(protocol.ProcessProtocol):
         finally:
             os.close(fd)
         if not self._ended:
-            self._arm()
+            self.watch.arm()
 
     def abandon(self) -> None:
         """End a held child that was never released.  Only its own processes are killed: a
@@ -152,25 +147,6 @@ class SandboxChild(protocol.ProcessProtocol):
         pid = getattr(self.transport, "pid", None)
         if pid is not None:
             self._signal(pid, signals.SIGKILL)
-
-    def _arm(self) -> None:
-        """Start the wall-time timer and the CPU/memory polling."""
-        clock: IReactorTime = self.reactor  # type: ignore[assignment]
-        self._timer = clock.callLater(self.run.limits.wall_ms / 1000, self.stop, "wall")
-        cg = self.run.cgroup
-        if cg is not None and cg.cpu_ns() is not None:
-            self._cpu_source = lambda: self._cgroup_usage(cg)
-            interval = CPU_POLL_S
-        else:
-            # No cgroup: the box's uid finds its processes (see sandboxd.sandbox.boxprocs).
-            uid = self.run.box.uid
-            self._cpu_source = lambda: self._uid_usage(uid)
-            interval = UID_POLL_S
-        self._cpu_poll = LoopingCall(self._check_cpu)
-        self._cpu_poll.clock = clock
-        self._cpu_poll.start(interval, now=False).addErrback(
-            lambda f: log.failure("cpu poll", f)
-        )
 
     def connectionMade(self) -> None:
         if self.stdin is not None:
@@ -230,31 +206,6 @@ class SandboxChild(protocol.ProcessProtocol):
         except (ProcessLookupError, PermissionError):
             pass
 
-    def _cgroup_usage(self, cg) -> int | None:
-        """CPU ns of the box's cgroup; also ends the box at its first OOM kill (the kernel
-        kills one process; the memory limit ends them all)."""
-        if cg.oom_killed(certain=True):
-            self.stop("memory")
-        return cg.cpu_ns()
-
-    def _uid_usage(self, uid: int) -> int:
-        """CPU ns of the box uid's processes; also stops the box when their memory summed
-        passes the limit (RLIMIT_AS alone bounds each process, not the box)."""
-        cpu, resident = boxprocs.usage(uid)
-        self._memory_seen = max(self._memory_seen, resident)
-        if resident > self.run.limits.memory_mb * 1024 * 1024:
-            self.stop("memory")
-        return cpu
-
-    def _check_cpu(self) -> None:
-        if self.stopped_for is not None:
-            return  # stopping already; the poll ends with the run
-        used = self._cpu_source()
-        if used is not None:
-            self._cpu_seen = max(self._cpu_seen, used)
-            if used > self.run.limits.cpu_ms * 1_000_000:
-                self.stop("cpu")
-
     # -- flow control ----------------------------------------------------------------------
 
     def pauseProducing(self) -> None:
@@ -301,15 +252,12 @@ class SandboxChild(protocol.ProcessProtocol):
             os.close(self._hold_write)
             self._hold_write = None
         self._ended = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        if self._cpu_poll is not None and self._cpu_poll.running:
-            self._cpu_poll.stop()
+        self.watch.disarm()
         wall_ms = int((time.monotonic() - self._started) * 1000)
         exit_code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
-        cpu_ms = self._cpu_seen // 1_000_000 if self.run.cgroup is None else None
-        memory_kb = self._memory_seen // 1024 if self._memory_seen else None
+        cpu_ms = self.watch.cpu_seen // 1_000_000 if self.run.cgroup is None else None
+        memory_kb = self.watch.memory_seen // 1024 if self.watch.memory_seen else None
         oom = refused = False
         cg = self.run.cgroup
         if cg is not None:
