@@ -13,7 +13,7 @@ HTTP ?= tcp:8081:interface=127.0.0.1
 # Only the directories that exist: ruff fails on a missing one (bench/ comes with issue 4).
 LINT_DIRS := $(wildcard sandboxd tests twisted bench)
 
-.PHONY: setup run test unit lint bench soak clean image
+.PHONY: setup run test unit lint bench soak clean image test-cgroup2
 
 # The container image, built with docker or podman (whichever answers). SANDBOX=isolate takes
 # isolate from its authors' apt repository; SANDBOX=bubblewrap uses Debian packages only;
@@ -63,6 +63,11 @@ test: setup test-tools
 # The unit tests alone: no root, no sandbox tool, no daemon; a few seconds.
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
+
+# The cgroup-dependent system tests in a cgroup-v2 Linux (Debian packages, user-mode-linux),
+# built once and cached in /var/cache/sandboxd-cgroup2: see docs/operations.md.
+test-cgroup2: setup
+	bash scripts/cgroup2/run.sh
 
 lint: setup
 	$(BIN)/ruff check $(LINT_DIRS)

@@ -327,18 +327,34 @@ def detect(instance: str = "sandboxd") -> CgroupSupport:
     return CgroupSupport(None, {}, reason)
 
 
-def _prepare_v2(root: Path, own: str, instance: str) -> CgroupSupport:
-    """Make ``<own cgroup>/<instance>`` a delegated subtree with memory, pids and cpu.
+SUPERVISOR = "supervisor"
 
-    cgroup v2 lets no cgroup both hold processes and pass controllers down, so when our own
-    cgroup holds processes we move ourselves into a ``supervisor`` leaf first.
+
+def _names(path: Path) -> set[str]:
+    """Controller names in a ``cgroup.controllers`` or ``cgroup.subtree_control`` file."""
+    return {name.lstrip("+") for name in (_read(path) or "").split()}
+
+
+def _prepare_v2(root: Path, own: str, instance: str) -> CgroupSupport:
+    """Make ``<delegated cgroup>/<instance>`` a subtree with memory, pids and cpu.
+
+    cgroup v2 lets no cgroup both hold processes and pass controllers down, so when the cgroup
+    we were started in holds processes, they (we among them) move into a ``supervisor`` leaf
+    first.  A daemon started later from that leaf (a restart, a daemon started by a process
+    that was moved there, say) uses its parent again: the delegated subtree is found once and
+    reused, never nested, so a restart finds, and sweeps, what a dead daemon left.  The true
+    root (no ``cgroup.type``) holds processes and passes controllers down at once; the root of
+    a container's cgroup namespace is not the true root and gets the leaf like any other.
     """
     here = root / own.lstrip("/")
+    if (here.name == SUPERVISOR and here.parent != here and root in here.parents
+            and "memory" in _names(here.parent / "cgroup.subtree_control")):
+        here = here.parent
     wanted = "+memory +pids" + (
         " +cpu" if "cpu" in (_read(here / "cgroup.controllers") or "").split() else ""
     )
-    if here != root and _pids(here / "cgroup.procs"):
-        leaf = here / "supervisor"
+    if (here != root or (here / "cgroup.type").exists()) and _pids(here / "cgroup.procs"):
+        leaf = here / SUPERVISOR
         leaf.mkdir(exist_ok=True)
         for pid in _pids(here / "cgroup.procs"):
             try:

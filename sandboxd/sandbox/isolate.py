@@ -210,8 +210,12 @@ class IsolateDriver(Driver):
                 "file size: isolate -f (RLIMIT_FSIZE)", "open files: isolate --open-files"]
 
     def _isolate(self, number: int, *args: str) -> str:
+        # --cgroups=isolate: a box is made and removed in the cgroup mode it runs in (isolate
+        # refuses a --cg run in a box initialised without --cg: "incompatible control group
+        # mode"; seen in the cgroup-v2 guest, tests/guest/test_isolate_cg.py).
+        cg = ["--cg"] if self.own_cgroups and args[:1] in (("--init",), ("--cleanup",)) else []
         proc = subprocess.run(
-            [self.isolate, "-b", str(number), *args], capture_output=True, text=True,
+            [self.isolate, "-b", str(number), *cg, *args], capture_output=True, text=True,
             stdin=subprocess.DEVNULL, timeout=60,
         )
         if proc.returncode != 0:

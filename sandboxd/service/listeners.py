@@ -8,6 +8,10 @@ Every Twisted server endpoint string works (``tcp:``, ``ssl:``, ``unix:``, ``sys
 - listens with a backlog of 1024 (Twisted's is 50) on ``tcp:``, ``ssl:`` and ``unix:``, so
   hundreds of idle connections do not keep a real client from connecting;
 - takes over a ``unix:`` socket a killed daemon left (see ``_clear_stale_unix_socket``);
+- serves a Unix socket systemd passed (``systemd:domain=UNIX``) as systemd made it: Twisted's
+  adopted port chmods the socket's path to 0666 (twisted/twisted#10261), which fails with EROFS
+  under ``ProtectSystem=strict`` and otherwise makes the socket world-writable
+  (see ``InheritedUnixEndpoint``);
 - with ``--client-ca``, makes every ``ssl:`` listener demand a client certificate signed by
   one of the CA's certificates, at the handshake (``ssl:`` strings have no option for that);
 - makes a client's TLS ``close_notify`` a half-close, like TCP's (``sandboxd.wire.tlshalfclose``).
@@ -15,6 +19,7 @@ Every Twisted server endpoint string works (``tcp:``, ``ssl:``, ``unix:``, ``sys
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -22,7 +27,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import endpoints, interfaces
+from twisted.internet import abstract, defer, endpoints, error, fdesc, interfaces
+from twisted.internet.address import UNIXAddress
+from zope.interface import implementer
 
 UNIX_DEFAULT_MODE = "660"
 # Twisted listens with a backlog of 50: a burst of idle connections then makes a real client's
@@ -132,6 +139,84 @@ def _split_args(rest: str) -> dict[str, str]:
     return out
 
 
+@implementer(interfaces.IListeningPort)
+class _InheritedUnixPort(abstract.FileDescriptor):
+    """A listening Unix socket accepted from by hand: each connection goes to the reactor's
+    public ``adoptStreamConnection``; the socket's path is never touched (no chmod)."""
+
+    def __init__(self, reactor: Any, sock: socket.socket, factory: Any) -> None:
+        super().__init__(reactor)
+        self.socket = sock
+        self.factory = factory
+        self._address = UNIXAddress(sock.getsockname() or None)
+
+    def fileno(self) -> int:
+        return self.socket.fileno() if self.socket is not None else -1
+
+    def startListening(self) -> None:
+        self.factory.doStart()
+        self.connected = True
+        self.startReading()
+
+    def doRead(self) -> None:
+        for _ in range(100):  # as many as are waiting, a bounded number per wake-up
+            try:
+                conn, _ = self.socket.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
+                               errno.ENOMEM, errno.ECONNABORTED):
+                    return
+                raise
+            try:
+                conn.setblocking(False)
+                self.reactor.adoptStreamConnection(conn.fileno(), socket.AF_UNIX, self.factory)
+            finally:
+                conn.close()  # the reactor took a duplicate
+
+    def stopListening(self) -> defer.Deferred[None]:
+        self.stopReading()
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+            self.connected = False
+            self.factory.doStop()
+        return defer.succeed(None)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.stopListening()
+
+    def getHost(self) -> UNIXAddress:
+        return self._address
+
+
+@implementer(interfaces.IStreamServerEndpoint)
+class InheritedUnixEndpoint:
+    """``systemd:domain=UNIX``: the inherited socket served as systemd made it (its owner,
+    group and ``SocketMode``), with no write to its path: Twisted's adopted port chmods it."""
+
+    def __init__(self, reactor: Any, fileno: int) -> None:
+        self.reactor = reactor
+        self.fileno = fileno
+        self._used = False
+
+    def listen(self, factory: Any) -> defer.Deferred[Any]:
+        if self._used:
+            return defer.fail(error.AlreadyListened())
+        self._used = True
+        try:
+            fdesc.setNonBlocking(self.fileno)
+            sock = socket.socket(fileno=self.fileno)  # takes the descriptor over
+            if sock.family != socket.AF_UNIX:
+                sock.detach()
+                raise ListenerError(f"descriptor {self.fileno} is not a Unix socket")
+            port = _InheritedUnixPort(self.reactor, sock, factory)
+            port.startListening()
+        except BaseException:
+            return defer.fail()
+        return defer.succeed(port)
+
 def _plain(e: BaseException) -> str:
     """Twisted's parse errors in words: the value that is wrong, or which kind is unknown."""
     text = str(e)
@@ -158,6 +243,9 @@ def endpoint_for(reactor: Any, description: str,
                 f"{given}: no such descriptor was inherited (is LISTEN_FDS/LISTEN_PID "
                 "set, as systemd does?)") from None
         raise ListenerError(f"cannot listen on {given}: {_plain(e)}") from None
+    if (isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint)
+            and endpoint.addressFamily == socket.AF_UNIX):
+        endpoint = InheritedUnixEndpoint(endpoint.reactor, endpoint.fileno)
     if client_ca and description.startswith("ssl:"):
         require_client_certificates(endpoint, client_ca)
     if isinstance(endpoint, endpoints.SSL4ServerEndpoint):

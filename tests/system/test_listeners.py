@@ -287,6 +287,9 @@ def test_systemd_socket_activation_unix_and_inet():
         assert finals(events)["sd-unix"]["status"] == "ok"
         assert output(events, "sd-unix") == EXPECTED
         assert os.stat(d.socket_path).st_ino == inode  # adopted, not made anew
+        # Served as systemd made it: Twisted's adopted port chmods the path to 0666
+        # (twisted/twisted#10261; EROFS under ProtectSystem=strict); sandboxd's does not.
+        assert stat.S_IMODE(os.stat(d.socket_path).st_mode) == 0o660
         with Client(sock=socket.create_connection(("127.0.0.1", d.port), timeout=HANG)) as c:
             c.send(request_line("sd-inet"))
             events = c.read_until_done("sd-inet")

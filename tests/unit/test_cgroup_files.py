@@ -37,6 +37,35 @@ def test_v2_prepare_moves_our_processes_to_a_leaf_and_delegates(tmp_path):
     assert (own / "sandboxd-x" / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
 
 
+def test_v2_prepare_from_the_supervisor_leaf_reuses_the_delegated_cgroup(tmp_path):
+    """A daemon started from the leaf a first one made (a restart, or a daemon started by a
+    process moved there) uses the same delegated cgroup and base: no .../supervisor/supervisor,
+    so a restart sees, and sweeps, the cgroups a dead daemon left under its base."""
+    root = fake_v2(tmp_path)
+    first = cgroup._prepare_v2(root, "/system.slice/sandboxd.service", "sandboxd-x")
+    own = root / "system.slice" / "sandboxd.service"
+    (own / "supervisor" / "cgroup.procs").write_text("4243\n5000\n")
+    left = first.bases["unified"] / "run-7"
+    left.mkdir()
+    again = cgroup._prepare_v2(root, "/system.slice/sandboxd.service/supervisor", "sandboxd-x")
+    assert again.bases == first.bases
+    assert not (own / "supervisor" / "supervisor").exists()
+    assert sorted(p.name for p in again.bases["unified"].iterdir()) == [
+        "cgroup.subtree_control", "run-7"]
+
+
+def test_v2_prepare_in_a_container_namespace_root_moves_to_a_leaf(tmp_path):
+    """In a container with its own cgroup namespace the daemon's cgroup is "/", the mount's
+    root, but not the kernel's root (it has cgroup.type): its processes move to a leaf, else
+    enabling controllers there fails (EBUSY) and the daemon would run without cgroups."""
+    root = fake_v2(tmp_path)
+    (root / "cgroup.type").write_text("domain\n")
+    (root / "cgroup.procs").write_text("1\n")
+    support = cgroup._prepare_v2(root, "/", "sandboxd-x")
+    assert support.bases == {"unified": root / "sandboxd-x"}
+    assert (root / "supervisor" / "cgroup.procs").read_text() == "1"
+
+
 def test_v2_run_cgroup_limits_and_statistics(tmp_path):
     base = tmp_path / "base"
     base.mkdir()
