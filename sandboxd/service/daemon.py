@@ -7,7 +7,7 @@ import signal
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet import reactor as default_reactor
 from twisted.logger import Logger
 
@@ -24,7 +24,6 @@ from sandboxd.wire.request import SourceLimits
 
 log = Logger()
 
-SHUTDOWN_POLL_S = 0.05
 SHUTDOWN_KILL_WAIT_S = 10.0  # cancelled requests: their boxes are killed, this is a hang bound
 SHUTDOWN_FLUSH_S = 5.0  # connections get this long to take their last events
 BASE_MARGIN_MB = 256  # launchers held ahead, the health probe: over the boxes' own bounds
@@ -188,9 +187,10 @@ class SandboxDaemon(service.MultiService):
                            "period for running requests is over)")
             if not await self.factory.requests.ended(SHUTDOWN_KILL_WAIT_S, self.reactor):
                 log.warn("shutting down: {n} requests did not end", n=len(self._jobs()))
-        for conn in list(self.factory.connections):
+        connections = list(self.factory.connections)
+        for conn in connections:
             conn.transport.loseConnection()  # after every final event is written
-        if not await self._until(lambda: not self.factory.connections, SHUTDOWN_FLUSH_S):
+        if not await all_fired([c.gone for c in connections], SHUTDOWN_FLUSH_S, self.reactor):
             for conn in list(self.factory.connections):
                 conn.transport.abortConnection()
         # A health probe in flight uses a spare box of its own: let it finish and remove it.
@@ -246,15 +246,6 @@ class SandboxDaemon(service.MultiService):
 
     def _jobs(self) -> list[Any]:
         return list(self.factory.requests.live)  # every face's: lines, HTTP, WebSocket
-
-    async def _until(self, condition: Any, seconds: float) -> bool:
-        """Poll ``condition`` until it holds (True) or ``seconds`` pass (False)."""
-        deadline = self.reactor.seconds() + seconds
-        while not condition():
-            if self.reactor.seconds() >= deadline:
-                return False
-            await task.deferLater(self.reactor, SHUTDOWN_POLL_S, lambda: None)
-        return True
 
 
 def _exit_failed() -> None:

@@ -67,6 +67,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.last_active = time.monotonic()  # the client's last line or byte
         self._client: str | None = None
         self._backlog = False  # complete lines left in the buffer for the next turn
+        self.gone: Deferred[None] = Deferred()  # fires once the connection is lost
 
     # -- connection life -------------------------------------------------------------------
 
@@ -85,6 +86,8 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.factory.connections.discard(self)
         for job in list(self.jobs.values()):
             job.cancel("the client disconnected")
+        if not self.gone.called:
+            self.gone.callback(None)
 
     def readConnectionLost(self) -> None:
         self.input_closed = True
