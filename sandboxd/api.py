@@ -7,6 +7,14 @@
 ``tls:HOST:PORT:trustRoots=DIR:certificate=PEM:privateKey=PEM``; ``tls:`` checks the server's
 name with service-identity).  Every request gets an id unless it has one; events are routed to
 the request they belong to, and ``request()`` fires with its final event.
+
+Behind a balancer (deploy/haproxy/) a connection stays on the daemon its first request was
+sent to, chosen by that request's ``session_id``.  So a request's ``session_id`` is always
+sent first in its JSON (inside the bytes the balancer reads), and one connection carries at
+most one session, named by its first request: a request of another session raises
+``OneSessionPerConnection`` (connect again for it).  When the connection ends before a
+request's final event — the daemon behind the balancer was killed, say — ``request()`` fails
+with ``ConnectionClosed``, whose message says what that means.
 """
 
 from __future__ import annotations
@@ -40,10 +48,18 @@ class ConnectionClosed(SandboxdError):
     """The connection ended before the request's final event."""
 
 
+class OneSessionPerConnection(ValueError):
+    """A request of another session than the connection's: open a connection per session."""
+
+
+_UNSET = object()
+
+
 class _Pending:
     def __init__(self, on_event: EventHandler | None) -> None:
         self.on_event = on_event
         self.done: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self.events = 0  # seen so far: did it start?
 
 
 class SandboxdProtocol(LineOnlyReceiver):
@@ -56,6 +72,7 @@ class SandboxdProtocol(LineOnlyReceiver):
     def __init__(self) -> None:
         self.pending: dict[str, _Pending] = {}
         self.closed: defer.Deferred[None] = defer.Deferred()
+        self.session: object = _UNSET  # the first request's session_id (None: anonymous)
         self.endpoint = ""  # the endpoint string connected to, for messages
         self.answered = False  # any line came from the server
 
@@ -64,8 +81,18 @@ class SandboxdProtocol(LineOnlyReceiver):
     def request(
         self, request: dict[str, Any], on_event: EventHandler | None = None
     ) -> defer.Deferred[dict[str, Any]]:
-        """Send one request; fires with its final event, ``on_event`` sees every event."""
-        request = dict(request)
+        """Send one request; fires with its final event, ``on_event`` sees every event.
+        Raises ``OneSessionPerConnection`` for a session other than the connection's."""
+        session = request.get("session_id")
+        if self.session is _UNSET:
+            self.session = session
+        elif session is not None and session != self.session:
+            raise OneSessionPerConnection(
+                f"this connection carries {_which(self.session)}, not session {session!r}: "
+                "behind a balancer a connection stays on the daemon its first request chose, "
+                "so open a connection per session")
+        # session_id first: a balancer reads only the first bytes of a connection.
+        request = {"session_id": session, **request} if session is not None else dict(request)
         request_id = request.setdefault("id", f"c{next(self._ids)}")
         pending = _Pending(on_event)
         self.pending[request_id] = pending
@@ -117,6 +144,7 @@ class SandboxdProtocol(LineOnlyReceiver):
         pending = self.pending.get(request_id)
         if pending is None:
             return
+        pending.events += 1
         if pending.on_event is not None:
             pending.on_event(event)
         if event.get("done"):
@@ -129,10 +157,38 @@ class SandboxdProtocol(LineOnlyReceiver):
     def connectionLost(self, reason: Any = None) -> None:
         pending, self.pending = self.pending, {}
         if pending:
-            why = closed_because(self.endpoint, getattr(reason, "value", None), self.answered)
-            for p in pending.values():
-                p.done.errback(ConnectionClosed(why))
+            e = getattr(reason, "value", None)
+            why = closed_because(self.endpoint, e, self.answered)
+            how = "was closed" if e is None or isinstance(e, error.ConnectionDone) else "was reset"
+            for request_id, p in pending.items():
+                # Once the server had answered, a connection that ends under a request is a
+                # daemon (or something between) that went away: say what that means.
+                lost = self.answered and why == _BASE.format(self.endpoint)
+                p.done.errback(ConnectionClosed(
+                    _lost(self.endpoint, request_id, p.events, how) if lost else why))
         self.closed.callback(None)
+
+
+def _which(session: object) -> str:
+    return "anonymous requests" if session is None else f"session {session!r}"
+
+
+_BASE = "the connection to sandboxd at {} ended"
+
+
+def _lost(endpoint: str, request_id: str, events: int, how: str) -> str:
+    """What a connection that ended under a running request means, in words."""
+    if events:
+        where = (f"{events} of its events had come, then no final event: the daemon running it "
+                 "stopped without finishing it (killed or crashed)")
+    else:
+        where = ("no event of it had come: no daemon may have taken it (behind a balancer: "
+                 "none could), or the one that did was killed")
+    at = f" at {endpoint}" if endpoint else ""
+    return (f"the connection to sandboxd{at} {how} before request {request_id!r} ended; "
+            f"{where}, or something between (a balancer, the network) dropped the connection. "
+            "Whether it ran is unknown; sending it again runs it again, and a session's files "
+            "may be gone (its next request may start it anew: \"session_new\": true)")
 
 
 class _Factory(protocol.Factory):
@@ -219,7 +275,7 @@ def closed_because(endpoint: str, e: BaseException | None, answered: bool) -> st
     check failed, and what to try."""
     args = _args(endpoint)
     tls = args.get("") == "tls"
-    base = f"the connection to sandboxd at {endpoint} ended"
+    base = _BASE.format(endpoint)
     if e is not None and type(e).__name__ == "VerificationError":
         host = endpoint.split(":")[1] if ":" in endpoint else "?"
         return (f"{base}: the server's certificate is not for {host} ({e}); connect with "

@@ -232,6 +232,10 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
         fields.update(self.extra_fields)
         if self.request.session_id is not None:
             fields["session_id"] = self.request.session_id
+            if self.box is not None:  # its box was made for it: no file of earlier requests
+                fields["session_new"] = self.box.runs == 1
+        if self.rt.node is not None:
+            fields["node"] = self.rt.node
         fields.update(extra)
         try:  # bookkeeping that fails must not cost the client its final event
             self.rt.count(f"status_{status}")

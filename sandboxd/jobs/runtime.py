@@ -44,6 +44,7 @@ class Runtime:
     held_builds: HeldBuilds | None = None  # each ready box's next build, launched ahead
     stats: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    node: str | None = None  # --node-name: every request's final event names its daemon
 
     def __post_init__(self) -> None:
         self.toolchains.setdefault(self.toolchain.name, self.toolchain)

@@ -28,7 +28,7 @@ from sandboxd.sandbox import cgroup
 from sandboxd.sandbox.driver import Driver
 from sandboxd.sandbox.drivers import DriverError, choose
 from sandboxd.service import instance
-from sandboxd.service.settings import Settings
+from sandboxd.service.settings import Settings, default_node_name
 
 log = Logger()
 
@@ -96,6 +96,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         toolchains=toolchains,
         modules=(ModuleSource(cache=Path(s.gomodcache).resolve()) if s.gomodcache
                  else ModuleSource(proxy=s.goproxy) if s.goproxy else None),
+        node=s.node_name or default_node_name(),
     )
     if s.hold_builds:
         held = runtime.held_builds = HeldBuilds(

@@ -7,7 +7,7 @@ import signal
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet import reactor as default_reactor
 from twisted.logger import Logger
 
@@ -40,6 +40,8 @@ class SandboxDaemon(service.MultiService):
         self.reactor = reactor or default_reactor
         self.policy = s.policy
         self.shutdown_grace = s.shutdown_grace
+        self.drain_time = s.drain_time
+        self.node_name = parts.runtime.node
         self.stopping = False
         self.listeners: list[service.Service] = []
         self.state_dir = s.state_dir
@@ -117,9 +119,9 @@ class SandboxDaemon(service.MultiService):
         self._limit_box_memory()
         self.pool.start()
         go = ", ".join(f"{n}={tc.version}" for n, tc in self.toolchains.items())
-        log.info("sandboxd: {driver} driver, {n} boxes, Go {go}, {cg}", driver=self.driver.name,
-                 n=self.pool.settings.boxes, go=go,
-                 cg=self.cgroups.describe())
+        log.info("sandboxd {node}: {driver} driver, {n} boxes, Go {go}, {cg}",
+                 node=self.node_name, driver=self.driver.name, n=self.pool.settings.boxes,
+                 go=go, cg=self.cgroups.describe())
         for line in self.driver.describe():
             log.info("limit mechanism: {line}", line=line)
         if self.runtime.modules is not None:
@@ -162,14 +164,20 @@ class SandboxDaemon(service.MultiService):
         return port
 
     def stopService(self) -> defer.Deferred[None]:
-        """SIGTERM: stop accepting, let running requests finish within the grace period,
-        cancel the rest (each still gets its final event), close connections, remove boxes."""
+        """SIGTERM: /healthz says 503 at once; after --drain-time (a balancer has stopped
+        sending work here meanwhile; everything else went on), stop accepting, let running
+        requests finish within the grace period, cancel the rest (each still gets its final
+        event), close connections, remove boxes."""
         self.stopping = True
-        self.factory.shutting_down = True
         service.Service.stopService(self)
         return defer.ensureDeferred(self._drain())
 
     async def _drain(self) -> None:
+        if self.drain_time > 0:
+            log.info("draining: /healthz answers 503 for {s} s while requests are still taken",
+                     s=self.drain_time)
+            await task.deferLater(self.reactor, self.drain_time, lambda: None)
+        self.factory.shutting_down = True
         # Request listeners close first; the rest (metrics: /healthz says 503 meanwhile) last.
         await self._stop_children([s for s in self.listeners if s.running])
         waiting = [job for job in self._jobs() if job.box is None]

@@ -5,8 +5,9 @@ default one, so two daemons in one test process never mix).  It is rendered in t
 thread, not in a thread pool as ``prometheus_client.twisted.MetricsResource`` would: the
 gauges read the pool's live state, which only the reactor thread may touch.
 
-``/healthz`` answers 200 when a box can run a program right now and 503 otherwise; see
-``sandboxd.service.health`` for what is checked.
+``/healthz`` answers 200 when a box can run a program right now and 503 otherwise (and from
+the moment of a SIGTERM: a balancer stops sending work, see ``--drain-time``); see
+``sandboxd.service.health`` for what is checked.  Both name the daemon (``--node-name``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from twisted.internet import defer
@@ -77,24 +78,41 @@ class _DaemonState:
                                 value=binaries.total)
 
 
+class _WithNode:
+    """The registry with a ``node`` label (``--node-name``) on every sample, so that the
+    series of several daemons behind one balancer never mix, whatever the scraper adds."""
+
+    def __init__(self, registry: CollectorRegistry, node: str) -> None:
+        self.registry = registry
+        self.node = node
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.registry.collect():
+            family.samples = [s._replace(labels={"node": self.node, **s.labels})
+                              for s in family.samples]
+            yield family
+
+
 class _MetricsPage(resource.Resource):
     isLeaf = True
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, node: str) -> None:
         super().__init__()
         self.metrics = metrics
+        self.labelled = _WithNode(metrics.registry, node)
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.metrics.registry)
+        return generate_latest(self.labelled)  # type: ignore[arg-type]
 
 
 class _HealthPage(resource.Resource):
     isLeaf = True
 
-    def __init__(self, check: Callable[[], defer.Deferred[tuple[bool, str]]]) -> None:
+    def __init__(self, check: Callable[[], defer.Deferred[tuple[bool, str]]], node: str) -> None:
         super().__init__()
         self.check = check
+        self.node = node
 
     def render_GET(self, request: server.Request) -> Any:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
@@ -103,7 +121,8 @@ class _HealthPage(resource.Resource):
         def answer(verdict: tuple[bool, str]) -> None:
             healthy, why = verdict
             request.setResponseCode(200 if healthy else 503)
-            request.write(f"{'ok' if healthy else 'unhealthy'}: {why}\n".encode())
+            request.write(f"{'ok' if healthy else 'unhealthy'}: {why} "
+                          f"(node {self.node})\n".encode())
             request.finish()
 
         def failed(failure: Any) -> None:
@@ -115,12 +134,13 @@ class _HealthPage(resource.Resource):
         return server.NOT_DONE_YET
 
 
-def metrics_site(metrics: Metrics,
-                 health: Callable[[], defer.Deferred[tuple[bool, str]]]) -> server.Site:
-    """The HTTP site for ``--metrics``: /metrics and /healthz (``health()``), nothing else."""
+def metrics_site(metrics: Metrics, health: Callable[[], defer.Deferred[tuple[bool, str]]],
+                 node: str) -> server.Site:
+    """The HTTP site for ``--metrics``: /metrics and /healthz (``health()``), nothing else;
+    both name the daemon (``node``)."""
     root = resource.Resource()
-    root.putChild(b"metrics", _MetricsPage(metrics))
-    root.putChild(b"healthz", _HealthPage(health))
+    root.putChild(b"metrics", _MetricsPage(metrics, node))
+    root.putChild(b"healthz", _HealthPage(health, node))
     site = server.Site(root)
     site.displayTracebacks = False
     site.noisy = False

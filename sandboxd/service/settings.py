@@ -3,11 +3,19 @@ here into one frozen value that the assembly (``sandboxd.service.assemble``) bui
 
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from sandboxd.limits import LimitPolicy
+
+
+def default_node_name() -> str:
+    """The host name, made to fit --node-name's rule (1-64 of A-Z a-z 0-9 . _ -)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:64]
+    return name or "sandboxd"
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class Settings:
     max_sessions_per_client: int = 16
     client_identity: str = "connection"
     max_box_memory_mb: int | None = None
+    drain_time: float = 0
+    node_name: str | None = None  # None: the host name (default_node_name)
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:

@@ -19,6 +19,7 @@ from sandboxd.sandbox.driver import DriverError
 from sandboxd.service.instance import StartError
 from sandboxd.service.listeners import ListenerError, endpoint_for, load_client_ca
 from sandboxd.service.listening import Listener
+from sandboxd.wire.request import SESSION_ID as NODE_NAME  # the same rule: safe in JSON and labels
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 GO_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
@@ -61,6 +62,13 @@ def _on_off(value: str) -> str:
 def _client_identity(value: str) -> str:
     if value not in ("connection", "address"):
         raise ValueError("is neither connection nor address")
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not NODE_NAME.match(value):
+        raise ValueError("is not 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter "
+                         "or digit")
     return value
 
 
@@ -155,6 +163,12 @@ class Options(usage.Options):
          "on, e.g. tcp:9100:interface=127.0.0.1 [default: none, no metrics listener]"],
         ["shutdown-grace", None, 10.0, "seconds running requests get to finish after SIGTERM "
          "before they are cancelled", _non_negative],
+        ["drain-time", None, 0.0, "seconds after SIGTERM during which /healthz says 503 while "
+         "work is still taken, so that a balancer moves new work away before the listeners "
+         "close; then --shutdown-grace begins", _non_negative],
+        ["node-name", None, None, "this daemon's name in final events (\"node\"), metrics "
+         "(label node) and /healthz: 1-64 characters of A-Z a-z 0-9 . _ - [default: the host "
+         "name]", _node_name],
     ]
     optParameters = _named(optParameters)
 
@@ -346,7 +360,7 @@ def _make_service(options: Options) -> service.MultiService:
         if metrics is not None:
             from sandboxd.service.metrics import metrics_site
 
-            site = metrics_site(daemon.runtime.metrics, daemon.health.check)
+            site = metrics_site(daemon.runtime.metrics, daemon.health.check, daemon.node_name)
             _listener(metrics, site, daemon, options["metrics"], made)
     except ListenerError:
         for listener in made:

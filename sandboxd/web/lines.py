@@ -55,7 +55,14 @@ class LineSession:
 
     def __init__(self, factory: ConnectionFactory, send: Any, client: str | None = None) -> None:
         self.factory = factory
-        self.send = send
+        node = getattr(factory.runtime, "node", None)
+
+        def named(event: dict[str, Any]) -> None:  # refused lines too: which daemon answered
+            if node is not None and event.get("done"):
+                event.setdefault("node", node)
+            send(event)
+
+        self.send = named
         self.client = client
         self.jobs: dict[str, Handle] = {}
         self.paused = False

@@ -374,6 +374,9 @@ class Connection(protocol.Protocol, TimeoutMixin):
     # -- output ----------------------------------------------------------------------------
 
     def send(self, event: dict[str, Any]) -> None:
+        node = getattr(self.factory.runtime, "node", None)
+        if node is not None and event.get("done"):
+            event.setdefault("node", node)  # refused lines too: which daemon answered
         if not self.lost:
             self._last_write = time.monotonic()
             self.transport.write(encode(event))

@@ -42,10 +42,13 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
     status, text = http_get(port, "/metrics")
     assert status == 200
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
-    }
+    got = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:  # each names its daemon (--node-name); keyed without it
+            labels = dict(s.labels)
+            assert labels.pop("node", None), f"{s.name} has no node label"
+            got[(s.name, tuple(sorted(labels.items())))] = s.value
+    return got
 
 
 def wait_for(condition, what: str, seconds: float = HANG) -> None:
