@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.harness import HANG, ROOT, Client, Daemon, driver_missing, finals, go_main, output
-from tests.test_listeners import free_port
+from tests.system.test_listeners import free_port
 
 HAPROXY = shutil.which("haproxy")
 CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"

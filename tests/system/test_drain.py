@@ -8,8 +8,8 @@ import signal
 import time
 
 from tests.harness import Daemon, finals, go_main
-from tests.test_listeners import free_port
-from tests.test_operations import _refused, http_get, wait_for
+from tests.system.test_listeners import free_port
+from tests.system.test_operations import _refused, http_get, wait_for
 
 HELLO = go_main('\tfmt.Println("hello")')
 DRAIN_S = 3
