@@ -240,7 +240,7 @@ class BuildPhase:
             return BuildOutcome(binary, Status.OK, "", result=result)
         finally:
             # Unmounting and removing it is not on the request's path: the run starts first.
-            rt.reactor.callLater(0, remove_job_dir, job_dir)
+            rt.later(0, remove_job_dir, job_dir)
 
 
 def _shareable(outcome: BuildOutcome) -> bool:

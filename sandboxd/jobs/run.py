@@ -131,7 +131,7 @@ class RunPhase:
 
     def _remove_prog_dir(self, prog: Path) -> None:
         """After the run: its unmount (~3 ms here) waits until the final event is written."""
-        self.rt.reactor.callLater(PROG_REMOVE_DELAY_S, remove_job_dir, prog)
+        self.rt.later(PROG_REMOVE_DELAY_S, remove_job_dir, prog)
 
     async def _release_held(self, binary: Path) -> ChildResult:
         held = self.held

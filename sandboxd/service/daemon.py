@@ -209,6 +209,8 @@ class SandboxDaemon(service.MultiService):
         if held is not None:  # their launchers are killed: let their cgroups and dirs go
             await all_fired(list(held.ending.values()), SHUTDOWN_FLUSH_S, self.reactor)
         await self._stop_children([s for s in reversed(list(self)) if s.running])
+        # The requests' directories whose removal waited for their final events.
+        await all_fired(list(self.runtime.put_off), SHUTDOWN_FLUSH_S, self.reactor)
         self._sweep_leftovers()
         toolchain.unmount_images(self.toolchains_dir)
         self.cgroups.remove_bases()

@@ -41,3 +41,24 @@ def test_nothing_in_flight():
     got: list[bool] = []
     all_fired([], 10, task.Clock()).addCallback(got.append)
     assert got == [True]
+
+
+def test_put_off_clean_ups_are_kept_until_they_ran():
+    """A request's directories go a moment after its final event (Runtime.later); a shutdown
+    waits on ``put_off`` before it sweeps, so it never finds them as left behind."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from sandboxd.jobs.runtime import Runtime
+
+    clock = task.Clock()
+    rt = Runtime(reactor=clock, driver=None, pool=None, cgroups=None,  # type: ignore[arg-type]
+                 toolchain=SimpleNamespace(name="default"), binaries=None,  # type: ignore
+                 jobs_dir=Path("/nonexistent"))
+    done: list[str] = []
+    rt.later(0.01, done.append, "prog")
+    got: list[bool] = []
+    all_fired(list(rt.put_off), 5, clock).addCallback(got.append)
+    assert done == [] and got == [] and len(rt.put_off) == 1
+    clock.advance(0.01)
+    assert done == ["prog"] and got == [True] and not rt.put_off
