@@ -10,7 +10,6 @@ a long line; one longer than twice that closes the socket.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from zope.interface import implementer
 
 from sandboxd.status import Phase, Status
 from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED, apply_control
-from sandboxd.wire.events import final_event
+from sandboxd.wire.events import encode, final_event
 from sandboxd.wire.request import BadRequest, Control, Request, parse_line
 
 if TYPE_CHECKING:
@@ -191,8 +190,8 @@ class LineSocket(WebSocketServerProtocol):
 
     def _send(self, event: dict[str, Any]) -> None:
         if not self.closed:
-            self.sendMessage(json.dumps(event, ensure_ascii=False,
-                                        separators=(",", ":")).encode("utf-8"))
+            # The line protocol's one encoder (control characters escaped), without its "\n".
+            self.sendMessage(encode(event)[:-1])
 
 
 class _Upgrade(WebSocketResource):

@@ -37,6 +37,7 @@ from sandboxd.golang import gotest
 from sandboxd.web.errors import refuse
 from sandboxd.web.stream import channel_client
 from sandboxd.wire import txtar
+from sandboxd.wire.events import escape_json_text
 from sandboxd.wire.request import BadRequest, parse_line
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class PlayResource(resource.Resource):
             return
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        request.write(json.dumps(answer, ensure_ascii=False).encode("utf-8"))
+        request.write(answer_bytes(answer))
         request.finish()
 
     def _failed(self, request: Any, failure: Any) -> None:
@@ -293,3 +294,9 @@ class GoVersion(resource.Resource):
 def play_resources(factory: ConnectionFactory) -> dict[bytes, resource.Resource]:
     return {b"compile": Compile(factory), b"fmt": Fmt(factory), b"vet": Vet(factory),
             b"version": GoVersion(factory)}
+
+
+def answer_bytes(answer: dict[str, Any]) -> bytes:
+    """A go.dev/play answer as JSON, with control characters (C0, DEL, C1) and U+2028/U+2029
+    as escapes, as on the line protocol: a program's output is in ``Events``."""
+    return escape_json_text(json.dumps(answer, ensure_ascii=False)).encode("utf-8")

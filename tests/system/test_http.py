@@ -471,3 +471,36 @@ def test_https_with_client_certificates(tmp_path):
                 post(cert, key)
     finally:
         daemon.cleanup()
+
+
+CONTROLS = "del\x7f nel\x85 csi\x9b[2J ls\u2028 ps\u2029 esc\x1b[31m bel\x07"
+
+
+def test_control_characters_reach_web_clients_only_as_escapes(web):
+    """As on the line protocol: DEL, C1, U+2028/U+2029 and C0 controls a program prints travel
+    as JSON escapes over WebSocket and in go.dev/play's /compile answer (the raw bytes carry
+    none of them), and decode back to the same text."""
+    from websockets.sync.client import connect
+
+    _, port = web
+    prog = go_main(f"fmt.Print({json.dumps(CONTROLS)})", imports=("fmt",))
+    raw: list[str] = []
+    with connect(f"ws://127.0.0.1:{port}/v1/ws", open_timeout=30) as ws:
+        ws.send(json.dumps({"id": "c", "code": prog}))
+        while True:
+            message = ws.recv(timeout=60)
+            raw.append(message)
+            if json.loads(message).get("done"):
+                break
+    text = "".join(json.loads(m).get("output", "") for m in raw)
+    assert text == CONTROLS
+    for message in raw:
+        assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", message), repr(message)
+    assert any("\\u007f" in m and "\\u009b" in m and "\\u2028" in m for m in raw)
+    form = {"version": "2", "body": prog}
+    status, _, body = exchange(port, "POST", "/compile", urllib.parse.urlencode(form).encode(),
+                               {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200
+    decoded = body.decode("utf-8")
+    assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", decoded), repr(decoded)
+    assert "".join(e["Message"] for e in json.loads(body)["Events"]) == CONTROLS

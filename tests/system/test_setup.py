@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,18 @@ def _read(fd: int, seconds: float) -> bytes:
     return out
 
 
+@pytest.fixture
+def box_traversable_dir() -> Iterator[Path]:
+    """A directory box uids can traverse (pytest's tmp_path sits under a 0700 directory, which
+    the daemon's start-up check rightly refuses as a state dir's parent)."""
+    path = Path(tempfile.mkdtemp(prefix="sandboxd-test-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _stop_daemons_of(state: Path) -> None:
     """A daemon of this test still running (the test failed): stop it before its mounts go."""
     mine = []
@@ -106,14 +119,13 @@ def _stop_daemons_of(state: Path) -> None:
             time.sleep(0.1)
 
 
-def test_make_run_stops_on_ctrl_c_cleanly(tmp_path: Path):
+def test_make_run_stops_on_ctrl_c_cleanly(box_traversable_dir: Path):
     """Ctrl-C typed in the terminal of `make run`: the daemon stops cleanly, make reports
     no "Interrupt" and exits 0 (it was 130), and no twistd.pid is left in the checkout."""
     if shutil.which("make") is None:
         pytest.fail("make is not installed")
     lock, first_box = _claim_box_range()
-    state = tmp_path / "state"
-    os.chmod(tmp_path, 0o755)
+    state = box_traversable_dir / "state"
     with socket.socket() as probe, socket.socket() as http_probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
