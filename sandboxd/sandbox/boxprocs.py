@@ -40,6 +40,22 @@ def kill_all(uid: int) -> None:
             pass
 
 
+def alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that still exist and are not zombies.  A killed process exists until
+    its exit is complete (its memory freed, a sandbox's init until its pid namespace is
+    empty); a zombie has released everything but its pid."""
+    found = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rpartition(b")")[2].split()[:1]
+        except OSError:
+            continue
+        if state and state[0] not in (b"Z", b"X"):
+            found.append(pid)
+    return found
+
+
 def usage(uid: int) -> tuple[int, int]:
     """(CPU ns, resident bytes) of ``uid``'s processes.  CPU counts their own time and their
     reaped children's; memory is summed over the processes, because ``RLIMIT_AS`` bounds

@@ -27,6 +27,8 @@ from sandboxd.sandbox.watch import LimitWatch
 log = Logger()
 
 GRACE_S = 0.5
+BOX_EMPTY_POLL_S = 0.005
+BOX_EMPTY_S = 10.0  # SIGKILLed processes end; one stuck in the kernel is logged, not waited on
 STDERR_TAIL = 4096
 STREAMS = {1: "stdout", 2: "stderr"}
 # What the Go runtime prints when an allocation fails (under RLIMIT_AS, with no cgroup); its
@@ -273,6 +275,32 @@ class SandboxChild(protocol.ProcessProtocol):
         self._finish_cgroup()
         if self.run.cgroup is None:
             self._kill_box_uid(ended=True)  # nothing of the request outlives its final event
+        # The sandbox's tool ending and the pipes closing do not mean its processes are gone:
+        # bwrap's outer process exits as soon as the program does, and a killed process exists
+        # until its exit is complete (its memory freed; the sandbox's init until its pid
+        # namespace is empty).  The result (the final event, the box's reuse) waits for that.
+        self._when_box_empty(time.monotonic() + BOX_EMPTY_S,
+                             lambda: self._report(exit_code, sig, wall_ms, cpu_ms, memory_kb,
+                                                  oom, refused))
+
+    def _when_box_empty(self, deadline: float, then: Callable[[], None]) -> None:
+        """Call ``then`` once no process of the box uid is alive (zombies hold nothing).  Only
+        without a cgroup: with one, a held run waits as the same uid beside the build, and the
+        cgroup's removal waits for the run's own processes."""
+        left = (boxprocs.alive(boxprocs.pids_of(self.run.box.uid))
+                if self.run.cgroup is None else [])
+        if left and time.monotonic() < deadline:
+            self._kill_box_uid(ended=True)
+            clock: IReactorTime = self.reactor  # type: ignore[assignment]
+            clock.callLater(BOX_EMPTY_POLL_S, self._when_box_empty, deadline, then)
+            return
+        if left:
+            log.error("box {box}: processes {pids} still alive {s} s after the run ended",
+                      box=self.run.box.number, pids=left, s=BOX_EMPTY_S)
+        then()
+
+    def _report(self, exit_code: int | None, sig: int | None, wall_ms: int, cpu_ms: int | None,
+                memory_kb: int | None, oom: bool, refused: bool) -> None:
         self._finish_driver()
         try:
             report = self.driver.report(self.run, exit_code, sig, self.status)

@@ -74,3 +74,14 @@ def test_processes_left_behind_end_with_the_request(daemon):
     events = strict_end(daemon, {"files": program("leftover"), "limits": {"wall_ms": 5000}})
     final = next(e for e in events if e.get("done"))
     assert final["status"] == "ok" and final["wall_ms"] < 4000, final
+
+
+def test_killed_processes_are_gone_before_the_final_event(daemon):
+    # A detached process with a large heap and none of the request's descriptors: killed, it
+    # still exists while its memory is freed, after the pipes closed and bwrap's outer process
+    # exited (and the sandbox's init waits for it).  The final event must wait for its end.
+    events = strict_end(daemon, {"files": program("lingering"),
+                                 "limits": {"wall_ms": 10000, "memory_mb": 1024}})
+    final = next(e for e in events if e.get("done"))
+    assert final["status"] == "ok", (final, output(events))
+    assert output(events, "alone", "stdout").startswith("left ")
