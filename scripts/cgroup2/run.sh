@@ -79,7 +79,7 @@ if [ ! -f "$venv/.ready" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -e "$checkout[test]"
   # mke2fs -d and hostfs keep whole seconds of a file's times; Go's cache keys on them.
-  goroot=$("$venv/bin/python" -c 'from sandboxd import toolchain; print(toolchain.find_goroot(None))')
+  goroot=$("$venv/bin/python" -c 'from sandboxd.golang import toolchain; print(toolchain.find_goroot(None))')
   "$venv/bin/python" - "$goroot" <<'PY'
 import os, sys
 for top, dirs, files in os.walk(sys.argv[1]):
