@@ -9,7 +9,7 @@
 #
 # Why --privileged: the daemon mounts a tmpfs per box, makes cgroups for every build and run,
 # and the sandbox makes mount, pid, network and IPC namespaces (and a fresh /proc) for each box.
-# The narrower set that is enough (tested by tests/test_container.py) and its caveats are in
+# The narrower set that is enough (tested by tests/system/test_container.py) and its caveats are in
 # docs/operations.md ("Docker"). --cgroupns=private gives the container its own cgroup subtree,
 # which the entrypoint mounts writable (tested on a cgroup v1 host; v2 is handled alike).
 

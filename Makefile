@@ -13,7 +13,7 @@ HTTP ?= tcp:8081:interface=127.0.0.1
 # Only the directories that exist: ruff fails on a missing one (bench/ comes with issue 4).
 LINT_DIRS := $(wildcard sandboxd tests twisted bench)
 
-.PHONY: setup run test lint bench soak clean image test-cgroup2
+.PHONY: setup run test unit lint bench soak clean image test-cgroup2
 
 # The container image, built with docker or podman (whichever answers). SANDBOX=isolate takes
 # isolate from its authors' apt repository; SANDBOX=bubblewrap uses Debian packages only;
@@ -56,8 +56,13 @@ run: setup
 
 test: setup test-tools
 	$(BIN)/ruff check $(LINT_DIRS)
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests/unit tests/system
+
+# The unit tests alone: no root, no sandbox tool, no daemon; a few seconds.
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
 
 # The cgroup-dependent system tests in a cgroup-v2 Linux (Debian packages, user-mode-linux),
 # built once and cached in /var/cache/sandboxd-cgroup2: see docs/operations.md.
@@ -66,11 +71,12 @@ test-cgroup2: setup
 
 lint: setup
 	$(BIN)/ruff check $(LINT_DIRS)
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
-# The fault test alone (it is part of `make test` too): about 2 minutes, see tests/test_soak.py.
+# The fault test alone (it is part of `make test` too): about 2 minutes, see tests/system/test_soak.py.
 soak: setup test-tools
-	$(BIN)/python -m pytest -q -s tests/test_soak.py
+	$(BIN)/python -m pytest -q -s tests/system/test_soak.py
 
 bench: setup
 	$(BIN)/python bench/bench.py

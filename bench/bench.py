@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandboxd import toolchain as tc  # noqa: E402
+from sandboxd.golang import toolchain as tc  # noqa: E402
 from tests.harness import Daemon, _claim_box_range, driver_missing  # noqa: E402
 
 GOALS = {"fresh": 1.25, "repeat": 0.15, "burst": 1.25, "stream_p99_ms": 5.0}
@@ -73,7 +73,7 @@ def process_cpu_ms(pid: int) -> float:
 def box_cpu_reader(daemon: Daemon) -> Callable[[], float] | None:
     """CPU ms of everything the daemon ran in its boxes: its v1 cpuacct base cgroup keeps the
     usage of removed child cgroups.  None where that is not available (v2, no cgroups)."""
-    from sandboxd.daemon import _instance_name
+    from sandboxd.service.assemble import instance_name
 
     own = {}
     for line in Path(f"/proc/{daemon.proc.pid}/cgroup").read_text().splitlines():
@@ -84,7 +84,7 @@ def box_cpu_reader(daemon: Daemon) -> Callable[[], float] | None:
         _, point, fstype, opts, *_ = line.split()
         if fstype == "cgroup" and "cpuacct" in opts.split(","):
             usage = (Path(point) / own.get("cpuacct", "/").lstrip("/")
-                     / f"sandboxd-{_instance_name(daemon.state_dir)}" / "cpuacct.usage")
+                     / f"sandboxd-{instance_name(daemon.state_dir)}" / "cpuacct.usage")
             if usage.exists():
                 return lambda: int(usage.read_text()) / 1e6
     return None

@@ -2,7 +2,7 @@
 """The container's figures (issue 16): image size, ``docker run`` to the first answer (cold and
 warm cache volume), and a cached program's latency inside the container against the host.
 
-Run after ``make image`` (or ``tests/test_container.py``, which builds ``sandboxd:test``):
+Run after ``make image`` (or ``tests/system/test_container.py``, which builds ``sandboxd:test``):
 
     .venv/bin/python bench/container.py [--image sandboxd:test] [--rounds 5] [--per-round 10]
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import Client, Daemon, go_main  # noqa: E402
-from tests.test_container import ARGS, NARROW  # noqa: E402
+from tests.system.test_container import ARGS, NARROW  # noqa: E402
 
 HELLO = go_main('\tfmt.Println("hello")')
 

@@ -197,7 +197,7 @@ def run_flood(args: argparse.Namespace) -> None:
 
 
 def base_cgroup_usage(d: Daemon) -> int | None:
-    from tests.test_fairness_daemon import base_memory_dir, usage
+    from tests.system.test_fairness_daemon import base_memory_dir, usage
 
     base = base_memory_dir(d)
     return usage(base) if base is not None and base.is_dir() else None

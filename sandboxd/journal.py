@@ -19,7 +19,7 @@ from typing import IO, Any
 from twisted.logger import ILogObserver, formatEvent
 from zope.interface import provider
 
-from sandboxd.events import escape_json_text
+from sandboxd.wire.events import escape_json_text
 
 _PLAIN = (str, int, float, bool, type(None))
 

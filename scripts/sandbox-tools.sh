@@ -22,7 +22,7 @@ if [ "${1:-}" = --test ]; then
   { command -v nc && nc -h 2>&1 | grep -qw -- "-N"; } >/dev/null 2>&1 || need+=(netcat-openbsd)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # verifies systemd/*.service
-  command -v haproxy >/dev/null 2>&1 || need+=(haproxy)  # tests/test_cluster.py's balancer
+  command -v haproxy >/dev/null 2>&1 || need+=(haproxy)  # tests/system/test_cluster.py's balancer
   # The playground page's tests drive Debian's chromium through its chromedriver (selenium).
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)

@@ -155,11 +155,11 @@ class Daemon:
 def _remove_cgroups(state_dir: Path) -> None:
     """What a daemon that was killed (SIGKILL, never restarted) left in the cgroup trees: its
     ``sandboxd-<hash>`` base cgroups and any run cgroups in them. A daemon stopped cleanly
-    leaves none (tests/test_failures.py checks that); this only keeps a test run from leaving
+    leaves none (tests/system/test_failures.py checks that); this only keeps a test run from leaving
     killed daemons' behind."""
-    from sandboxd.daemon import _instance_name
+    from sandboxd.service.assemble import instance_name
 
-    name = f"sandboxd-{_instance_name(state_dir)}"
+    name = f"sandboxd-{instance_name(state_dir)}"
     bases = [p for pattern in (name, f"*/{name}", f"*/*/*/{name}")
              for p in Path("/sys/fs/cgroup").glob(pattern) if p.is_dir()]
     for base in bases:

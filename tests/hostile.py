@@ -33,7 +33,7 @@ def box_uids(daemon: Daemon) -> set[int]:
     """Every uid a box of this daemon can run as."""
     numbers = range(daemon.first_box, daemon.first_box + 16)
     if daemon.driver == "isolate":
-        from sandboxd.drivers.isolate import box_ids, read_config
+        from sandboxd.sandbox.isolate import box_ids, read_config
 
         first = box_ids(read_config())[0]
     else:

@@ -10,5 +10,5 @@ go.dev/play API, and a playground page.
 - ``play``: ``POST /compile``, ``/fmt``, ``/vet``, ``GET /version`` in go.dev/play's shapes.
 - ``static/``: the playground page and its editor (CodeMirror 5, vendored).
 
-Every request is run through ``sandboxd.submit.Requests``, as the line protocol's are.
+Every request is run through ``sandboxd.jobs.submit.Requests``, as the line protocol's are.
 """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandboxd.events import encode, final_event
 from sandboxd.status import Phase, Status
+from sandboxd.wire.events import encode, final_event
 
 REASONS = {421: b"Misdirected Request", 413: b"Content Too Large"}
 

@@ -19,15 +19,15 @@ from twisted.internet import interfaces
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sandboxd.connection import SHUTDOWN_NOT_STARTED
-from sandboxd.events import encode, final_event
-from sandboxd.request import BadRequest, Control, Request, parse_line
 from sandboxd.status import Phase, Status
+from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED, apply_control
+from sandboxd.wire.events import encode, final_event
+from sandboxd.wire.request import BadRequest, Control, Request, parse_line
 
 if TYPE_CHECKING:
-    from sandboxd.connection import ConnectionFactory
-    from sandboxd.submit import Handle
+    from sandboxd.jobs.submit import Handle
     from sandboxd.web.site import WebSettings
+    from sandboxd.wire.connection import ConnectionFactory
 
 log = Logger()
 
@@ -39,7 +39,7 @@ def client_for(factory: ConnectionFactory, transport: Any) -> str:
     connection alone (``http:N``)."""
     from types import SimpleNamespace
 
-    from sandboxd.connection import Connection
+    from sandboxd.wire.connection import Connection
 
     view = SimpleNamespace(transport=transport)
     return (Connection._certificate_identity(view)  # type: ignore[arg-type]
@@ -113,19 +113,9 @@ class LineSession:
             log.failure("a WebSocket request", result)
 
     def control(self, control: Control) -> None:
-        job = self.jobs.get(control.target)
-        problem = None
-        if job is None:
-            problem = f"no request with id {control.target!r} is running on this connection"
-        elif control.type == "cancel":
-            job.cancel()
-        elif control.data:
-            problem = job.write_stdin(control.data, self.factory.sources.max_stdin_bytes)
-        if job is not None and control.eof and problem is None:
-            job.close_stdin()
-        if problem is not None:
-            self.send(final_event(None, Status.BAD_REQUEST, problem, Phase.QUEUE,
-                                  for_id=control.target, for_type=control.type))
+        refused = apply_control(self.jobs, control, self.factory.sources.max_stdin_bytes)
+        if refused is not None:
+            self.send(refused)
 
     def lost(self) -> None:
         for handle in list(self.jobs.values()):

@@ -3,7 +3,7 @@ its front end and the tools written for it work against sandboxd unchanged.
 
 Requests: form fields (``body``, ``withVet``, ``version=2``; ``imports`` for ``/fmt``) or,
 as the Playground also takes, a JSON body ``{"Body": …, "WithVet": …}``.  Each is run as the
-line protocol's ``run``/``vet``/``fmt`` request through ``sandboxd.submit`` and answered at its
+line protocol's ``run``/``vet``/``fmt`` request through ``sandboxd.jobs.submit`` and answered at its
 end in the Playground's shapes:
 
 - ``/compile``: ``{"Errors", "Events": [{"Message", "Kind", "Delay"}], "Status", "IsTest",
@@ -33,14 +33,15 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from sandboxd import gotest, txtar
-from sandboxd.events import escape_json_text
-from sandboxd.request import BadRequest, parse_line
+from sandboxd.golang import gotest
 from sandboxd.web.errors import refuse
 from sandboxd.web.stream import channel_client
+from sandboxd.wire import txtar
+from sandboxd.wire.events import escape_json_text
+from sandboxd.wire.request import BadRequest, parse_line
 
 if TYPE_CHECKING:
-    from sandboxd.connection import ConnectionFactory
+    from sandboxd.wire.connection import ConnectionFactory
 
 log = Logger()
 

@@ -29,12 +29,12 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 from twisted.web import resource, server, static
 
-from sandboxd.events import encode, final_event
 from sandboxd.status import Phase, Status
 from sandboxd.web.errors import refuse
+from sandboxd.wire.events import encode, final_event
 
 if TYPE_CHECKING:
-    from sandboxd.connection import ConnectionFactory
+    from sandboxd.wire.connection import ConnectionFactory
 
 log = Logger()
 

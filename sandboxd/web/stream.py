@@ -20,17 +20,17 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from zope.interface import implementer
 
-from sandboxd.connection import SHUTDOWN_NOT_STARTED
-from sandboxd.events import encode
-from sandboxd.request import BadRequest, Control, Request, parse_line
 from sandboxd.status import Status
 from sandboxd.web.errors import refuse
 from sandboxd.web.lines import client_for
 from sandboxd.web.site import SESSION_HEADER, NotFound
+from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED
+from sandboxd.wire.events import encode
+from sandboxd.wire.request import BadRequest, Control, Request, parse_line
 
 if TYPE_CHECKING:
-    from sandboxd.connection import ConnectionFactory
-    from sandboxd.submit import Handle
+    from sandboxd.jobs.submit import Handle
+    from sandboxd.wire.connection import ConnectionFactory
 
 log = Logger()
 

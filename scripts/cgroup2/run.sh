@@ -79,7 +79,7 @@ if [ ! -f "$venv/.ready" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -e "$checkout[test]"
   # mke2fs -d and hostfs keep whole seconds of a file's times; Go's cache keys on them.
-  goroot=$("$venv/bin/python" -c 'from sandboxd import toolchain; print(toolchain.find_goroot(None))')
+  goroot=$("$venv/bin/python" -c 'from sandboxd.golang import toolchain; print(toolchain.find_goroot(None))')
   "$venv/bin/python" - "$goroot" <<'PY'
 import os, sys
 for top, dirs, files in os.walk(sys.argv[1]):
@@ -123,7 +123,7 @@ fi
 #   test_nothing_is_shared_between_sessions_or_anonymous_requests: its daemon's sessions idle
 #   out after 3 s, and under UML the requests between the writer and its session's next
 #   request take longer, so that request gets a fresh box.
-deselect="--deselect=tests/test_hostile.py::test_nothing_is_shared_between_sessions_or_anonymous_requests"
+deselect="--deselect=tests/system/test_hostile.py::test_nothing_is_shared_between_sessions_or_anonymous_requests"
 cat >"$share/env" <<ENV
 CHECKOUT=$checkout
 VENV=$venv
@@ -131,7 +131,7 @@ GOCACHE_DIR=$gocache
 WHEELS=$wheels
 HOST_PYTHON="$("$py" -V)"
 ISOLATE=${isolate_bin:+yes}
-TESTS="${CGROUP2_TESTS:-tests/test_cgroup_files.py tests/test_limits.py tests/test_nocgroup.py tests/test_operations.py tests/test_hostile.py tests/guest}"
+TESTS="${CGROUP2_TESTS:-tests/unit/test_cgroup_files.py tests/unit/test_limits.py tests/system/test_nocgroup.py tests/system/test_operations.py tests/system/test_hostile.py tests/guest}"
 PYTEST_ARGS="${CGROUP2_PYTEST_ARGS-$deselect}"
 ENV
 : >"$share/guest.log"

@@ -1,7 +1,7 @@
 """cgroup v2 for real, in the guest of ``make test-cgroup2`` (scripts/cgroup2/): a Linux booted
 with only the unified hierarchy, this test run inside a systemd service with ``Delegate=yes``.
-The v1 side of the same behaviour: tests/test_operations.py and tests/test_limits.py on the
-host."""
+The v1 side of the same behaviour: tests/system/test_operations.py and tests/unit/test_limits.py
+on the host."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_daemons_started_one_after_another_use_one_delegated_cgroup():
 
 
 def test_limits_on_v2_memory_oom_pids_and_cpu():
-    """The statuses and figures the v1 host gives (tests/test_limits.py), from v2's files."""
+    """The statuses and figures the v1 host gives (tests/unit/test_limits.py), from v2's files."""
     d = Daemon("bubblewrap").start()
     try:
         hog = go_main('\tb := make([][]byte, 0)\n\tfor {\n\t\tb = append(b, make([]byte, 1<<20))'

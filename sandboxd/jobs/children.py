@@ -1,0 +1,50 @@
+"""A job's children: each sandboxed process tree it spawns, with its cgroup, paused or
+cancelled as the job is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sandboxd.sandbox import cgroup as cgroup_names
+from sandboxd.sandbox.child import ChildResult, SandboxChild
+from sandboxd.sandbox.driver import SandboxRun
+
+log = Logger()
+
+
+class Children:
+    """Spawns and awaits the job's children (mixed into ``Job``).  ``child_factory`` makes
+    each (a ``SandboxChild``; unit tests put a fake there, see tests/unit/fakechild.py)."""
+
+    child_factory: Callable[..., SandboxChild] = SandboxChild
+
+    def _spawn(self, run: SandboxRun, sink, stdin: bytes | None) -> tuple[SandboxChild,
+                                                                            defer.Deferred]:
+        cgroup = None
+        if self.rt.cgroups.version is not None and not self.rt.driver.own_cgroups:
+            cgroup = self.rt.cgroups.create(cgroup_names.run_name(str(run.phase), self.number),
+                                            run.limits)
+        run.cgroup = cgroup
+        child = self.child_factory(self.rt.reactor, self.rt.driver, run, sink, stdin)
+        if self.paused:
+            child.pauseProducing()
+        if self.cancel_reason is not None:
+            child.stopped_for = "cancelled"
+        return child, child.start()
+
+    def _child_ended(self, result: Any) -> Any:
+        self.child = None
+        return result
+
+    async def _child(self, run: SandboxRun, sink, stdin: bytes | None = b"") -> ChildResult:
+        self.child, started = self._spawn(run, sink, stdin)
+        try:
+            if stdin is None:
+                self.stdin.hand_over(self.child)
+            return await started
+        finally:
+            self.child = None

@@ -1,0 +1,1 @@
+"""Unit tests: no root, no sandbox tool, no daemon; the whole set runs in seconds (make unit)."""

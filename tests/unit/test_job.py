@@ -1,0 +1,213 @@
+"""The job against a fake of its children (tests/unit/fakechild.py): which children it starts,
+in what order, and how their ends become its events — no sandbox, no box, no root."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from sandboxd.golang.toolchain import BINARY_INSIDE
+from sandboxd.jobs.build import BuildOutcome
+from sandboxd.jobs.job import Job, Runtime
+from sandboxd.jobs.metrics import Metrics
+from sandboxd.limits import LimitPolicy
+from sandboxd.status import Phase, Status
+from sandboxd.wire.request import parse_line
+from tests.unit.fakechild import Expect, FakeChild
+from tests.unit.test_job_end import FakePool
+
+GOFMT = ["/usr/local/go/bin/gofmt"]
+# A real ELF of this machine stands for the built program (the job checks it before a run).
+PROGRAM = Path(os.path.realpath(shutil.which("true") or "/bin/true"))
+
+
+class Toolchain(SimpleNamespace):
+    name = "default"
+    version = "go1.27.3"
+    goroot = Path("/nonexistent/goroot")
+
+    def gofmt_argv(self) -> list[str]:
+        return GOFMT
+
+    def build_env(self) -> dict[str, str]:
+        return {}
+
+
+class Built(Job):
+    """A job whose build is done (the build phase has its own tests): its run is what runs."""
+
+    child_factory = FakeChild
+    prog_dir: Path
+
+    async def _build(self) -> BuildOutcome:
+        return BuildOutcome(PROGRAM, Status.OK, "")
+
+    def _make_prog_dir(self) -> Path:
+        self.prog_dir.mkdir()
+        return self.prog_dir
+
+    def _remove_prog_dir(self, prog: Path) -> None:
+        shutil.rmtree(prog)
+
+
+def make(tmp_path: Path, **fields: Any) -> tuple[Built, list[dict[str, Any]]]:
+    rt = Runtime(reactor=None, driver=SimpleNamespace(own_cgroups=False,
+                                                      resize_box=lambda box, mb: None),
+                 pool=FakePool(), cgroups=SimpleNamespace(version=None),
+                 toolchain=Toolchain(), binaries=None, jobs_dir=tmp_path, metrics=Metrics())
+    line = {"id": "r", "code": "package main\nfunc main() {}\n", **fields}
+    request = parse_line(json.dumps(line).encode(), LimitPolicy())
+    events: list[dict[str, Any]] = []
+    job = Built(rt, request, events.append)
+    job.prog_dir = tmp_path / "prog"
+    return job, events
+
+
+def run(job: Job) -> dict[str, Any]:
+    got: list[Any] = []
+    job.start().addBoth(got.append)
+    assert got == [None], got
+    FakeChild.assert_all_ran()
+    return job
+
+
+def final(events: list[dict[str, Any]]) -> dict[str, Any]:
+    [end] = [e for e in events if e.get("done")]
+    assert events[-1] is end  # the final event is the last
+    return end
+
+
+def outputs(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [(e["stream"], e["phase"], e["output"]) for e in events if "stream" in e]
+
+
+def test_a_run_streams_its_output_and_ends_ok(tmp_path):
+    job, events = make(tmp_path)
+    FakeChild.expect(Expect(Phase.RUN, [BINARY_INSIDE]).output("stdout", b"hello\n")
+                     .output("stderr", b"warn\n").ends(exit_code=0))
+    run(job)
+    assert outputs(events) == [("stdout", "run", "hello\n"), ("stderr", "run", "warn\n")]
+    end = final(events)
+    assert (end["status"], end["message"]) == (Status.OK, "the program exited normally")
+    assert end["exit_code"] == 0 and end["output_bytes"] == 11
+    assert job.rt.pool.released == [job.rt.pool.box] and job.box is None
+    assert not (tmp_path / "prog").exists()  # the program's directory went
+
+
+def test_the_program_placed_in_its_directory(tmp_path):
+    job, _ = make(tmp_path)
+    seen: list[bytes] = []
+
+    class Looking(FakeChild):
+        def start(self):
+            seen.append((job.prog_dir / "main").read_bytes())
+            return super().start()
+
+    job.child_factory = Looking
+    FakeChild.expect(Expect(Phase.RUN))
+    run(job)
+    assert seen == [PROGRAM.read_bytes()]
+
+
+def test_a_signal_is_a_runtime_error_named(tmp_path):
+    job, events = make(tmp_path)
+    FakeChild.expect(Expect(Phase.RUN).ends(signal=11))
+    run(job)
+    end = final(events)
+    assert end["status"] == Status.RUNTIME_ERROR and end["signal"] == "SIGSEGV"
+    assert end["exit_code"] is None
+
+
+def test_output_past_the_limit_stops_the_run(tmp_path):
+    job, events = make(tmp_path, limits={"output_bytes": 4})
+    FakeChild.expect(Expect(Phase.RUN).output("stdout", b"123456").ends(signal=9))
+    run(job)
+    assert outputs(events) == [("stdout", "run", "1234")]
+    end = final(events)
+    assert end["status"] == Status.OUTPUT_LIMIT and end["output_bytes"] == 4
+
+
+def test_a_wall_stop_is_a_timeout(tmp_path):
+    job, events = make(tmp_path)
+    FakeChild.expect(Expect(Phase.RUN).ends(stopped_for="wall", signal=9))
+    run(job)
+    assert final(events)["status"] == Status.TIMEOUT
+
+
+def test_a_sandbox_failure_is_an_internal_error(tmp_path):
+    job, events = make(tmp_path)
+    FakeChild.expect(Expect(Phase.RUN).ends(failed=True, message="bwrap: setting up failed"))
+    run(job)
+    end = final(events)
+    assert end["status"] == Status.INTERNAL_ERROR and "server's fault" in end["message"]
+
+
+def test_interactive_stdin_that_came_early_is_handed_over(tmp_path):
+    job, _ = make(tmp_path, interactive=True)
+    assert job.write_stdin(b"early\n", 100) is None
+    job.close_stdin()
+    assert job.write_stdin(b"late", 100) is not None  # after its end: refused, said why
+    FakeChild.expect(Expect(Phase.RUN))
+    run(job)
+    [child] = FakeChild.made
+    assert child.stdin is None and child.stdin_written == [b"early\n"] and child.stdin_closed
+
+
+def test_stdin_over_the_limit_is_refused(tmp_path):
+    job, _ = make(tmp_path, interactive=True)
+    assert "would exceed" in job.write_stdin(b"x" * 11, 10)
+    job2, _ = make(tmp_path)
+    assert "not interactive" in job2.write_stdin(b"x", 10)
+
+
+@pytest.mark.parametrize(("exit_code", "stderr", "status", "message"), [
+    (0, b"", Status.OK, "formatted"),
+    (2, b"<standard input>:1:1: expected 'package'\n", Status.COMPILE_ERROR,
+     "gofmt found syntax errors"),
+])
+def test_fmt(tmp_path, exit_code, stderr, status, message):
+    job, events = make(tmp_path, type="fmt")
+    FakeChild.expect(Expect(Phase.BUILD, GOFMT).output("stdout", b"package main\n")
+                     .output("stderr", stderr).ends(exit_code=exit_code))
+    run(job)
+    [child] = FakeChild.made
+    assert child.stdin == job.request.files["main.go"]  # the source goes in on stdin
+    end = final(events)
+    assert (end["status"], end["message"]) == (status, message)
+    if status is Status.OK:
+        assert end["code"] == "package main\n" and end["changed"] is True
+    else:
+        assert outputs(events)[0][0] == "stderr"
+
+
+def test_a_cancel_while_fmt_runs(tmp_path):
+    job, events = make(tmp_path, type="fmt")
+    FakeChild.expect(Expect(Phase.BUILD).pending().ends(signal=9))
+    got: list[Any] = []
+    job.start().addBoth(got.append)
+    [child] = FakeChild.made
+    assert got == [] and not events
+    job.cancel("the client changed its mind")
+    assert child.stopped_for == "cancelled"  # the job stopped its child
+    child.finish()
+    assert got == [None]
+    end = final(events)
+    assert (end["status"], end["message"]) == (Status.CANCELLED, "the client changed its mind")
+
+
+def test_pause_and_resume_reach_the_running_child(tmp_path):
+    job, _ = make(tmp_path)
+    FakeChild.expect(Expect(Phase.RUN).pending())
+    job.start()
+    [child] = FakeChild.made
+    job.pause()
+    assert child.paused
+    job.resume()
+    assert not child.paused
+    child.finish()
