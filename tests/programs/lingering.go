@@ -13,7 +13,7 @@ import (
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "linger" {
-		heap := make([]byte, 512<<20)
+		heap := make([]byte, {{HEAP_MB}}<<20)
 		for i := 0; i < len(heap); i += 4096 {
 			heap[i] = 1
 		}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Daemon, finals, go_main, output
-from tests.hostile import beside, box_uids, program, strict_end
+from tests.hostile import beside, box_uids, lingering, program, strict_end
 
 CANARY_VAR = "SANDBOXD_TEST_CANARY"
 CANARY = "canary-7f3a9c1e-do-not-leak"
@@ -320,8 +320,7 @@ def test_killed_processes_are_gone_before_the_final_event(daemon):
     # A detached process with a large heap and none of the request's descriptors: killed, it
     # still exists while its memory is freed, after the pipes closed and bwrap's outer process
     # exited (and the sandbox's init waits for it).  The final event must wait for its end.
-    events = strict_end(daemon, {"files": program("lingering"),
-                                 "limits": {"wall_ms": 10000, "memory_mb": 1024}})
+    events = strict_end(daemon, lingering())
     final = next(e for e in events if e.get("done"))
     assert final["status"] == "ok", (final, output(events))
     assert output(events, "alone", "stdout").startswith("left ")
