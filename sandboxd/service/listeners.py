@@ -71,21 +71,19 @@ def load_client_ca(path: str | Path) -> list[Any]:
     return [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
 
 
-def require_client_certificates(endpoint: Any, ca_certs: list[Any]) -> None:
-    """Make a TLS endpoint refuse, at the handshake, clients without a cert from ``ca_certs``."""
-    from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
+def require_client_certificates(options: Any, ca_certs: list[Any]) -> None:
+    """Make TLS options refuse, at the handshake, clients without a cert from ``ca_certs``:
+    through the OpenSSL context the options hand out (``getContext``, made once and used for
+    every connection), with pyOpenSSL's own calls."""
+    from OpenSSL import SSL
 
-    options = getattr(endpoint, "_sslContextFactory", None)
-    if not isinstance(options, CertificateOptions):
-        raise ListenerError("--client-ca applies to ssl: listeners only")
-    if getattr(options, "_context", None) is not None:
-        raise ListenerError("the TLS context was already made; cannot add client certificates")
-    # The attributes CertificateOptions.__init__ sets from trustRoot=...; its context is made
-    # lazily, on first use, from exactly these.
-    options.verify = True
-    options.requireCertificate = True
-    options.caCerts = ca_certs
-    options.trustRoot = trustRootFromCertificates([Certificate(c) for c in ca_certs])
+    context = options.getContext()
+    store = context.get_cert_store()
+    for cert in ca_certs:
+        store.add_cert(cert)
+    context.set_client_ca_list([cert.get_subject() for cert in ca_certs])
+    context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+                       lambda _conn, _cert, _errno, _depth, ok: bool(ok))
 
 
 def _clear_stale_unix_socket(description: str) -> None:
@@ -235,6 +233,14 @@ def endpoint_for(reactor: Any, description: str,
     given = description  # errors quote what the operator typed, not our added defaults
     description = with_backlog(with_safe_defaults(description))
     _clear_stale_unix_socket(description)
+    if description.startswith("ssl:"):
+        # TLS's close_notify as a half-close (sandboxd.wire.tlshalfclose), and the client CA
+        # applied to the options the string names, both where the endpoint listens.
+        from sandboxd.wire.tlshalfclose import HalfCloseTLSReactor
+
+        ca = client_ca
+        reactor = HalfCloseTLSReactor(
+            reactor, (lambda options: require_client_certificates(options, ca)) if ca else None)
     try:
         endpoint = endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError, IndexError, OSError, ImportError) as e:
@@ -246,10 +252,4 @@ def endpoint_for(reactor: Any, description: str,
     if (isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint)
             and endpoint.addressFamily == socket.AF_UNIX):
         endpoint = InheritedUnixEndpoint(endpoint.reactor, endpoint.fileno)
-    if client_ca and description.startswith("ssl:"):
-        require_client_certificates(endpoint, client_ca)
-    if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
-        from sandboxd.wire.tlshalfclose import HalfCloseTLSEndpoint
-
-        return HalfCloseTLSEndpoint(endpoint)
     return endpoint

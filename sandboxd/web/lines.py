@@ -22,6 +22,7 @@ from zope.interface import implementer
 from sandboxd.status import Phase, Status
 from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED, apply_control
 from sandboxd.wire.events import encode, final_event
+from sandboxd.wire.identity import client_identity
 from sandboxd.wire.request import BadRequest, Control, Request, parse_line
 
 if TYPE_CHECKING:
@@ -37,15 +38,8 @@ def client_for(factory: ConnectionFactory, transport: Any) -> str:
     sessions, by the line connection's own rules (``Connection.client``): the verified client
     certificate, else the peer address with ``--client-identity=address``, else this
     connection alone (``http:N``)."""
-    from types import SimpleNamespace
-
-    from sandboxd.wire.connection import Connection
-
-    view = SimpleNamespace(transport=transport)
-    return (Connection._certificate_identity(view)  # type: ignore[arg-type]
-            or (getattr(factory, "client_identity", None) == "address"
-                and Connection._address_identity(view))  # type: ignore[arg-type]
-            or f"http:{next(factory.serials)}")
+    return client_identity(transport, getattr(factory, "client_identity", None) == "address",
+                           lambda: f"http:{next(factory.serials)}")
 
 
 class LineSession:

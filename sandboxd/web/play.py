@@ -121,7 +121,7 @@ class PlayResource(resource.Resource):
         return server.NOT_DONE_YET
 
     def _write(self, request: Any, answer: dict[str, Any] | None) -> None:
-        if request._disconnected or answer is None:
+        if request.gone or answer is None:
             return
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
@@ -130,14 +130,14 @@ class PlayResource(resource.Resource):
 
     def _failed(self, request: Any, failure: Any) -> None:
         log.failure("a go.dev/play request", failure)
-        if not request._disconnected:
+        if not request.gone:
             request.write(refuse(request, 500, "internal error"))
             request.finish()
 
     async def run(self, line: dict[str, Any], request: Any) -> _Collected:
         """Run one line-protocol request to its end; cancelled if the client goes away."""
         collected = _Collected()
-        if request._disconnected:  # gone during an earlier step: nothing more runs for it
+        if request.gone:  # gone during an earlier step: nothing more runs for it
             collected.events.append({"done": True, "status": "cancelled",
                                      "message": "the client disconnected"})
             return collected

@@ -83,6 +83,11 @@ class WebRequest(server.Request):
 
     _received = 0
     _refused = False
+    gone = False  # the client went away before the answer was finished
+
+    def connectionLost(self, reason: Any) -> None:
+        self.gone = True
+        super().connectionLost(reason)
 
     def gotLength(self, length: int | None) -> None:
         limit = self.channel.site.settings.max_body_bytes
@@ -145,7 +150,7 @@ class WebRequest(server.Request):
     def processingFailed(self, reason: Any) -> None:
         """A bug in a resource: logged; the client gets a JSON 500, never a traceback."""
         log.failure("an HTTP request to {path}", reason, path=self.path)
-        if self.finished or self._disconnected:
+        if self.finished or self.gone:
             return
         body = refuse(self, 500, "internal error: the server failed to answer this request",
                       Status.INTERNAL_ERROR)

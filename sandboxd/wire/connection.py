@@ -10,8 +10,6 @@ requests are cancelled.  When the client reads slowly, every child of the connec
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import itertools
 import select
 import socket
@@ -30,6 +28,7 @@ from sandboxd import __version__
 from sandboxd.limits import LimitPolicy
 from sandboxd.status import Phase, Status
 from sandboxd.wire.events import encode, final_event
+from sandboxd.wire.identity import client_identity
 from sandboxd.wire.request import BadRequest, Control, Request, SourceLimits, parse_line
 
 log = Logger()
@@ -344,32 +343,10 @@ class Connection(protocol.Protocol, TimeoutMixin):
         ``--client-identity=address`` (IPv6: its /64), else this connection alone.  Asked at
         the first request, after any TLS handshake."""
         if self._client is None:
-            self._client = self._certificate_identity() or (
-                self.factory.client_identity == "address" and self._address_identity()
-            ) or f"conn:{next(self.factory.serials)}"
+            self._client = client_identity(
+                self.transport, self.factory.client_identity == "address",
+                lambda: f"conn:{next(self.factory.serials)}")
         return self._client
-
-    def _certificate_identity(self) -> str | None:
-        try:
-            cert = self.transport.getPeerCertificate()
-        except Exception:
-            return None  # not a TLS transport
-        if cert is None:
-            return None
-        digest = hashlib.sha256(cert.get_issuer().der() + b"/" + cert.get_subject().der())
-        return f"cert:{digest.hexdigest()[:32]}"
-
-    def _address_identity(self) -> str | None:
-        try:
-            host = self.transport.getPeer().host
-            address = ipaddress.ip_address(host)
-        except Exception:
-            return None  # a Unix socket, say: no address to group by
-        if isinstance(address, ipaddress.IPv6Address):
-            if address.ipv4_mapped is None:
-                return f"addr:{ipaddress.ip_network(f'{address}/64', strict=False)}"
-            return f"addr:{address.ipv4_mapped}"
-        return f"addr:{address}"
 
     # -- output ----------------------------------------------------------------------------
 

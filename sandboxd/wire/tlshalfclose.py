@@ -22,7 +22,6 @@ from typing import Any
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet import interfaces
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol, _PullToPush
 from twisted.python.failure import Failure
@@ -81,15 +80,23 @@ class HalfCloseTLSFactory(TLSMemoryBIOFactory):
     protocol = HalfCloseTLSProtocol  # type: ignore[assignment]
 
 
-@implementer(interfaces.IStreamServerEndpoint)
-class HalfCloseTLSEndpoint:
-    """What an ``ssl:`` endpoint string listens on, with ``HalfCloseTLSProtocol``: the same
-    port, interface, backlog and TLS options (client certificates included)."""
+class HalfCloseTLSReactor:
+    """The reactor an ``ssl:`` endpoint is given (``serverFromString(HalfCloseTLSReactor(r),
+    ...)``): its ``listenSSL`` — ``IReactorSSL``'s, which the endpoint calls with the port,
+    interface, backlog and TLS options its string named — listens on TCP with
+    ``HalfCloseTLSProtocol`` instead; ``prepare`` may adjust the TLS options' OpenSSL context
+    first (client certificates).  Everything else is the real reactor's."""
 
-    def __init__(self, ssl_endpoint: SSL4ServerEndpoint) -> None:
-        self.context_factory = ssl_endpoint._sslContextFactory
-        self.tcp = TCP4ServerEndpoint(ssl_endpoint._reactor, ssl_endpoint._port,
-                                      ssl_endpoint._backlog, ssl_endpoint._interface)
+    def __init__(self, reactor: Any, prepare: Any = None) -> None:
+        self.reactor = reactor
+        self.prepare = prepare
 
-    def listen(self, factory: Any) -> Any:
-        return self.tcp.listen(HalfCloseTLSFactory(self.context_factory, False, factory))
+    def listenSSL(self, port: int, factory: Any, contextFactory: Any,
+                  backlog: int = 50, interface: str = "") -> Any:
+        if self.prepare is not None:
+            self.prepare(contextFactory)
+        return self.reactor.listenTCP(port, HalfCloseTLSFactory(contextFactory, False, factory),
+                                      backlog, interface)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reactor, name)

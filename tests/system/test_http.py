@@ -178,6 +178,27 @@ def test_dropped_http_client_frees_its_box():
         daemon.cleanup()
 
 
+def test_a_go_dev_play_client_that_goes_away_frees_its_box():
+    """go.dev/play's /compile answers once the program ended; a client that leaves before then
+    cancels the run (its box is free at once), as on the line protocol."""
+    daemon, port = http_daemon(boxes=1)
+    try:
+        loop = go_main('for i := 0; ; i++ { fmt.Println(i); time.Sleep(50 * time.Millisecond) }',
+                       imports=("fmt", "time"))
+        conn = RawHTTP(port)
+        conn.request("POST", "/compile", urllib.parse.urlencode({"version": "2", "body": loop})
+                     .encode(), {"Content-Type": "application/x-www-form-urlencoded"})
+        time.sleep(3)  # built, and running (or still building: a cancel frees the box too)
+        conn.close()
+        start = time.monotonic()
+        events = daemon.run({"id": "after", "code": go_main('fmt.Println("next")')})
+        assert finals(events)["after"]["status"] == "ok"
+        # Without the cancel the box would be held until the run's wall limit (10 s).
+        assert time.monotonic() - start < 6
+    finally:
+        daemon.cleanup()
+
+
 def test_websocket_pipelining_stdin_cancel(web):
     from websockets.sync.client import connect
 
