@@ -114,8 +114,22 @@ class BubblewrapDriver(Driver):
     # -- running ---------------------------------------------------------------------------
 
     def command(self, run: SandboxRun) -> tuple[list[str], dict[str, str]]:
+        sandbox = [self.bwrap, *self._namespaces(run), *self._filesystem(run),
+                   *self._kernel_filters(run), "--chdir", run.cwd, "--clearenv"]
+        for key, value in run.env.items():
+            sandbox += ["--setenv", key, value]
+        # Every option (host paths: the box, its /tmp, the program's directory) goes to bwrap
+        # on a descriptor, not its command line: bwrap stays the box's pid 1, and its
+        # /proc/1/cmdline is readable inside.  bwrap reads the descriptor and closes it.
+        run.fds[ARGS_FD] = options_fd(sandbox[1:])
+        command = [self.bwrap, "--args", str(ARGS_FD), "--", *STDERR_SHIM, *run.argv]
+        return ([*self.launcher(run), *self._rlimits(run), *self._identity(run), *command],
+                {"PATH": "/usr/bin:/bin"})
+
+    def _rlimits(self, run: SandboxRun) -> list[str]:
+        """prlimit's part: the box's process, file, size, CPU (and, without a cgroup, address
+        space) limits."""
         lim = run.limits
-        uid = str(run.box.uid)
         cpu_s = (lim.cpu_ms + 999) // 1000 + 1
         rlimits = [
             self.prlimit,
@@ -126,28 +140,27 @@ class BubblewrapDriver(Driver):
             "--core=0",
         ]
         if run.cgroup is None:
-            address_space = (lim.memory_mb + 1024) * MIB
-            rlimits.append(f"--as={address_space}")
-        rlimits.append("--")
-        identity = [
-            self.setpriv,
-            f"--reuid={uid}",
-            f"--regid={run.box.gid}",
-            "--clear-groups",
-            "--no-new-privs",
-            "--pdeathsig=KILL",
-            "--",
-        ]
-        tmp_bytes = str(lim.disk_mb * MIB)
-        sandbox = [
-            self.bwrap,
-            "--unshare-all",
-            "--unshare-user",
-            "--disable-userns",
-            "--die-with-parent",
-            "--new-session",
-            "--json-status-fd", str(STATUS_FD),
-            "--hostname", "sandbox",
+            rlimits.append(f"--as={(lim.memory_mb + 1024) * MIB}")
+        return [*rlimits, "--"]
+
+    def _identity(self, run: SandboxRun) -> list[str]:
+        """setpriv's part: the box's uid and gid, no groups, no new privileges."""
+        return [self.setpriv, f"--reuid={run.box.uid}", f"--regid={run.box.gid}",
+                "--clear-groups", "--no-new-privs", "--pdeathsig=KILL", "--"]
+
+    @staticmethod
+    def _namespaces(run: SandboxRun) -> list[str]:
+        """Every namespace new (the network's too, unless the run may use the host's)."""
+        return ["--unshare-all", *(["--share-net"] if run.network else []), "--unshare-user",
+                "--disable-userns", "--die-with-parent", "--new-session",
+                "--json-status-fd", str(STATUS_FD), "--hostname", "sandbox"]
+
+    def _filesystem(self, run: SandboxRun) -> list[str]:
+        """What the box sees: the system read-only, its own /proc, /dev, bounded /tmp and
+        /dev/shm, its /etc, its workspace and mounts; then the root read-only, so the only
+        writable places are those mounts, each bounded (not /, not /prog, not /var)."""
+        tmp_bytes = str(run.limits.disk_mb * MIB)
+        mounts = [
             *self.system,
             "--proc", "/proc",
             "--dev", "/dev",
@@ -159,34 +172,28 @@ class BubblewrapDriver(Driver):
             "--symlink", "../tmp", "/var/tmp",
         ]
         if run.network:
-            sandbox.insert(sandbox.index("--unshare-all") + 1, "--share-net")
             for path in NETWORK_FILES:
                 if os.path.exists(path):
-                    sandbox += ["--ro-bind", path, path]
+                    mounts += ["--ro-bind", path, path]
         else:  # its own network namespace (bwrap brings its loopback up), its own /etc
-            sandbox += ["--ro-bind", str(self.box_etc(run)), "/etc"]
+            mounts += ["--ro-bind", str(self.box_etc(run)), "/etc"]
         if run.with_workspace:
-            sandbox += ["--bind", str(run.box.workspace), "/box"]
+            mounts += ["--bind", str(run.box.workspace), "/box"]
         for mount in run.mounts:
-            sandbox += ["--bind" if mount.writable else "--ro-bind", str(mount.host), mount.inside]
+            mounts += ["--bind" if mount.writable else "--ro-bind", str(mount.host), mount.inside]
+        return [*mounts, "--remount-ro", "/"]
+
+    def _kernel_filters(self, run: SandboxRun) -> list[str]:
+        """The seccomp filter, and a held run's wait for its go-ahead."""
+        options: list[str] = []
         if self.seccomp:
             run.fds[SECCOMP_FD] = seccomp.program_fd()
-            sandbox += ["--seccomp", str(SECCOMP_FD)]
+            options += ["--seccomp", str(SECCOMP_FD)]
         if run.hold:
             if HOLD_FD not in run.fds:
                 raise ValueError("a held run needs the read end of its pipe at HOLD_FD")
-            sandbox += ["--block-fd", str(HOLD_FD)]
-        # The sandbox's own root (a tmpfs bwrap made) read-only: the only writable places are
-        # the mounts above, each bounded; not /, not /prog, not /var.
-        sandbox += ["--remount-ro", "/", "--chdir", run.cwd, "--clearenv"]
-        for key, value in run.env.items():
-            sandbox += ["--setenv", key, value]
-        # Every option (host paths: the box, its /tmp, the program's directory) goes to bwrap
-        # on a descriptor, not its command line: bwrap stays the box's pid 1, and its
-        # /proc/1/cmdline is readable inside.  bwrap reads the descriptor and closes it.
-        run.fds[ARGS_FD] = options_fd(sandbox[1:])
-        command = [self.bwrap, "--args", str(ARGS_FD), "--", *STDERR_SHIM, *run.argv]
-        return [*self.launcher(run), *rlimits, *identity, *command], {"PATH": "/usr/bin:/bin"}
+            options += ["--block-fd", str(HOLD_FD)]
+        return options
 
     def report(
         self, run: SandboxRun, exit_code: int | None, signal: int | None, status: bytes

@@ -116,6 +116,12 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("<HBBI", code, jt, jf, k)
 
 
+# One step of the filter before it is assembled: an instruction ``(code, jt, jf, k)`` whose
+# ``jt`` may be ``("ALLOW",)`` (a jump to the final allow), or a return marker such as
+# ``("DENY",)``.
+_Step = tuple
+
+
 def program(arch: str | None = None, fake_flock: bool = False) -> bytes:
     """The compiled filter (an array of ``struct sock_filter``) for ``arch``; ``fake_flock``:
     ``flock`` returns 0 without locking (a build under isolate: see the module's doc)."""
@@ -123,62 +129,71 @@ def program(arch: str | None = None, fake_flock: bool = False) -> bytes:
     if arch not in SYSCALLS:
         raise UnsupportedArch(f"no seccomp filter for {arch}")
     table = SYSCALLS[arch]
-    denied = [table[name] for name in (*DENIED, *(X86_ONLY if arch == "x86_64" else ()))]
-    eperm = RET_ERRNO | errno.EPERM
-    enosys = RET_ERRNO | errno.ENOSYS
-    # Layout: checks jump forward to one of the three returns at the end.
-    body: list[tuple[int, int, int, int]] = []
-    body.append((_LD_ABS, 0, 0, _ARCH))
-    body.append((_JEQ, 1, 0, AUDIT_ARCH[arch]))
-    body.append(("DENY",))  # type: ignore[arg-type]
-    body.append((_LD_ABS, 0, 0, _NR))
+    # Layout: checks jump forward to one of the returns; the last step is the final ALLOW.
+    body = [*_this_arch_only(arch), *_denied_calls(arch, table, fake_flock),
+            *_ioctl_checks(table), *_socket_checks(table), *_clone_checks(table), ("ALLOW",)]
+    return _assemble(body)
+
+
+def _this_arch_only(arch: str) -> list[_Step]:
+    """Another architecture's calling convention (and x32's numbers) is denied outright."""
+    steps: list[_Step] = [(_LD_ABS, 0, 0, _ARCH), (_JEQ, 1, 0, AUDIT_ARCH[arch]), ("DENY",),
+                          (_LD_ABS, 0, 0, _NR)]
     if arch == "x86_64":
-        body.append((_JGE, 0, 1, X32_SYSCALL_BIT))
-        body.append(("DENY",))  # type: ignore[arg-type]
-    for nr in denied:
-        body.append((_JEQ, 0, 1, nr))
-        body.append(("DENY",))  # type: ignore[arg-type]
-    body.append((_JEQ, 0, 1, table["clone3"]))
-    body.append(("NOSYS",))  # type: ignore[arg-type]
+        steps += [(_JGE, 0, 1, X32_SYSCALL_BIT), ("DENY",)]
+    return steps
+
+
+def _denied_calls(arch: str, table: dict[str, int], fake_flock: bool) -> list[_Step]:
+    """The calls refused by number; clone3 as absent (so libc falls back to clone); flock
+    faked when asked."""
+    steps: list[_Step] = []
+    for name in (*DENIED, *(X86_ONLY if arch == "x86_64" else ())):
+        steps += [(_JEQ, 0, 1, table[name]), ("DENY",)]
+    steps += [(_JEQ, 0, 1, table["clone3"]), ("NOSYS",)]
     if fake_flock:
-        body.append((_JEQ, 0, 1, table["flock"]))
-        body.append(("ZERO",))  # type: ignore[arg-type]
-    # ioctl: no typing into a terminal (TIOCSTI) nor driving the console (TIOCLINUX).
-    body.append((_JEQ, 0, 4, table["ioctl"]))
-    body.append((_LD_ABS, 0, 0, _ARG1_LOW))
-    body.append((_JEQ, 1, 0, TIOCSTI))
-    body.append((_JEQ, 0, 1, TIOCLINUX))
-    body.append(("DENY",))  # type: ignore[arg-type]
-    body.append((_LD_ABS, 0, 0, _NR))
-    # socket and socketpair: only the families of the box's own network namespace.
-    body.append((_JEQ, 1, 0, table["socket"]))
-    body.append((_JEQ, 0, 9, table["socketpair"]))
-    body.append((_LD_ABS, 0, 0, _ARG0_LOW))
-    for family in ALLOWED_FAMILIES:
-        body.append((_JEQ, ("ALLOW",), 0, family))  # type: ignore[arg-type]
-    body.append((_JEQ, 1, 0, AF_NETLINK))
-    body.append(("NOFAMILY",))  # type: ignore[arg-type]
-    body.append((_LD_ABS, 0, 0, _ARG2_LOW))
-    body.append((_JEQ, ("ALLOW",), 0, NETLINK_ROUTE))  # type: ignore[arg-type]
-    body.append(("NOPROTO",))  # type: ignore[arg-type]
-    body.append((_LD_ABS, 0, 0, _NR))
-    body.append((_JEQ, 0, 3, table["clone"]))
-    body.append((_LD_ABS, 0, 0, _ARG0_LOW))
-    body.append((_JSET, 0, 1, CLONE_NAMESPACES))
-    body.append(("DENY",))  # type: ignore[arg-type]
-    body.append(("ALLOW",))  # type: ignore[arg-type]
-    returns = {
-        ("DENY",): eperm, ("NOSYS",): enosys, ("ALLOW",): RET_ALLOW,
-        ("ZERO",): RET_ERRNO | 0,
-        ("NOFAMILY",): RET_ERRNO | errno.EAFNOSUPPORT,
-        ("NOPROTO",): RET_ERRNO | errno.EPROTONOSUPPORT,
-    }
-    # The last instruction is the final ALLOW; a jump to ("ALLOW",) goes there.
+        steps += [(_JEQ, 0, 1, table["flock"]), ("ZERO",)]
+    return steps
+
+
+def _ioctl_checks(table: dict[str, int]) -> list[_Step]:
+    """ioctl: no typing into a terminal (TIOCSTI) nor driving the console (TIOCLINUX)."""
+    return [(_JEQ, 0, 4, table["ioctl"]), (_LD_ABS, 0, 0, _ARG1_LOW), (_JEQ, 1, 0, TIOCSTI),
+            (_JEQ, 0, 1, TIOCLINUX), ("DENY",), (_LD_ABS, 0, 0, _NR)]
+
+
+def _socket_checks(table: dict[str, int]) -> list[_Step]:
+    """socket and socketpair: only the families of the box's own network namespace (netlink:
+    only NETLINK_ROUTE)."""
+    steps: list[_Step] = [(_JEQ, 1, 0, table["socket"]), (_JEQ, 0, 9, table["socketpair"]),
+                          (_LD_ABS, 0, 0, _ARG0_LOW)]
+    steps += [(_JEQ, ("ALLOW",), 0, family) for family in ALLOWED_FAMILIES]
+    return [*steps, (_JEQ, 1, 0, AF_NETLINK), ("NOFAMILY",), (_LD_ABS, 0, 0, _ARG2_LOW),
+            (_JEQ, ("ALLOW",), 0, NETLINK_ROUTE), ("NOPROTO",), (_LD_ABS, 0, 0, _NR)]
+
+
+def _clone_checks(table: dict[str, int]) -> list[_Step]:
+    """clone: no new namespaces."""
+    return [(_JEQ, 0, 3, table["clone"]), (_LD_ABS, 0, 0, _ARG0_LOW),
+            (_JSET, 0, 1, CLONE_NAMESPACES), ("DENY",)]
+
+
+_RETURNS = {
+    ("DENY",): RET_ERRNO | errno.EPERM, ("NOSYS",): RET_ERRNO | errno.ENOSYS,
+    ("ALLOW",): RET_ALLOW, ("ZERO",): RET_ERRNO | 0,
+    ("NOFAMILY",): RET_ERRNO | errno.EAFNOSUPPORT,
+    ("NOPROTO",): RET_ERRNO | errno.EPROTONOSUPPORT,
+}
+
+
+def _assemble(body: list[_Step]) -> bytes:
+    """The steps as BPF instructions: markers become returns, a jump to ``("ALLOW",)`` goes to
+    the last instruction (the final ALLOW)."""
     end = len(body) - 1
     out = []
     for pc, item in enumerate(body):
-        if item in returns:
-            out.append(_insn(_RET, 0, 0, returns[item]))
+        if item in _RETURNS:
+            out.append(_insn(_RET, 0, 0, _RETURNS[item]))
             continue
         code, jt, jf, k = item
         if jt == ("ALLOW",):

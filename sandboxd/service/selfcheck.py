@@ -98,29 +98,9 @@ def check(daemon: Any, number: int) -> str:
             make_job_dir(job_dir, defaults.build.disk_mb)
         except OSError as e:
             raise StartError(f"cannot serve: cannot make a box ({e.strerror or e}).") from None
-        src, out = job_dir / "src", job_dir / "out"
-        hostfs.make_private_dir(src, 0, 0, 0o755)
-        hostfs.write_tree(src, {"main.go": SOURCE, "go.mod": tc.go_mod()})
-        hostfs.make_private_dir(out, uid, uid, 0o700)
-        build = SandboxRun(phase=Phase.BUILD, box=box, argv=tc.build_argv(),
-                           env=tc.build_env(), cwd=SOURCE_INSIDE, limits=defaults.build,
-                           mounts=build_mounts(tc, job_dir), with_workspace=False)
-        _run(daemon, build, "build")
+        _build(daemon, box, tc, job_dir)
         built = time.monotonic()
-        hostfs.make_private_dir(prog, 0, 0, 0o755)
-        try:
-            fd, size = hostfs.open_box_file(out, "main", 256 * 1024 * 1024)
-        except OSError as e:
-            raise StartError(f"cannot serve: the start-up build left no program ({e}).") from None
-        try:
-            target = os.open(prog / "main", os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                             | hostfs.O_SAFE, 0o555)
-            try:
-                hostfs.copy_fd(fd, target, size)
-            finally:
-                os.close(target)
-        finally:
-            os.close(fd)
+        _install(job_dir / "out", prog)
         run = SandboxRun(phase=Phase.RUN, box=box, argv=[BINARY_INSIDE], env=dict(RUN_ENV),
                          cwd="/box", limits=defaults.run,
                          mounts=[Mount(prog, os.path.dirname(BINARY_INSIDE))],
@@ -133,20 +113,54 @@ def check(daemon: Any, number: int) -> str:
         return (f"start-up check: box {number} (uid {uid}) built a program in "
                 f"{(built - began) * 1000:.0f} ms and ran it in {(ended - built) * 1000:.0f} ms")
     finally:
-        for path in (job_dir, prog):
-            try:
-                hostfs.remove_scratch_dir(path) if path == job_dir else hostfs.remove_tree(path)
-            except OSError:
-                pass
+        _clean_up(driver, box, job_dir, prog)
+
+
+def _build(daemon: Any, box: Box, tc: Toolchain, job_dir: Path) -> None:
+    """The start-up program built in the box, into ``job_dir/out``."""
+    src, out = job_dir / "src", job_dir / "out"
+    hostfs.make_private_dir(src, 0, 0, 0o755)
+    hostfs.write_tree(src, {"main.go": SOURCE, "go.mod": tc.go_mod()})
+    hostfs.make_private_dir(out, box.uid, box.gid, 0o700)
+    build = SandboxRun(phase=Phase.BUILD, box=box, argv=tc.build_argv(),
+                       env=tc.build_env(), cwd=SOURCE_INSIDE, limits=daemon.policy.defaults.build,
+                       mounts=build_mounts(tc, job_dir), with_workspace=False)
+    _run(daemon, build, "build")
+
+
+def _install(out: Path, prog: Path) -> None:
+    """The built program copied (without following anything the box made) to ``prog/main``."""
+    hostfs.make_private_dir(prog, 0, 0, 0o755)
+    try:
+        fd, size = hostfs.open_box_file(out, "main", 256 * 1024 * 1024)
+    except OSError as e:
+        raise StartError(f"cannot serve: the start-up build left no program ({e}).") from None
+    try:
+        target = os.open(prog / "main", os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | hostfs.O_SAFE, 0o555)
         try:
-            driver.destroy_box(box)
-        except Exception:
+            hostfs.copy_fd(fd, target, size)
+        finally:
+            os.close(target)
+    finally:
+        os.close(fd)
+
+
+def _clean_up(driver: Driver, box: Box, job_dir: Path, prog: Path) -> None:
+    for path in (job_dir, prog):
+        try:
+            hostfs.remove_scratch_dir(path) if path == job_dir else hostfs.remove_tree(path)
+        except OSError:
             pass
-        _kill_uid(uid)
+    try:
+        driver.destroy_box(box)
+    except Exception:
+        pass
+    _kill_uid(box.uid)
 
 
 def _run(daemon: Any, run: SandboxRun, what: str) -> bytes:
-    """Run one phase to its end the way a request's would; its stdout."""
+    """Run one phase to its end the way a request's would; its stdout, or StartError."""
     driver: Driver = daemon.driver
     cgroups = daemon.cgroups
     limits: PhaseLimits = run.limits
@@ -157,6 +171,20 @@ def _run(daemon: Any, run: SandboxRun, what: str) -> bytes:
             raise StartError(f"cannot serve: cannot make a cgroup under "
                              f"{cgroups.describe()} ({e.strerror or e}). Try --cgroups=off "
                              "(rlimits only) if this host's cgroups cannot be used.") from None
+    try:
+        report, text = _spawn(driver, run, what)
+    finally:
+        if run.cgroup is not None:
+            run.cgroup.remove()
+        driver.finish(run)
+    _judge(driver.name, report, (text["tool"] or text["err"]).decode("utf-8", "replace").strip(),
+           what)
+    return text["out"]
+
+
+def _spawn(driver: Driver, run: SandboxRun, what: str) -> tuple[Report, dict[str, bytes]]:
+    """The phase's process, run to its end: the driver's report and what it wrote (stdout,
+    stderr, the sandbox tool's own words, its status)."""
     files = {name: tempfile.TemporaryFile() for name in ("out", "err", "tool", "status")}
     try:
         driver.prepare(run)
@@ -184,20 +212,20 @@ def _run(daemon: Any, run: SandboxRun, what: str) -> bytes:
         for name, f in files.items():
             f.seek(0)
             text[name] = f.read(65536)
-        report: Report = driver.report(run, code if code >= 0 else None,
-                                       -code if code < 0 else None, text["status"])
+        return driver.report(run, code if code >= 0 else None, -code if code < 0 else None,
+                             text["status"]), text
     finally:
-        if run.cgroup is not None:
-            run.cgroup.remove()
-        driver.finish(run)
         for f in files.values():
             f.close()
-    said = (text["tool"] or text["err"]).decode("utf-8", "replace").strip()
+
+
+def _judge(driver_name: str, report: Report, said: str, what: str) -> None:
+    """StartError, in the operator's words, unless the phase ended well."""
     if report.failed:
         raise StartError(
-            f"cannot serve: the {driver.name} sandbox could not {what} a program in a box "
+            f"cannot serve: the {driver_name} sandbox could not {what} a program in a box "
             f"({report.message}). It said: {said or report.detail or 'nothing'}. "
-            f"Check that {driver.name} works on this host as root with the box uids "
+            f"Check that {driver_name} works on this host as root with the box uids "
             "(unprivileged user namespaces for bubblewrap), and that --state-dir and "
             "--cache-dir allow the box uids in and are not mounted noexec.")
     if report.signal is not None or report.exit_code != 0:
@@ -213,7 +241,6 @@ def _run(daemon: Any, run: SandboxRun, what: str) -> bytes:
             f"{said[-500:] or 'it said nothing'}. A {what} of a one-line program fails only "
             "when the host is wrong: check the toolchain (--go), the standard-library cache "
             "(sandboxd-warm) and the limits (--limit).")
-    return text["out"]
 
 
 def _kill_uid(uid: int) -> None:
