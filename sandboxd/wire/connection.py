@@ -11,15 +11,12 @@ requests are cancelled.  When the client reads slowly, every child of the connec
 from __future__ import annotations
 
 import itertools
-import select
-import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import interfaces, protocol
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
@@ -28,6 +25,7 @@ from sandboxd import __version__
 from sandboxd.limits import LimitPolicy
 from sandboxd.status import Phase, Status
 from sandboxd.wire.events import encode, final_event
+from sandboxd.wire.hangup import HangupWatch
 from sandboxd.wire.identity import client_identity
 from sandboxd.wire.request import BadRequest, Control, Request, SourceLimits, parse_line
 
@@ -35,13 +33,6 @@ log = Logger()
 
 SHUTDOWN_NOT_STARTED = "the server is shutting down; the request had not started"
 
-# After the client's end-of-input: how often to look whether it has gone altogether.
-HANGUP_POLL_S = 0.2
-# After a TCP client's end of input, at most this long without a write: then a probe.  Longer
-# than a typical program's pause between lines (the README's sample: 1 s), so a client that
-# reads its answers sees nothing extra; a client that closed is found within about this long.
-PROBE_S = 1.5
-PROBE = b" "
 # Unfinished lines up to this size never count against the pending-input budget.
 SMALL_LINE = 16 * 1024
 # Lines one connection gets handled per turn of the reactor; the rest wait for the next turn
@@ -60,8 +51,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.input_closed = False
         self.lost = False
         self.paused = False
-        self._last_write = 0.0
-        self._hangup_watch: LoopingCall | None = None
+        self.hangup: HangupWatch | None = None  # made at connectionMade
         self._pending_counted = 0  # this connection's share of factory.pending_input
         self.last_active = time.monotonic()  # the client's last line or byte
         self._client: str | None = None
@@ -74,14 +64,16 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.factory.connections.add(self)
         self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idle_timeout)
+        self.hangup = HangupWatch(self.transport, lambda: not self.lost and bool(self.jobs),
+                                  self._hang_up)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.buffer = b""
         self._count_pending()
         self.lost = True
         self.setTimeout(None)
-        if self._hangup_watch is not None and self._hangup_watch.running:
-            self._hangup_watch.stop()
+        if self.hangup is not None:
+            self.hangup.stop()
         self.factory.connections.discard(self)
         for job in list(self.jobs.values()):
             job.cancel("the client disconnected")
@@ -104,76 +96,13 @@ class Connection(protocol.Protocol, TimeoutMixin):
             self._line(line)
             self._count_pending()
         self._close_if_done()
-        if self.jobs and not self.lost:
-            self._watch_hangup()
-
-    def _watch_hangup(self) -> None:
-        """End of input is a half-close or a client that went away; only the second cancels.
-
-        A Unix socket whose peer closed (or a TCP socket that got a reset) polls as HUP/ERR,
-        while a half-closed one does not, so look now and every ``HANGUP_POLL_S`` while the
-        requests run.  (A TCP peer that closed shows only once a write to it fails.)
-        """
-        gone = self._peer_gone()
-        if gone is None:
-            return  # not a socket we can look at
-        if gone:
-            self._hang_up()
-            return
-        self._hangup_watch = LoopingCall(self._check_hangup)
-        self._hangup_watch.clock = self.factory.runtime.reactor
-        self._hangup_watch.start(HANGUP_POLL_S, now=False).addErrback(
-            lambda f: log.failure("watching for a hang-up", f))
-
-    def _check_hangup(self) -> None:
-        if self.lost or not self.jobs:
-            if self._hangup_watch is not None and self._hangup_watch.running:
-                self._hangup_watch.stop()
-            return
-        if self._peer_gone():
-            self._hang_up()
-            return
-        self._probe()
-
-    def _probe(self) -> None:
-        """A TCP peer that closed looks half-closed until something is written to it: then it
-        answers with a reset, which the next look sees.  So while requests run after the
-        client's end of input and nothing has been written for ``PROBE_S``, write one space.
-        Every event is written as a whole line, so the space starts the next line: JSON
-        allows whitespace before a value, the line is still one JSON object, and a client
-        has nothing to skip (an empty output event did this before: 5 or 6 of them among
-        the README sample's 4 events).  A program's own output probes as well."""
-        now = time.monotonic()
-        if now - self._last_write < PROBE_S or not self._is_tcp():
-            return
-        self._last_write = now
-        self.transport.write(PROBE)
-
-    def _is_tcp(self) -> bool:
-        # Through a TLS layer too: its socket is the transport's transport.
-        for transport in (self.transport, getattr(self.transport, "transport", None)):
-            try:
-                family = transport.getHandle().family
-            except Exception:
-                continue
-            return family in (socket.AF_INET, socket.AF_INET6)
-        return False
+        if self.jobs and not self.lost and self.hangup is not None:
+            self.hangup.start(getattr(self.factory.runtime, "reactor", None))
 
     def _hang_up(self) -> None:
         log.info("the client went away; cancelling its requests")
         self.connectionLost()
         self.transport.abortConnection()
-
-    def _peer_gone(self) -> bool | None:
-        for transport in (self.transport, getattr(self.transport, "transport", None)):
-            try:
-                fd = transport.getHandle().fileno()
-            except Exception:
-                continue
-            poller = select.poll()
-            poller.register(fd, select.POLLHUP | select.POLLERR)
-            return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
-        return None
 
     def writeConnectionLost(self) -> None:
         self.connectionLost()
@@ -355,7 +284,8 @@ class Connection(protocol.Protocol, TimeoutMixin):
         if node is not None and event.get("done"):
             event.setdefault("node", node)  # refused lines too: which daemon answered
         if not self.lost:
-            self._last_write = time.monotonic()
+            if self.hangup is not None:
+                self.hangup.wrote()
             self.transport.write(encode(event))
 
     # -- IPushProducer: the transport asks us to hold output while the client is slow -----
