@@ -3,7 +3,11 @@ real boxes through a real daemon."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 from tests.harness import finals, output
+from tests.system.test_client import client
 
 TESTS = """package main
 
@@ -142,3 +146,21 @@ def test_a_benchmark_only_package_runs_its_benchmarks_with_bench(daemon) -> None
     done = finals(events)
     assert done["n"]["status"] == "compile_error"
     assert done["y"]["status"] == "ok" and len(done["y"]["benchmarks"]) == 1
+
+
+def test_the_client_prints_go_test_json_lines_and_runs_benchmarks(daemon, tmp_path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "x_test.go").write_text(TESTS)
+    done = client(daemon, "test", "-json", str(tmp_path / "t"), stdin=subprocess.DEVNULL)
+    lines = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert done.returncode == 1, done
+    assert any(x.get("Test") == "TestTree/bad" and x["Action"] == "fail"
+               and x["Package"] == "sandbox" and "Elapsed" in x for x in lines)
+    assert lines[-1]["Action"] == "fail" and "Test" not in lines[-1]
+    assert any(x["Action"] == "output" and "broken" in x.get("Output", "") for x in lines)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "main.go").write_text(BENCH)
+    done = client(daemon, "bench", "-benchtime", "10x", "Alloc", str(tmp_path / "b"),
+                  stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done
+    assert b"BenchmarkAlloc" in done.stdout and b"BenchmarkMetric" not in done.stdout
