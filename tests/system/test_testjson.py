@@ -101,7 +101,7 @@ def test_bench_runs_benchmarks_and_parses_their_results(daemon) -> None:
     assert set(results) == {"BenchmarkAlloc", "BenchmarkMetric"}, final["benchmarks"]
     alloc = results["BenchmarkAlloc"]
     assert alloc["iterations"] == 100 and alloc["ns_per_op"] > 0
-    assert alloc["bytes_per_op"] == 64 and alloc["allocs_per_op"] == 1
+    assert alloc["bytes_per_op"] >= 64 and alloc["allocs_per_op"] >= 1  # (+ the runtime's own)
     assert results["BenchmarkMetric"]["metrics"] == {"widgets/op": 3.5}
     assert "BenchmarkAlloc" in output(events, "b", "stdout")  # streamed as it ran
 
