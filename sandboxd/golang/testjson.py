@@ -6,7 +6,9 @@ begins every framing line (``=== RUN``, ``=== PAUSE``, ``=== CONT``, ``=== NAME`
 ``t.Error`` text in ``^O`` … ``^N`` and escapes those markers in ``t.Log`` text with ``^[``.  This
 converter turns that stream into events as ``go test -json`` has them (action ``run``, ``pause``,
 ``cont``, ``pass``, ``fail``, ``skip``, ``output``; test name; elapsed seconds; output text),
-subtests included.
+subtests included.  Unlike test2json, an ``output`` event holds all the whole lines of one
+test that came together (up to 64 KiB), not one line each: a test that logs a lot makes as many
+events as reads, not as lines (framing lines are still one event each).
 
 One difference from test2json, on purpose: a framing line counts **only** with its ``^V``
 (test2json trusts unmarked framing lines until it has seen a marked one).  So a program that
@@ -29,14 +31,13 @@ MARK_ESCAPE = 0x1B  # ^[
 RUN_FLAGS = ("-test.v=test2json",)
 
 IN_BUFFER = 4096  # the longest framing line recognised (test2json's inBuffer)
-OUT_BUFFER = 1024  # a longer output line is sent in parts (test2json's outBuffer)
+OUT_BUFFER = 64 * 1024  # the most output in one event (test2json: 1 KiB, and a line each)
 
 _UPDATES = (b"=== RUN   ", b"=== PAUSE ", b"=== CONT  ", b"=== NAME  ", b"=== PASS  ",
             b"=== FAIL  ", b"=== SKIP  ")
 _REPORTS = (b"--- PASS: ", b"--- FAIL: ", b"--- SKIP: ", b"--- BENCH: ")
 _EMPTY_NAME = b"=== NAME"
 _LINE_END = re.compile(rb"[\n\x16\x1b]")  # what ends a line, and the escape that can hide ^V
-_MARKS = re.compile(rb"[\x0e\x0f\x1b]")
 _UNMARK = re.compile(rb"\x1b(.)|[\x0e\x0f]", re.DOTALL)
 
 
@@ -69,14 +70,17 @@ class Converter:
     def feed(self, data: bytes) -> list[Event]:
         buf = self._in + data if self._in else data
         start = 0
-        while True:
-            end = _eol(buf, start)
-            if end < 0:
-                break
-            if self._in_mid:
+        while start < len(buf):
+            if self._in_mid or buf[start] != MARK_FRAMING:  # output lines, as many as came
+                end = _plain_end(buf, start)
+                if end <= start:
+                    break
                 self._output(buf[start:end])
                 self._in_mid = False
             else:
+                end = _eol(buf, start)
+                if end < 0:
+                    break
                 self._line(buf[start:end])
             start = end
         while len(buf) - start >= IN_BUFFER:  # no framing line is this long: output, in parts
@@ -149,12 +153,12 @@ class Converter:
     # -- output ----------------------------------------------------------------------------
 
     def _output(self, data: bytes, framing: bool = False) -> None:
-        """Output text, markers removed, in events of at most OUT_BUFFER bytes, a line each
-        where it fits."""
+        """Output text, markers removed: its whole lines at once, in events of at most
+        OUT_BUFFER bytes (a longer line in parts); an unfinished line waits for its end."""
         out = self._out + (data if framing else self._unmark(data))
         pos = 0
         while True:
-            nl = out.find(b"\n", pos, pos + OUT_BUFFER)
+            nl = out.rfind(b"\n", pos, pos + OUT_BUFFER)
             if nl >= 0:
                 self._emit(Event("output", self._test, output=out[pos:nl + 1]))
                 pos = nl + 1
@@ -176,7 +180,7 @@ class Converter:
         if self._out_escaped and data:
             self._out_escaped = False
             return data[:1] + self._unmark(data[1:])
-        if not _MARKS.search(data):
+        if b"\x1b" not in data and b"\x0e" not in data and b"\x0f" not in data:  # memchr
             return data
         if data.endswith(b"\x1b") and _escapes_last(data):
             self._out_escaped = True
@@ -250,3 +254,20 @@ def _escapes_last(data: bytes) -> bool:
     """Whether the ^[ at the end of ``data`` is an escape (not itself escaped)."""
     run = len(data) - len(data.rstrip(b"\x1b"))
     return run % 2 == 1
+
+
+def _plain_end(buf: bytes, start: int) -> int:
+    """The end of the run of output lines that begins at ``start`` (which is no framing
+    line's): before the next ^V that is not escaped, else past the last newline; ``start``
+    when not even one line has ended."""
+    pos = start + 1
+    while True:
+        p = buf.find(b"\x16", pos)
+        if p < 0:
+            return buf.rfind(b"\n", start) + 1 or start
+        k = p
+        while k > start and buf[k - 1] == MARK_ESCAPE:
+            k -= 1
+        if (p - k) % 2 == 0:
+            return p
+        pos = p + 1

@@ -60,9 +60,10 @@ def test_a_framing_line_without_its_marker_is_output_even_before_any_test() -> N
 
 def test_long_lines_are_cut_into_parts_and_never_frame() -> None:
     line = ("é" * 3000 + f"{V}--- PASS: TestZ (0.00s)").encode() + b"\n"
-    events, c = _convert(b"x" * 5000 + b"\n" + line, 1000)
+    events, c = _convert(b"x" * 70000 + b"\n" + line, 1000)
     outs = [e.output for e in events if e.action == "output"]
-    assert all(len(o) <= testjson.OUT_BUFFER for o in outs)
+    assert all(len(o) <= testjson.OUT_BUFFER for o in outs) and len(outs) >= 3
+    assert b"".join(outs).startswith(b"x" * 70000 + b"\n")
     assert b"".join(outs).decode().count("é") == 3000  # never cut inside a character
     assert c.passed == 1  # the marker began a new line
 
@@ -114,3 +115,11 @@ def test_the_options_are_checked() -> None:
                 {"bench": ".", "test_json": True}, {"test_json": 1}):
         with pytest.raises(OptionError):
             testopts.test_options(bad)
+
+
+def test_output_lines_that_come_together_are_one_event_framing_lines_their_own() -> None:
+    c = testjson.Converter()
+    events = c.feed(f"{V}=== RUN   TestL\na\nb\nc".encode())
+    assert [(e.action, e.output) for e in events] == [
+        ("run", None), ("output", b"=== RUN   TestL\n"), ("output", b"a\nb\n")]
+    assert [e.output for e in c.feed(b"d\n") + c.close()] == [b"cd\n"]
