@@ -12,6 +12,7 @@ import argparse
 import base64
 import codecs
 import difflib
+import json
 import os
 import secrets
 import signal
@@ -151,6 +152,12 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
                                "interactive": True}
     if test:
         request["test"] = True
+        if getattr(args, "json", False):
+            request["test_json"] = True
+    if getattr(args, "bench", None) is not None:
+        request["bench"] = args.bench
+        if args.benchtime:
+            request["benchtime"] = args.benchtime
     _common(request, args)
     forwarder = StdinForwarder(reactor, conn, request_id)
     cancelled = []
@@ -174,6 +181,9 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
                 print(f"sandboxd: {_shown(event.get('message'))}", file=sys.stderr)
                 os._exit(EXIT_CODES["bad_request"])
             return
+        if "action" in event and request.get("test_json"):
+            _print_test_json(event)
+            return
         _write(event.get("stream", "stdout"), event)
 
     done = conn.request(request, on_event)
@@ -181,7 +191,26 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
     final = yield done
     forwarder.stopped = True
     conn.close()
+    if request.get("test_json"):
+        _print_test_json({"action": "pass" if final.get("status") == "ok" else "fail",
+                          "test": None, "elapsed": (final.get("wall_ms") or 0) / 1000})
     return _reason(final)
+
+
+def _print_test_json(event: dict[str, Any]) -> None:
+    """A per-test event as ``go test -json`` prints it (so its readers, gotestsum or tparse,
+    read these lines too); the package is the module ``sandbox``."""
+    line: dict[str, Any] = {"Action": event.get("action"), "Package": "sandbox"}
+    if event.get("test"):
+        line["Test"] = event["test"]
+    if event.get("elapsed") is not None:
+        line["Elapsed"] = event["elapsed"]
+    if "output" in event:
+        raw = event.get("output_base64")
+        line["Output"] = (base64.b64decode(raw).decode("utf-8", "replace") if raw
+                          else event["output"])
+    sys.stdout.write(json.dumps(line, ensure_ascii=True) + "\n")
+    sys.stdout.flush()
 
 
 def _new_id(command: str) -> str:
@@ -290,7 +319,18 @@ def parser() -> argparse.ArgumentParser:
                        help="lower a limit, e.g. run.wall_ms=2000; repeatable")
         if name != "vet":
             s.add_argument("--session", help="a session id: the box and its files persist")
+        if name == "test":
+            s.add_argument("-json", "--json", dest="json", action="store_true",
+                           help="print one JSON line per test event, as go test -json does")
         s.add_argument("paths", nargs="+", metavar="FILE|DIR")
+    b = sub.add_parser("bench", help="run the benchmarks matching REGEXP, like go test -bench")
+    b.add_argument("-benchtime", "--benchtime", metavar="T",
+                   help="Nx iterations or a duration (Nms, Ns) per benchmark, like go test's")
+    b.add_argument("--go", help="toolchain name (see: version)")
+    b.add_argument("--limit", action="append", metavar="PHASE.NAME=N",
+                   help="lower a limit, e.g. run.wall_ms=2000; repeatable")
+    b.add_argument("bench", metavar="REGEXP")
+    b.add_argument("paths", nargs="+", metavar="FILE|DIR")
     f = sub.add_parser("fmt", help="gofmt files in place (or -d: print a diff)")
     f.add_argument("-d", dest="diff", action="store_true", help="print diffs, change nothing")
     f.add_argument("--go", help="toolchain name")
@@ -302,6 +342,7 @@ def parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "run": _run,
     "test": lambda r, a: _run(r, a, test=True),
+    "bench": _run,
     "vet": _vet,
     "fmt": _fmt,
     "version": _version,

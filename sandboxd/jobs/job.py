@@ -19,6 +19,7 @@ from sandboxd.jobs.children import Children
 from sandboxd.jobs.output import Output, Stdin
 from sandboxd.jobs.run import HeldRun, RunPhase
 from sandboxd.jobs.runtime import Runtime
+from sandboxd.jobs.testrun import BenchResults, TestEvents
 from sandboxd.jobs.tools import ToolPhases
 from sandboxd.sandbox import executable
 from sandboxd.sandbox.child import ChildResult, SandboxChild
@@ -57,8 +58,10 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
         self.run_ms: int | None = None
         self.extra_fields: dict[str, Any] = {}
         self.toolchain = runtime.toolchains.get(request.go or "", runtime.toolchain)
-        self.testing = request.type == "run" and gotest.wants_tests(request.files, request.test)
+        self.testing = request.type == "run" and (
+            request.options.bench is not None or gotest.wants_tests(request.files, request.test))
         self.tests: gotest.Counter | None = None
+        self.test_view: TestEvents | BenchResults | None = None  # test_json, bench
         self.renamed: dict[str, str] = {}
         self.stdin = Stdin(request.id, request.interactive)
         # The run's sandbox, set up while the build runs and held until the program is there.
@@ -193,6 +196,8 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
     # -- output ----------------------------------------------------------------------------
 
     def _stream(self, stream: str, data: bytes, timestamp: str) -> int:
+        if self.test_view is not None and stream == "stdout":
+            return self.test_view.stdout(data, timestamp)
         if self.tests is not None and stream == "stdout":
             self.tests.feed(data)
         return self.output.stream(stream, data, timestamp)

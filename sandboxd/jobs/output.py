@@ -30,12 +30,17 @@ class Output:
     def full(self) -> bool:
         return self.sent_bytes >= self.limit
 
+    def take(self, data: bytes) -> bytes:
+        """What fits of ``data`` within the limit, counted as sent (the caller sends it in
+        its own events: per-test events)."""
+        take = data[: max(0, self.limit - self.sent_bytes)]
+        self.sent_bytes += len(take)
+        return take
+
     def stream(self, stream: str, data: bytes, timestamp: str) -> int:
         """Send what fits of ``data``; how much that was (a child stops at less than all)."""
-        room = self.limit - self.sent_bytes
-        take = data[: max(0, room)]
+        take = self.take(data)
         if take:
-            self.sent_bytes += len(take)
             text, raw = self._decoders[stream].feed(take)
             if text or raw:
                 self.emit(output_event(self.request_id, stream, self.phase(), text, raw,

@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sandboxd.boxes import hostfs
-from sandboxd.golang import gotest
+from sandboxd.golang import bench, gotest, testjson
 from sandboxd.golang.toolchain import (
     BINARY_INSIDE,
 )
@@ -20,6 +20,7 @@ from sandboxd.jobs.build import MAX_BINARY_BYTES
 from sandboxd.jobs.heldbuild import (
     remove_job_dir,
 )
+from sandboxd.jobs.testrun import BenchResults, TestEvents
 from sandboxd.sandbox.child import ChildResult, SandboxChild
 from sandboxd.sandbox.driver import RUN_ENV, Mount, SandboxRun
 from sandboxd.status import Phase
@@ -46,7 +47,12 @@ class RunPhase:
 
     def _run_argv(self) -> list[str]:
         argv = [BINARY_INSIDE]
-        if self.testing:
+        options = self.request.options
+        if self.testing and options.bench is not None:
+            argv += bench.run_flags(options.bench, options.benchtime)
+        elif self.testing and options.test_json:
+            argv += testjson.RUN_FLAGS
+        elif self.testing:
             argv += gotest.RUN_FLAGS
         return argv
 
@@ -56,6 +62,10 @@ class RunPhase:
         limits = self.request.limits.run
         if self.testing:
             self.tests = gotest.Counter()
+            if self.request.options.bench is not None:
+                self.test_view = BenchResults(self.output)
+            elif self.request.options.test_json:
+                self.test_view = TestEvents(self.request.id, self.output, self.emit)
         if self.held is not None:
             result = await self._release_held(binary)
         else:
@@ -80,10 +90,18 @@ class RunPhase:
         self.run_ms = result.wall_ms
         rt.metrics.run_seconds.observe(result.wall_ms / 1000)
         self._flush()
+        view = self.test_view
+        if view is not None:  # its last events before the final one; results so far
+            view.close()
+            self.extra_fields.update(view.fields())
         stop = self._stopped(result, Phase.RUN)
         if stop is not None:
             return stop, result
         tests = (self.tests.passed, self.tests.failed) if self.tests is not None else None
+        if isinstance(view, TestEvents):  # every test and subtest, by its own result
+            tests = view.counts()
+        elif isinstance(view, BenchResults):  # benchmarks only: the program's own end
+            tests = None
         end = verdict.program_end(result, limits, tests)
         self.extra_fields.update(end.counts)
         return end, result

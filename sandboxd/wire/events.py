@@ -105,6 +105,28 @@ def output_event(
     return event
 
 
+def test_event(
+    request_id: str,
+    action: str,
+    test: str | None,
+    elapsed: float | None = None,
+    output: bytes | None = None,
+    timestamp: str | None = None,
+) -> dict[str, Any]:
+    """One per-test event (``test_json``): a test's action, as ``go test -json`` has them."""
+    event: dict[str, Any] = {"id": request_id, "phase": str(Phase.RUN), "action": action,
+                             "test": test}
+    if elapsed is not None:
+        event["elapsed"] = elapsed
+    if output is not None:
+        text, raw = _decode(output)
+        event["output"] = text
+        if raw is not None:
+            event["output_base64"] = base64.b64encode(raw).decode("ascii")
+    event["timestamp"] = timestamp or now_ms()
+    return event
+
+
 def final_event(
     request_id: str | None,
     status: Status,

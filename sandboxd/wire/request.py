@@ -6,11 +6,12 @@ import itertools
 import json
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sandboxd.limits import LimitError, LimitPolicy, Limits
 from sandboxd.wire import txtar
+from sandboxd.wire.testopts import OptionError, TestOptions, test_options
 
 MAX_ID_LENGTH = 128
 SESSION_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -20,7 +21,7 @@ MAX_NESTING = 16
 
 REQUEST_FIELDS = {
     "run": {"type", "id", "code", "files", "session_id", "limits", "stdin", "interactive",
-            "go", "test"},
+            "go", "test", "test_json", "bench", "benchtime"},
     "fmt": {"type", "id", "code", "go"},
     "vet": {"type", "id", "code", "files", "limits", "go"},
     "version": {"type", "id"},
@@ -65,6 +66,7 @@ class Request:
     interactive: bool = False
     go: str | None = None  # a toolchain name; None: the default one
     test: bool = False  # run the package's tests even when it has a main
+    options: TestOptions = field(default_factory=TestOptions)  # test_json, bench (testopts)
 
 
 @dataclass
@@ -171,11 +173,15 @@ def parse_line(
     interactive = _flag(obj, "interactive", request_id)
     if interactive and stdin:
         raise BadRequest("give either 'stdin' or 'interactive', not both", request_id)
+    try:
+        options = test_options(obj)
+    except OptionError as e:
+        raise BadRequest(str(e), request_id) from None
     # Assigned only now: a refused line never used up an id, and its final event says null.
     return Request(
         id=request_id or new_request_id(), files=files, limits=limits, session_id=session_id,
         type=kind, stdin=stdin_bytes, interactive=interactive, go=go,
-        test=_flag(obj, "test", request_id),
+        test=_flag(obj, "test", request_id), options=options,
     )
 
 

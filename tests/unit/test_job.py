@@ -211,3 +211,47 @@ def test_pause_and_resume_reach_the_running_child(tmp_path):
     job.resume()
     assert not child.paused
     child.finish()
+
+
+TESTS = "package main\nimport \"testing\"\nfunc TestA(t *testing.T) {}\n"
+
+
+def test_test_json_runs_test2json_mode_and_sends_test_events_before_the_final(tmp_path):
+    job, events = make(tmp_path, code=TESTS, test_json=True)
+    FakeChild.expect(Expect(Phase.RUN, [BINARY_INSIDE, "-test.v=test2json"])
+                     .output("stdout", b"\x16=== RUN   TestA\n\x16--- PASS: TestA (0.00s)\n")
+                     .output("stderr", b"panic text\n").ends(exit_code=0))
+    run(job)
+    actions = [(e["action"], e["test"]) for e in events if "action" in e]
+    assert actions == [("run", "TestA"), ("output", "TestA"), ("output", "TestA"),
+                       ("pass", "TestA")]
+    assert outputs(events) == [("stderr", "run", "panic text\n")]
+    end = final(events)
+    assert (end["tests_passed"], end["tests_failed"], end["tests_skipped"]) == (1, 0, 0)
+    assert end["output_bytes"] == 42 + 11  # the markers counted
+
+
+def test_test_events_count_against_the_output_limit(tmp_path):
+    job, events = make(tmp_path, code=TESTS, test_json=True, limits={"output_bytes": 20})
+    FakeChild.expect(Expect(Phase.RUN).output("stdout", b"\x16=== RUN   TestA\nxxxxxxxxxxxx\n")
+                     .ends(signal=9))
+    run(job)
+    said = "".join(e.get("output", "") for e in events if "action" in e)
+    assert said == "=== RUN   TestA\nxxx"  # 20 bytes with the marker
+    end = final(events)
+    assert end["status"] == Status.OUTPUT_LIMIT and end["output_bytes"] == 20
+
+
+def test_bench_runs_the_benchmark_flags_and_reports_the_results(tmp_path):
+    job, events = make(tmp_path, bench="Fib", benchtime="10x")
+    FakeChild.expect(Expect(Phase.RUN, [BINARY_INSIDE, "-test.run=^$", "-test.bench=Fib",
+                                        "-test.benchmem", "-test.benchtime=10x"])
+                     .output("stdout", b"BenchmarkFib-2 \t")
+                     .output("stdout", b"     10\t  5.0 ns/op\t 0 B/op\t 0 allocs/op\nPASS\n")
+                     .ends(exit_code=0))
+    run(job)
+    assert outputs(events)[0] == ("stdout", "run", "BenchmarkFib-2 \t")  # live
+    end = final(events)
+    assert end["status"] == Status.OK and "tests_passed" not in end
+    assert end["benchmarks"] == [{"name": "BenchmarkFib-2", "iterations": 10, "ns_per_op": 5.0,
+                                  "bytes_per_op": 0, "allocs_per_op": 0, "metrics": {}}]
