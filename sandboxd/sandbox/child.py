@@ -13,6 +13,7 @@ import signal as signals
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
@@ -43,6 +44,40 @@ NO_MORE_PROCESSES = (b"failed to create new OS thread", b"resource temporarily u
 # Called with (stream, bytes, timestamp); returns how many of the bytes may be sent.  Fewer
 # than given means the output limit was reached.
 OutputSink = Callable[[str, bytes, str], int]
+
+
+class Streams:
+    """What a child's descriptors carry besides its output: the sandbox's status, the sandbox
+    tool's own words (see ``Driver.stderr_fd``), the tail of the program's stderr, and what
+    the Go runtime said there of memory and processes (how those limits show on hosts
+    without a cgroup)."""
+
+    def __init__(self, stderr_fd: int) -> None:
+        self.stderr_fd = stderr_fd
+        self.status = b""
+        self.tool_stderr = b""
+        self.stderr_tail = b""
+        self.out_of_memory = False
+        self.processes_refused = False
+
+    def take(self, fd: int, data: bytes) -> str | None:
+        """Keep what is kept of ``data``; the stream it is the program's output on, if any."""
+        if fd == STATUS_FD:
+            self.status += data[: max(0, 65536 - len(self.status))]
+            return None
+        if fd == 2 and self.stderr_fd != 2:
+            self.tool_stderr += data[: max(0, STDERR_TAIL - len(self.tool_stderr))]
+            return None
+        if fd == self.stderr_fd:
+            fd = 2
+        if fd == 2:
+            window = self.stderr_tail[-64:] + data
+            self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL:]
+            if not self.out_of_memory and any(m in window for m in OUT_OF_MEMORY):
+                self.out_of_memory = True
+            if not self.processes_refused and any(m in window for m in NO_MORE_PROCESSES):
+                self.processes_refused = True
+        return STREAMS.get(fd)
 
 
 @dataclass
@@ -77,11 +112,7 @@ class SandboxChild(protocol.ProcessProtocol):
         self.sink = sink
         self.stdin = stdin  # None: keep stdin open for ``write_stdin``
         self.stopped_for: str | None = None
-        self.status = b""
-        self.stderr_tail = b""
-        self.tool_stderr = b""  # the sandbox tool's own messages (see Driver.stderr_fd)
-        self.out_of_memory = False  # the Go runtime said so on stderr (rlimit hosts)
-        self.processes_refused = False  # a fork or thread creation failure said so on stderr
+        self.streams = Streams(driver.stderr_fd)
         self.paused = False
         self._done: defer.Deferred[ChildResult] = defer.Deferred()
         self._started = 0.0
@@ -223,26 +254,9 @@ class SandboxChild(protocol.ProcessProtocol):
     # -- ProcessProtocol -------------------------------------------------------------------
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        if fd == STATUS_FD:
-            self.status += data[: max(0, 65536 - len(self.status))]
-            return
-        if fd == 2 and self.driver.stderr_fd != 2:
-            self.tool_stderr += data[: max(0, STDERR_TAIL - len(self.tool_stderr))]
-            return
-        if fd == self.driver.stderr_fd:
-            fd = 2
-        stream = STREAMS.get(fd)
-        if stream is None:
-            return
-        if fd == 2:
-            window = self.stderr_tail[-64:] + data
-            self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL:]
-            if not self.out_of_memory and any(m in window for m in OUT_OF_MEMORY):
-                self.out_of_memory = True
-            if not self.processes_refused and any(m in window for m in NO_MORE_PROCESSES):
-                self.processes_refused = True
-        if self.stopped_for == "output":
-            return  # past the output limit: nothing more is sent
+        stream = self.streams.take(fd, data)
+        if stream is None or self.stopped_for == "output":
+            return  # not output; or past the output limit: nothing more is sent
         # Also after a wall, CPU or memory limit: what is still in the pipes was written
         # before the limit struck, and is delivered (up to the output limit).
         sent = self.sink(stream, data, now_ms())
@@ -261,17 +275,8 @@ class SandboxChild(protocol.ProcessProtocol):
         cpu_ms = self.watch.cpu_seen // 1_000_000 if self.run.cgroup is None else None
         memory_kb = self.watch.memory_seen // 1024 if self.watch.memory_seen else None
         oom = refused = False
-        cg = self.run.cgroup
-        if cg is not None:
-            try:
-                ns = cg.cpu_ns()
-                cpu_ms = None if ns is None else ns // 1_000_000
-                peak = cg.memory_peak_bytes()
-                memory_kb = None if peak is None else peak // 1024
-                oom = cg.oom_killed()
-                refused = cg.pids_refused()
-            except Exception:
-                log.failure("reading cgroup statistics")
+        if self.run.cgroup is not None:
+            cpu_ms, memory_kb, oom, refused = _cgroup_measures(self.run.cgroup)
         self._finish_cgroup()
         if self.run.cgroup is None:
             self._kill_box_uid(ended=True)  # nothing of the request outlives its final event
@@ -303,7 +308,7 @@ class SandboxChild(protocol.ProcessProtocol):
                 memory_kb: int | None, oom: bool, refused: bool) -> None:
         self._finish_driver()
         try:
-            report = self.driver.report(self.run, exit_code, sig, self.status)
+            report = self.driver.report(self.run, exit_code, sig, self.streams.status)
         except Exception as e:
             log.failure("driver report")
             report = Report(exit_code=exit_code, signal=sig, failed=True,
@@ -311,7 +316,8 @@ class SandboxChild(protocol.ProcessProtocol):
         if report.failed:
             # The server's fault, not the program's: the client gets report.message (fixed
             # wording); the operator gets everything the sandbox tool said, host paths and all.
-            said = (self.tool_stderr or self.stderr_tail).decode("utf-8", "replace").strip()
+            said = (self.streams.tool_stderr or self.streams.stderr_tail).decode(
+                "utf-8", "replace").strip()
             report.detail = "; ".join(filter(None, (report.detail, said)))
             log.error("sandbox failure in box {box} ({phase}): {message}: {detail}",
                       box=self.run.box.number, phase=str(self.run.phase),
@@ -323,9 +329,9 @@ class SandboxChild(protocol.ProcessProtocol):
             cpu_ms=report.cpu_ms if report.cpu_ms is not None else cpu_ms,
             memory_kb=report.memory_kb if report.memory_kb is not None else memory_kb,
             oom_killed=oom or report.memory_exceeded,
-            pids_refused=refused or self.processes_refused,
-            stderr_tail=self.stderr_tail,
-            out_of_memory=self.out_of_memory,
+            pids_refused=refused or self.streams.processes_refused,
+            stderr_tail=self.streams.stderr_tail,
+            out_of_memory=self.streams.out_of_memory,
         )
         self._done.callback(result)
 
@@ -344,3 +350,16 @@ class SandboxChild(protocol.ProcessProtocol):
 
 
 SIGNAL_NAMES = {int(s): s.name for s in signals.Signals}
+
+
+def _cgroup_measures(cg: Any) -> tuple[int | None, int | None, bool, bool]:
+    """CPU time (ms), peak memory (KiB), whether the OOM killer struck and whether a fork
+    was refused, as the run's cgroup counted them (unknown ones None or False)."""
+    try:
+        ns = cg.cpu_ns()
+        peak = cg.memory_peak_bytes()
+        return (None if ns is None else ns // 1_000_000, None if peak is None else peak // 1024,
+                cg.oom_killed(), cg.pids_refused())
+    except Exception:
+        log.failure("reading cgroup statistics")
+        return None, None, False, False
