@@ -94,14 +94,15 @@ class RunPhase:
         if view is not None:  # its last events before the final one; results so far
             view.close()
             self.extra_fields.update(view.fields())
-        stop = self._stopped(result, Phase.RUN)
-        if stop is not None:
-            return stop, result
         tests = (self.tests.passed, self.tests.failed) if self.tests is not None else None
         if isinstance(view, TestEvents):  # every test and subtest, by its own result
             tests = view.counts()
         elif isinstance(view, BenchResults):  # benchmarks only: the program's own end
             tests = None
+        stop = self._stopped(result, Phase.RUN)
+        if stop is not None:
+            self.extra_fields.update(verdict.test_counts(tests))  # the tests' results so far
+            return stop, result
         end = verdict.program_end(result, limits, tests)
         self.extra_fields.update(end.counts)
         return end, result

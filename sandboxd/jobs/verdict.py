@@ -132,10 +132,9 @@ def program_end(result: ChildResult, lim: PhaseLimits,
     """How a run that no limit stopped ended (``stopped`` first): tests' counts
     (``tests``: passed, failed) where ``go test`` ran, else the program's signal or exit."""
     report = result.report
-    counts: dict[str, Any] = {}
+    counts = test_counts(tests)
     if tests is not None:
         passed, failed = tests
-        counts = {"tests_passed": passed, "tests_failed": failed}
         if report.signal is None and report.exit_code == 0:
             return Verdict(Status.OK, f"{plural(passed, 'test')} passed", counts)
         if report.signal is None and report.exit_code == 1 and failed:
@@ -149,6 +148,14 @@ def program_end(result: ChildResult, lim: PhaseLimits,
         return Verdict(Status.RUNTIME_ERROR,
                        f"the program exited with status {report.exit_code}{note}", {}, counts)
     return Verdict(Status.OK, "the program exited normally", {}, counts)
+
+
+def test_counts(tests: tuple[int, int] | None) -> dict[str, Any]:
+    """The final event's counts of a run of tests (``tests``: passed, failed): also when a
+    limit or a cancel ended it, then those seen so far."""
+    if tests is None:
+        return {}
+    return {"tests_passed": tests[0], "tests_failed": tests[1]}
 
 
 def plural(n: int, noun: str) -> str:

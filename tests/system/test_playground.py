@@ -182,6 +182,17 @@ def test_a_program_with_tests_and_no_main_runs_them_verbosely(daemon):
     assert "main\n" not in output(events, "forced")
 
 
+def test_a_test_run_stopped_by_a_limit_reports_the_counts_so_far(daemon):
+    code = ('package main\n\nimport (\n\t"testing"\n\t"time"\n)\n\n'
+            'func TestA(t *testing.T) {}\n\nfunc TestB(t *testing.T) {}\n\n'
+            'func TestC(t *testing.T) { t.Error("no") }\n\n'
+            'func TestSlow(t *testing.T) { time.Sleep(time.Hour) }\n')
+    events = daemon.run({"id": "s", "code": code, "limits": {"wall_ms": 3000}})
+    done = finals(events)["s"]
+    assert done["status"] == "timeout", done
+    assert (done["tests_passed"], done["tests_failed"]) == (2, 1), done
+
+
 def test_a_test_that_does_not_compile_names_the_file_that_was_sent(daemon):
     events = daemon.run({"id": "tc", "code": TESTS.replace("func TestPass", "func TestPass(")})
     assert finals(events)["tc"]["status"] == "compile_error"

@@ -151,3 +151,8 @@ def test_program_end(name, result, tests, expected):
 def test_plural():
     assert verdict.plural(1, "test") == "1 test"
     assert verdict.plural(0, "issue") == "0 issues"
+
+
+def test_test_counts_are_kept_whatever_ended_the_run():
+    assert verdict.test_counts(None) == {}
+    assert verdict.test_counts((2, 1)) == {"tests_passed": 2, "tests_failed": 1}
