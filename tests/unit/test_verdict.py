@@ -151,3 +151,21 @@ def test_program_end(name, result, tests, expected):
 def test_plural():
     assert verdict.plural(1, "test") == "1 test"
     assert verdict.plural(0, "issue") == "0 issues"
+
+
+# A request on several toolchains: (name, their statuses, cancelled, the deciding one's index)
+OK, CE, RE, CA = Status.OK, Status.COMPILE_ERROR, Status.RUNTIME_ERROR, Status.CANCELLED
+SEVERAL = [
+    ("all ok: the last", [OK, OK, OK], False, 2),
+    ("one: itself", [RE], False, 0),
+    ("the first that is not ok", [OK, CE, RE], False, 1),
+    ("the first even when a later one is worse", [RE, Status.INTERNAL_ERROR], False, 0),
+    ("cancelled: the cancelled one, before an earlier failure", [CE, CA, CA], True, 1),
+    ("a cancel after the last ended: as if none came", [OK, RE], True, 1),
+]
+
+
+@pytest.mark.parametrize(("name", "statuses", "cancelled", "index"), SEVERAL,
+                         ids=[row[0] for row in SEVERAL])
+def test_deciding_toolchain(name, statuses, cancelled, index):
+    assert verdict.deciding_toolchain(statuses, cancelled) == index
