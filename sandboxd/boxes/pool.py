@@ -377,6 +377,28 @@ class BoxPool:
             self._end_session(box)
         self._release_session_lock(box.session_id)
 
+    def exchange(self, box: Box) -> Box:
+        """A request that holds the anonymous ``box`` (its processes gone) gets a clean box in
+        its place and keeps its turn (its slot): ``box`` is wiped and made ready again, as
+        after a request.  For a request that runs one program after another, each of which
+        must not see what the one before wrote (``sandboxd.jobs.versions``)."""
+        if box.session_id is not None:
+            raise ValueError(f"{box} belongs to a session: it is not exchanged")
+        fresh = self._take_box(None)  # first: when it cannot be had, nothing has changed
+        client = self.holder.pop(box.number, NO_CLIENT)
+        self.busy.discard(box.number)
+        self._taken.pop(box.number, None)
+        box.in_use = False
+        box.last_used = self.now()
+        self.clock.callLater(0, self._recycle, box)
+        fresh.in_use = True
+        fresh.last_used = self.now()
+        fresh.runs += 1
+        self.busy.add(fresh.number)
+        self._taken[fresh.number] = fresh
+        self.holder[fresh.number] = client
+        return fresh
+
     def _release_session_lock(self, session_id: str) -> None:
         """Let the session's next request go; forget the lock when nobody waits for it."""
         lock = self.session_locks.get(session_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -30,6 +30,16 @@ from sandboxd.wire.request import Request
 log = Logger()
 
 Emit = Callable[[dict[str, Any]], None]
+
+
+class Boxes(Protocol):
+    """Where a job gets its box and gives it back (``BoxPool`` is one)."""
+
+    def acquire(self, session_id: str | None, client: str = NO_CLIENT,
+                disk_mb: int | None = None) -> defer.Deferred[Box]: ...
+    def release(self, box: Box) -> None: ...
+
+
 _job_numbers = itertools.count(1)
 
 
@@ -37,8 +47,11 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
     """Runs one ``Request``; every path out of it sends exactly one final event."""
 
     def __init__(self, runtime: Runtime, request: Request, emit: Emit,
-                 client: str = NO_CLIENT) -> None:
+                 client: str = NO_CLIENT, boxes: Boxes | None = None) -> None:
         self.rt = runtime
+        # Where its box comes from and goes back to: the pool, or a request that runs
+        # several programs one after another (``sandboxd.jobs.versions``).
+        self.boxes: Boxes = boxes if boxes is not None else runtime.pool
         self.request = request
         self.emit = emit
         self.client = client  # whose share of the queue and sessions it takes (pool.py)
@@ -140,7 +153,7 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
             if self.box is not None:
                 box, self.box = self.box, None
                 try:
-                    self.rt.pool.release(box)
+                    self.boxes.release(box)
                 except Exception:
                     log.failure("giving back {box} after request {id}", box=box,
                                 id=self.request.id)
@@ -148,8 +161,8 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
     async def _serve(self) -> None:
         req = self.request
         try:
-            self._waiting = self.rt.pool.acquire(req.session_id, self.client,
-                                                 req.limits.run.disk_mb)
+            self._waiting = self.boxes.acquire(req.session_id, self.client,
+                                               req.limits.run.disk_mb)
             self.box = await self._waiting
         except QueueFull as e:
             self._finish(Status.QUEUE_FULL, str(e))

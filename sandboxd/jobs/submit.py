@@ -15,6 +15,7 @@ from twisted.internet import defer
 
 from sandboxd import __version__
 from sandboxd.jobs.job import Job, Runtime
+from sandboxd.jobs.versions import Versions
 from sandboxd.status import Phase, Status
 from sandboxd.wire.events import final_event
 from sandboxd.wire.request import Request
@@ -25,7 +26,7 @@ Emit = Callable[[dict[str, Any]], None]
 class Handle:
     """A submitted request: start it once, then cancel it, feed its stdin, pause or resume it."""
 
-    def __init__(self, requests: Requests, job: Job) -> None:
+    def __init__(self, requests: Requests, job: Job | Versions) -> None:
         self._requests = requests
         self.job = job
         self.done: defer.Deferred[None] | None = None
@@ -76,12 +77,14 @@ class Requests:
     def __init__(self, runtime: Runtime | None) -> None:
         self.runtime = runtime
         # Every request started and not ended, with the Deferred that fires at its end.
-        self.live: dict[Job, defer.Deferred[None]] = {}
+        self.live: dict[Job | Versions, defer.Deferred[None]] = {}
 
     def submit(self, request: Request, emit: Emit, client: str | None = None) -> Handle:
         """A handle on ``request`` (not started yet: register it, then ``start()``).
         ``client``: who the request counts as where the queue is shared out (None: its own)."""
         kwargs = {"client": client} if client is not None else {}
+        if request.toolchains:  # "go" as a list: a run on each (sandboxd.jobs.versions)
+            return Handle(self, Versions(self.runtime, request, emit, **kwargs))
         return Handle(self, Job(self.runtime, request, emit, **kwargs))
 
     def ended(self, seconds: float, clock: Any) -> defer.Deferred[bool]:

@@ -11,6 +11,9 @@ rule has a row in ``tests/unit/test_verdict.py``.  The order of the rules is the
    box it killed as signal 9 too); without a cgroup, exit status 2 after Go's "out of memory";
 4. for a build, a limit the toolchain met as a failing call (``build_limit``);
 5. for a run, tests' counts, then the program's own end: a signal, an exit status, or normal.
+
+A request on several toolchains (``sandboxd.jobs.versions``) gets each toolchain's verdict by
+these rules, and its own status from theirs by ``deciding_toolchain``.
 """
 
 from __future__ import annotations
@@ -156,6 +159,15 @@ def test_counts(tests: tuple[int, int] | None) -> dict[str, Any]:
     if tests is None:
         return {}
     return {"tests_passed": tests[0], "tests_failed": tests[1]}
+
+
+def deciding_toolchain(statuses: list[Status], cancelled: bool) -> int:
+    """Which toolchain's end is the end of a request on several (``statuses`` in the request's
+    order): the first ``cancelled`` one when the request was cancelled; else the first one that
+    is not ``ok``; all ``ok``: the last one."""
+    if cancelled and Status.CANCELLED in statuses:
+        return statuses.index(Status.CANCELLED)
+    return next((i for i, s in enumerate(statuses) if s is not Status.OK), len(statuses) - 1)
 
 
 def plural(n: int, noun: str) -> str:

@@ -18,6 +18,7 @@ SESSION_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 FILE_PART = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}\Z")
 MAX_FILE_DEPTH = 4
 MAX_NESTING = 16
+MAX_TOOLCHAINS = 4  # names in one request's ``go`` list (a run on each, one after another)
 
 REQUEST_FIELDS = {
     "run": {"type", "id", "code", "files", "session_id", "limits", "stdin", "interactive",
@@ -65,6 +66,9 @@ class Request:
     stdin: bytes = b""
     interactive: bool = False
     go: str | None = None  # a toolchain name; None: the default one
+    # ``go`` as a list: the toolchains to build and run on, in order (``jobs/versions.py``);
+    # empty for a request on one toolchain (``go``)
+    toolchains: tuple[str, ...] = ()
     test: bool = False  # run the package's tests even when it has a main
     options: TestOptions = field(default_factory=TestOptions)  # test_json, bench (testopts)
 
@@ -129,6 +133,9 @@ def parse_line(
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r} for a {kind!r} request", request_id)
     go = obj.get("go")
+    several: tuple[str, ...] = ()
+    if isinstance(go, list):
+        several, go = _several_toolchains(go, kind, toolchains, request_id), None
     if go is not None and (not isinstance(go, str) or go not in toolchains):
         known = ", ".join(sorted(toolchains)) or "none"
         raise BadRequest(f"unknown Go toolchain {go!r} (this server has: {known})", request_id)
@@ -177,12 +184,35 @@ def parse_line(
         options = test_options(obj)
     except OptionError as e:
         raise BadRequest(str(e), request_id) from None
+    if several and (session_id is not None or interactive):
+        what = "'session_id'" if session_id is not None else "'interactive'"
+        raise BadRequest(f"{what} cannot be used with several toolchains: each runs in a "
+                         "fresh box, with the same 'stdin'", request_id)
     # Assigned only now: a refused line never used up an id, and its final event says null.
     return Request(
         id=request_id or new_request_id(), files=files, limits=limits, session_id=session_id,
         type=kind, stdin=stdin_bytes, interactive=interactive, go=go,
-        test=_flag(obj, "test", request_id), options=options,
+        test=_flag(obj, "test", request_id), options=options, toolchains=several,
     )
+
+
+def _several_toolchains(names: list[Any], kind: str, toolchains: Collection[str],
+                        request_id: str | None) -> tuple[str, ...]:
+    """``go`` as a list: 1 to ``MAX_TOOLCHAINS`` known toolchain names, each once."""
+    if kind != "run":
+        raise BadRequest(f"field 'go' must be one toolchain name for a {kind!r} request "
+                         "(a list is for 'run')", request_id)
+    if not 1 <= len(names) <= MAX_TOOLCHAINS:
+        raise BadRequest(f"field 'go' as a list names 1 to {MAX_TOOLCHAINS} toolchains, "
+                         f"not {len(names)}", request_id)
+    known = ", ".join(sorted(toolchains)) or "none"
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or name not in toolchains:
+            raise BadRequest(f"unknown Go toolchain {name!r} (this server has: {known})",
+                             request_id)
+        if name in names[:i]:
+            raise BadRequest(f"toolchain {name!r} is named twice in 'go'", request_id)
+    return tuple(names)
 
 
 def _control(obj: dict[str, Any], kind: str, target: str | None, allowed: set[str]) -> Control:

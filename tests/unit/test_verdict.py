@@ -156,3 +156,19 @@ def test_plural():
 def test_test_counts_are_kept_whatever_ended_the_run():
     assert verdict.test_counts(None) == {}
     assert verdict.test_counts((2, 1)) == {"tests_passed": 2, "tests_failed": 1}
+# A request on several toolchains: (name, their statuses, cancelled, the deciding one's index)
+OK, CE, RE, CA = Status.OK, Status.COMPILE_ERROR, Status.RUNTIME_ERROR, Status.CANCELLED
+SEVERAL = [
+    ("all ok: the last", [OK, OK, OK], False, 2),
+    ("one: itself", [RE], False, 0),
+    ("the first that is not ok", [OK, CE, RE], False, 1),
+    ("the first even when a later one is worse", [RE, Status.INTERNAL_ERROR], False, 0),
+    ("cancelled: the cancelled one, before an earlier failure", [CE, CA, CA], True, 1),
+    ("a cancel after the last ended: as if none came", [OK, RE], True, 1),
+]
+
+
+@pytest.mark.parametrize(("name", "statuses", "cancelled", "index"), SEVERAL,
+                         ids=[row[0] for row in SEVERAL])
+def test_deciding_toolchain(name, statuses, cancelled, index):
+    assert verdict.deciding_toolchain(statuses, cancelled) == index
