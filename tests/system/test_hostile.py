@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Daemon, finals, go_main, output
-from tests.hostile import beside, box_uids, lingering, program, strict_end
+from tests.hostile import SPIN_CPU_MS, beside, box_uids, lingering, program, strict_end
 
 CANARY_VAR = "SANDBOXD_TEST_CANARY"
 CANARY = "canary-7f3a9c1e-do-not-leak"
@@ -89,7 +89,7 @@ def test_memory_spread_over_processes_is_memory_limit(daemon):
 
 def test_cpu_spin_is_cpu_timeout(daemon):
     events = beside(daemon, {"files": program("cpuspin"),
-                             "limits": {"cpu_ms": 500, "wall_ms": 20000}})
+                             "limits": {"cpu_ms": SPIN_CPU_MS, "wall_ms": 20000}})
     final = final_of(events)
     assert final["status"] == "timeout" and "cpu" in final["message"].lower(), final
     assert final["wall_ms"] < 15000
