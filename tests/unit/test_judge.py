@@ -5,6 +5,7 @@ phase against fake children (tests/unit/fakechild.py)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -223,3 +224,14 @@ def test_judging_never_runs_tests(tmp_path):
     code = "package main\nimport \"testing\"\nfunc TestX(t *testing.T) {}\n"
     job, _ = make(tmp_path, code=code, cases=[{"stdin": "", "expected": ""}])
     assert not job.testing
+
+
+def test_each_case_has_a_cgroup_of_its_own(tmp_path):
+    job, _ = make(tmp_path, cases=[{"stdin": "", "expected": ""}] * 3)
+    names: list[str] = []
+    job.rt.cgroups = SimpleNamespace(version=1, create=lambda name, limits: names.append(name))
+    job.rt.driver.wipe_box = lambda box, mb: None
+    FakeChild.expect(*[Expect(Phase.RUN).ends(exit_code=0)] * 3)
+    run(job)
+    first = names[0]
+    assert first.startswith("run-") and names == [first, f"{first}-2", f"{first}-3"]
