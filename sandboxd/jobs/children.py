@@ -30,7 +30,7 @@ class Children:
             cgroup = self.rt.cgroups.create(self._cgroup_name(run), run.limits)
         run.cgroup = cgroup
         child = self.child_factory(self.rt.reactor, self.rt.driver, run, sink, stdin)
-        if self.paused:
+        if self.paused and self.request.cases is None:  # a judged case's output is not sent
             child.pauseProducing()
         if self.cancel_reason is not None:
             child.stopped_for = "cancelled"

@@ -105,7 +105,8 @@ class Job(BuildPhase, RunPhase, JudgePhase, ToolPhases, Children):
 
     def pause(self) -> None:
         self.paused = True
-        if self.child is not None:
+        # A judged case's output goes to the daemon (bounded), not to the slow client.
+        if self.child is not None and self.request.cases is None:
             self.child.pauseProducing()
         if self.held is not None:
             self.held.child.pauseProducing()

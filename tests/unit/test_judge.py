@@ -235,3 +235,19 @@ def test_each_case_has_a_cgroup_of_its_own(tmp_path):
     run(job)
     first = names[0]
     assert first.startswith("run-") and names == [first, f"{first}-2", f"{first}-3"]
+
+
+def test_a_slow_client_does_not_pause_a_judged_case(tmp_path):
+    """Its output goes to the daemon, not to the client: a paused case would only run into
+    its wall time because the client reads slowly."""
+    job, _ = make(tmp_path, cases=[{"stdin": "", "expected": ""}] * 2)
+    job.rt.driver.wipe_box = lambda box, mb: None
+    job.pause()
+    FakeChild.expect(Expect(Phase.RUN).pending(), Expect(Phase.RUN))
+    got: list[Any] = []
+    job.start().addBoth(got.append)
+    first = FakeChild.made[0]
+    job.pause()
+    assert not first.paused
+    first.finish()
+    assert got == [None] and not FakeChild.made[1].paused
