@@ -1,4 +1,5 @@
-"""``sandboxd-client``: run, test, vet and format Go code on a sandboxd, like the go command.
+"""``sandboxd-client``: run, test, vet and format Go code on a sandboxd, like the go command
+(and ``judge``: a program's output on each case of a cases file against the expected one).
 
 ``run`` behaves like ``go run``: output appears live on the matching stream, this process's
 stdin is forwarded to the program, Ctrl-C cancels the request, and the exit status is the
@@ -270,6 +271,63 @@ def _common(request: dict[str, Any], args: argparse.Namespace) -> None:
         request["limits"] = limits
 
 
+def read_cases(path: str) -> list[Any]:
+    """A cases file: a JSON array of {"stdin": ..., "expected": ..., "name": ...} objects, sent
+    as it is (the server checks each)."""
+    text = _read_text(Path(path))
+    try:
+        cases = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"{path}: not JSON ({e})") from None
+    if not isinstance(cases, list):
+        raise UsageError(f'{path}: a JSON array of {{"stdin": ..., "expected": ...}} is needed')
+    return cases
+
+
+def _case_line(event: dict[str, Any]) -> str:
+    """One judged case, one line: its number and name, its verdict, where it went wrong."""
+    name = f" ({_shown(event['name'])})" if event.get("name") else ""
+    verdict = event.get("verdict")
+    line = f"case {event.get('case')}{name}: {_shown(verdict)}"
+    if event.get("wall_ms") is not None:
+        line += f" ({event['wall_ms']} ms)"
+    if verdict == "wrong_answer":
+        line += (f": line {event.get('line')}: expected {_quoted(event.get('expected'))}, "
+                 f"got {_quoted(event.get('got'))}")
+    elif verdict != "accepted":
+        line += f": {_shown(event.get('message', ''))}"
+    return line
+
+
+def _quoted(line: Any) -> str:
+    return "(nothing)" if line is None else _shown(json.dumps(line, ensure_ascii=False))
+
+
+@defer.inlineCallbacks
+def _judge(reactor: Any, args: argparse.Namespace):
+    if len(args.paths) < 2:
+        raise UsageError("judge needs the program's files (or directory) and a cases file")
+    files = read_sources(args.paths[:-1])
+    cases = read_cases(args.paths[-1])
+    conn = yield api.connect(reactor, args.connect)
+    request: dict[str, Any] = {"type": "run", "id": _new_id("judge"), "files": files,
+                               "cases": cases}
+    _common(request, args)
+
+    def on_event(event: dict[str, Any]) -> None:
+        if "case" in event:
+            print(_case_line(event), flush=True)
+        elif not event.get("done"):  # the build's diagnostics
+            _write(event.get("stream", "stderr"), event)
+
+    final = yield conn.request(request, on_event)
+    conn.close()
+    if final.get("status") != "ok":
+        return _reason(final)
+    print(_shown(final.get("message", "")))
+    return 0 if final.get("cases_accepted") == final.get("cases_total") else EXIT_OTHER
+
+
 @defer.inlineCallbacks
 def _vet(reactor: Any, args: argparse.Namespace):
     files = read_sources(args.paths)
@@ -364,6 +422,14 @@ def parser() -> argparse.ArgumentParser:
                    help="lower a limit, e.g. run.wall_ms=2000; repeatable")
     b.add_argument("bench", metavar="REGEXP")
     b.add_argument("paths", nargs="+", metavar="FILE|DIR")
+    j = sub.add_parser("judge", help="run the program on each case of a cases file and "
+                                     "compare its output with the expected one")
+    j.add_argument("--go", help="toolchain name (see: version)")
+    j.add_argument("--limit", action="append", metavar="PHASE.NAME=N",
+                   help="lower a limit (each case's), e.g. run.wall_ms=2000; repeatable")
+    j.add_argument("paths", nargs="+", metavar="FILE|DIR",
+                   help='the program\'s files or directory, then the cases file: a JSON array '
+                        'of {"stdin": "...", "expected": "...", "name": "..."}')
     f = sub.add_parser("fmt", help="gofmt files in place (or -d: print a diff)")
     f.add_argument("-d", dest="diff", action="store_true", help="print diffs, change nothing")
     f.add_argument("--go", help="toolchain name")
@@ -377,6 +443,7 @@ COMMANDS = {
     "test": lambda r, a: _run(r, a, test=True),
     "bench": _run,
     "vet": _vet,
+    "judge": _judge,
     "fmt": _fmt,
     "version": _version,
 }

@@ -24,6 +24,15 @@ class Status(StrEnum):
         return self is not Status.OK
 
 
+class CaseStatus(StrEnum):
+    """A judged case's own verdicts (``cases`` of a run), besides the limit statuses above
+    (``timeout``, ``memory_limit``, ``output_limit``, ``runtime_error``) a case can end with.
+    Never a request's ``status``: a request that judged its cases ends ``ok``."""
+
+    ACCEPTED = "accepted"
+    WRONG_ANSWER = "wrong_answer"
+
+
 class Phase(StrEnum):
     """Where a request was when it ended."""
 

@@ -432,6 +432,16 @@ class BoxPool:
             or now - box.created > self.settings.session_max_age_s
         )
 
+    def session_expires_in(self, box: Box) -> float:
+        """Seconds from now until the session of ``box`` expires if no request uses it again:
+        its idle time counted from now (its request is ending), within its maximum age; 0
+        when it ends with its running request.  Its box is kept at least that long; the first
+        cleanup after that removes it."""
+        if box.expired:
+            return 0.0
+        s = self.settings
+        return max(0.0, min(s.session_idle_s, box.created + s.session_max_age_s - self.now()))
+
     def _end_session(self, box: Box) -> None:
         if self.sessions.get(box.session_id or "") is box:
             del self.sessions[box.session_id or ""]

@@ -12,10 +12,12 @@ from twisted.logger import Logger
 
 from sandboxd.boxes.box import Box
 from sandboxd.boxes.pool import NO_CLIENT, QueueFull
+from sandboxd.clock import ms_after
 from sandboxd.golang import gotest
 from sandboxd.jobs import verdict
 from sandboxd.jobs.build import BuildPhase
 from sandboxd.jobs.children import Children
+from sandboxd.jobs.judge import JudgePhase
 from sandboxd.jobs.output import Output, Stdin
 from sandboxd.jobs.run import HeldRun, RunPhase
 from sandboxd.jobs.runtime import Runtime
@@ -43,7 +45,7 @@ class Boxes(Protocol):
 _job_numbers = itertools.count(1)
 
 
-class Job(BuildPhase, RunPhase, ToolPhases, Children):
+class Job(BuildPhase, RunPhase, JudgePhase, ToolPhases, Children):
     """Runs one ``Request``; every path out of it sends exactly one final event."""
 
     def __init__(self, runtime: Runtime, request: Request, emit: Emit,
@@ -71,7 +73,8 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
         self.run_ms: int | None = None
         self.extra_fields: dict[str, Any] = {}
         self.toolchain = runtime.toolchains.get(request.go or "", runtime.toolchain)
-        self.testing = request.type == "run" and (
+        # Judging (``cases``) runs a program, never tests.
+        self.testing = request.type == "run" and request.cases is None and (
             request.options.bench is not None or gotest.wants_tests(request.files, request.test))
         self.tests: gotest.Counter | None = None
         self.test_view: TestEvents | BenchResults | None = None  # test_json, bench
@@ -117,7 +120,8 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
 
     def pause(self) -> None:
         self.paused = True
-        if self.child is not None:
+        # A judged case's output goes to the daemon (bounded), not to the slow client.
+        if self.child is not None and self.request.cases is None:
             self.child.pauseProducing()
         if self.held is not None:
             self.held.child.pauseProducing()
@@ -198,6 +202,9 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
             self._finish(Status.INTERNAL_ERROR, f"the built program cannot be run ({e})")
             return
         self.phase = Phase.RUN
+        if req.cases is not None:
+            self._end(await self._judge(build.binary))
+            return
         self._end(await self._run(build.binary))
 
     def _stopped(self, result: ChildResult, phase: Phase) -> verdict.Verdict | None:
@@ -252,6 +259,11 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
             fields["session_id"] = self.request.session_id
             if self.box is not None:  # its box was made for it: no file of earlier requests
                 fields["session_new"] = self.box.runs == 1
+                try:  # when it ends if not used again (the pool's clock, told as Unix ms)
+                    fields["session_expires_at"] = ms_after(
+                        self.rt.pool.session_expires_in(self.box))
+                except Exception:
+                    log.failure("the expiry of session {s}", s=self.request.session_id)
         if self.rt.node is not None:
             fields["node"] = self.rt.node
         fields.update(extra)

@@ -116,7 +116,7 @@ class RunPhase:
         phase apart."""
         rt, box = self.rt, self.box
         if (box is None or rt.cgroups.version is None or rt.driver.own_cgroups
-                or self.request.interactive):
+                or self.request.interactive or self.request.cases is not None):
             return
         whole = rt.driver.can_hold
         prog = self._make_prog_dir()

@@ -10,7 +10,9 @@ rule has a row in ``tests/unit/test_verdict.py``.  The order of the rules is the
    the CPU limit where no cgroup bounds the phase (RLIMIT_CPU's hard limit; isolate reports a
    box it killed as signal 9 too); without a cgroup, exit status 2 after Go's "out of memory";
 4. for a build, a limit the toolchain met as a failing call (``build_limit``);
-5. for a run, tests' counts, then the program's own end: a signal, an exit status, or normal.
+5. for a run, tests' counts, then the program's own end: a signal, an exit status, or normal;
+6. for a judged case (``case_end``), after all of the above: its output against the expected
+   one (``answer.first_difference``): ``accepted`` or ``wrong_answer``.
 
 A request on several toolchains (``sandboxd.jobs.versions``) gets each toolchain's verdict by
 these rules, and its own status from theirs by ``deciding_toolchain``.
@@ -23,9 +25,10 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandboxd.jobs import answer
 from sandboxd.limits import PhaseLimits
 from sandboxd.sandbox.child import SIGNAL_NAMES, ChildResult
-from sandboxd.status import Phase, Status
+from sandboxd.status import CaseStatus, Phase, Status
 
 SIGXCPU = int(signal.SIGXCPU)  # RLIMIT_CPU's soft limit was reached
 SIGKILL = int(signal.SIGKILL)  # RLIMIT_CPU's hard limit, or isolate's own kill
@@ -45,6 +48,20 @@ class Verdict:
     # Tests' counts when the tests' own verdict did not decide: among the request's fields
     counts: dict[str, Any] = field(default_factory=dict)
 
+
+@dataclass(frozen=True)
+class CaseVerdict:
+    """One judged case's end: ``accepted``, ``wrong_answer`` or the status a limit or the
+    program's own failure gave it; its message and its case event's extra fields."""
+
+    verdict: CaseStatus | Status
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+# A stop in a case that ends the whole request (it is not the case's verdict): the sandbox
+# failed, or the request was cancelled.
+REQUEST_ENDS = (Status.INTERNAL_ERROR, Status.CANCELLED)
 
 # What a phase ends with: its verdict and the child whose end it is (None: no child ran).
 Ending = tuple[Verdict, ChildResult | None]
@@ -173,3 +190,20 @@ def deciding_toolchain(statuses: list[Status], cancelled: bool) -> int:
 def plural(n: int, noun: str) -> str:
     """``1 test``, ``2 tests``."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def case_end(result: ChildResult, lim: PhaseLimits, stop: Verdict | None, expected: bytes,
+             got: bytes, cut: bool) -> CaseVerdict:
+    """A judged case's verdict.  ``stop`` is ``stopped``'s (one of ``REQUEST_ENDS`` ends the
+    request instead, and never comes here): a limit is the case's verdict; then the program's
+    own failure (``runtime_error``, whatever it wrote); then its stdout ``got`` (``cut``: only
+    its start was kept) against ``expected``."""
+    if stop is not None:
+        return CaseVerdict(stop.status, stop.message, stop.fields)
+    end = program_end(result, lim)
+    if end.status is not Status.OK:
+        return CaseVerdict(end.status, end.message, end.fields)
+    difference = answer.first_difference(expected, got, cut)
+    if difference is None:
+        return CaseVerdict(CaseStatus.ACCEPTED, "the output is the expected one")
+    return CaseVerdict(CaseStatus.WRONG_ANSWER, difference.message(), difference.fields())

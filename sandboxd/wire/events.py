@@ -156,3 +156,25 @@ def final_event(
     }
     event.update(fields)
     return event
+
+
+def case_event(
+    request_id: str,
+    index: int,
+    verdict: str,
+    message: str,
+    **fields: Any,
+) -> dict[str, Any]:
+    """One judged case's verdict (a request with ``cases``): ``case`` is its index in the
+    request's ``cases``; never ``done``, never ``stream``."""
+    event: dict[str, Any] = {
+        "id": request_id,
+        "case": index,
+        "phase": str(Phase.RUN),
+        "verdict": verdict,
+        "message": message,
+        "is_error": verdict != "accepted",
+        "timestamp": now_ms(),
+    }
+    event.update(fields)
+    return event

@@ -22,7 +22,7 @@ MAX_TOOLCHAINS = 4  # names in one request's ``go`` list (a run on each, one aft
 
 REQUEST_FIELDS = {
     "run": {"type", "id", "code", "files", "session_id", "limits", "stdin", "interactive",
-            "go", "test", "test_json", "bench", "benchtime"},
+            "go", "test", "test_json", "bench", "benchtime", "cases"},
     "fmt": {"type", "id", "code", "go"},
     "vet": {"type", "id", "code", "files", "limits", "go"},
     "version": {"type", "id"},
@@ -31,6 +31,11 @@ REQUEST_FIELDS = {
     "cancel": {"type", "id"},
 }
 CONTROL_TYPES = ("stdin", "cancel")
+# Judging (``cases``): at most this many cases in one request; their ``stdin`` and ``expected``
+# texts together at most ``SourceLimits.max_stdin_bytes``.
+MAX_CASES = 64
+CASE_FIELDS = {"stdin", "expected", "name"}
+MAX_CASE_NAME = 64
 
 _counter = itertools.count(1)
 
@@ -54,6 +59,15 @@ class SourceLimits:
     max_stdin_bytes: int = 1024 * 1024  # a run's whole stdin, given at once or interactively
 
 
+@dataclass(frozen=True)
+class Case:
+    """One case to judge a program on: its whole stdin and the output expected of it."""
+
+    stdin: bytes
+    expected: bytes
+    name: str | None = None
+
+
 @dataclass
 class Request:
     """A checked request to build and run Go source."""
@@ -71,6 +85,7 @@ class Request:
     toolchains: tuple[str, ...] = ()
     test: bool = False  # run the package's tests even when it has a main
     options: TestOptions = field(default_factory=TestOptions)  # test_json, bench (testopts)
+    cases: tuple[Case, ...] | None = None  # judge the program on these (see ``_cases``)
 
 
 @dataclass
@@ -188,11 +203,23 @@ def parse_line(
         what = "'session_id'" if session_id is not None else "'interactive'"
         raise BadRequest(f"{what} cannot be used with several toolchains: each runs in a "
                          "fresh box, with the same 'stdin'", request_id)
+    test = _flag(obj, "test", request_id)
+    cases = None
+    if "cases" in obj:
+        given = [name for name, on in (("stdin", "stdin" in obj), ("interactive", interactive),
+                                       ("test", test), ("session_id", session_id is not None),
+                                       ("test_json", options.test_json),
+                                       ("bench", options.bench is not None),
+                                       ("go as a list", bool(several)))
+                 if on]
+        if given:
+            raise BadRequest(f"give either 'cases' or {given[0]!r}, not both", request_id)
+        cases = _cases(obj["cases"], request_id, sources)
     # Assigned only now: a refused line never used up an id, and its final event says null.
     return Request(
         id=request_id or new_request_id(), files=files, limits=limits, session_id=session_id,
-        type=kind, stdin=stdin_bytes, interactive=interactive, go=go,
-        test=_flag(obj, "test", request_id), options=options, toolchains=several,
+        type=kind, stdin=stdin_bytes, interactive=interactive, go=go, test=test,
+        options=options, toolchains=several, cases=cases,
     )
 
 
@@ -213,6 +240,47 @@ def _several_toolchains(names: list[Any], kind: str, toolchains: Collection[str]
         if name in names[:i]:
             raise BadRequest(f"toolchain {name!r} is named twice in 'go'", request_id)
     return tuple(names)
+
+
+def _cases(cases: Any, request_id: str | None, sources: SourceLimits) -> tuple[Case, ...]:
+    """A judging request's cases: 1 to ``MAX_CASES`` objects of ``stdin`` and ``expected``
+    (strings) and an optional ``name``; their texts together within ``max_stdin_bytes``.  The
+    cases are the program's only input: not with ``stdin``, ``interactive`` or ``test``, nor
+    with a session (each case runs in a clean box; a session's box keeps its files): the
+    caller refuses those."""
+    if not isinstance(cases, list) or not cases:
+        raise BadRequest("field 'cases' must be a non-empty array of "
+                         "{\"stdin\": ..., \"expected\": ...}", request_id)
+    if len(cases) > MAX_CASES:
+        raise BadRequest(f"too many cases: {len(cases)} (at most {MAX_CASES})", request_id)
+    out: list[Case] = []
+    total = 0
+    for i, case in enumerate(cases):
+        where = f"cases[{i}]"
+        if not isinstance(case, dict):
+            raise BadRequest(f"{where} must be an object of 'stdin' and 'expected'", request_id)
+        unknown = sorted(set(case) - CASE_FIELDS)
+        if unknown:
+            raise BadRequest(f"unknown field {unknown[0]!r} in {where} (known: expected, name, "
+                             "stdin)", request_id)
+        texts = []
+        for key in ("stdin", "expected"):
+            value = case.get(key)
+            if not isinstance(value, str):
+                raise BadRequest(f"{where}.{key} (a string) is required", request_id)
+            texts.append(_encode(value))
+        total += sum(len(t) for t in texts)
+        if total > sources.max_stdin_bytes:
+            raise BadRequest(
+                f"the cases' stdin and expected texts are larger than this server's maximum "
+                f"({sources.max_stdin_bytes} bytes in all)", request_id)
+        name = case.get("name")
+        if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= MAX_CASE_NAME
+                                 or not name.isprintable()):
+            raise BadRequest(f"{where}.name must be a string of 1-{MAX_CASE_NAME} printable "
+                             "characters", request_id)
+        out.append(Case(texts[0], texts[1], name))
+    return tuple(out)
 
 
 def _control(obj: dict[str, Any], kind: str, target: str | None, allowed: set[str]) -> Control:

@@ -73,10 +73,15 @@ def test_session_from_header_and_path(web):
     write = go_main('os.WriteFile("f", []byte("kept"), 0o644)', imports=("os",))
     read = go_main('b, _ := os.ReadFile("f"); fmt.Print(string(b))', imports=("fmt", "os"))
     _, events = post_ndjson(port, "/v1/run", {"code": write}, {"Sandboxd-Session": "hs1"})
-    assert events[-1][1]["session_id"] == "hs1"
+    first = events[-1][1]
+    assert (first["session_id"], first["session_new"]) == ("hs1", True)
     _, events = post_ndjson(port, "/v1/sessions/hs1/run", {"code": read})
     assert "".join(e.get("output", "") for _, e in events) == "kept"
-    assert events[-1][1]["session_id"] == "hs1"
+    second = events[-1][1]
+    assert (second["session_id"], second["session_new"]) == ("hs1", False)
+    # When the session expires if not used again (Unix ms, a string): later with each use.
+    assert int(second["session_expires_at"]) > int(first["session_expires_at"])
+    assert int(second["session_expires_at"]) > int(second["timestamp"])
     status, _, body = exchange(port, "POST", "/v1/run",
                                json.dumps({"code": read, "session_id": "other"}).encode(),
                                {"Sandboxd-Session": "hs1"})

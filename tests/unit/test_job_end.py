@@ -5,6 +5,7 @@ the failure to do so is logged.  The real-daemon side is in tests/system/test_sh
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,13 +37,19 @@ class FakePool:
         if self.fail_release:
             raise RuntimeError("the driver could not wipe the box")
 
+    def session_expires_in(self, box: Box) -> float:
+        if self.fail_release:
+            raise RuntimeError("the pool's bookkeeping failed")
+        return 90.0
 
-def make_job(pool: FakePool, cls: type[Job]) -> tuple[Job, list[dict[str, Any]]]:
+
+def make_job(pool: FakePool, cls: type[Job], **fields: Any
+             ) -> tuple[Job, list[dict[str, Any]]]:
     toolchain = SimpleNamespace(name="default", version="go1.27.3")
     rt = Runtime(reactor=None, driver=None, pool=pool, cgroups=None, toolchain=toolchain,
                  binaries=None, jobs_dir=Path("/nonexistent"), metrics=Metrics())
-    request = parse_line(json.dumps({"id": "r", "code": "package main\nfunc main() {}\n"})
-                         .encode(), LimitPolicy())
+    request = parse_line(json.dumps({"id": "r", "code": "package main\nfunc main() {}\n",
+                                     **fields}).encode(), LimitPolicy())
     events: list[dict[str, Any]] = []
     return cls(rt, request, events.append), events
 
@@ -114,3 +121,26 @@ def test_a_failing_release_is_logged_not_lost(logged):
     assert len(finals(events)) == 1 and pool.released == [pool.box]
     assert any("log_failure" in e and "giving back" in e.get("log_format", "")
                for e in logged), logged
+
+
+def test_a_session_request_says_when_its_session_expires(logged):
+    pool = FakePool()
+    pool.box.session_id, pool.box.runs = "s", 2
+    job, events = make_job(pool, FailingBuild, session_id="s")
+    before = time.time_ns() // 1_000_000
+    run(job)
+    [final] = finals(events)
+    after = time.time_ns() // 1_000_000
+    assert final["session_new"] is False
+    expires = final["session_expires_at"]
+    assert isinstance(expires, str)  # Unix ms as a string, as ``timestamp``
+    assert before + 90_000 <= int(expires) <= after + 90_000
+
+
+def test_a_failing_expiry_costs_only_the_field(logged):
+    pool = FakePool(fail_release=True)
+    job, events = make_job(pool, FailingBuild, session_id="s")
+    run(job)
+    [final] = finals(events)
+    assert "session_expires_at" not in final and final["session_id"] == "s"
+    assert any("the expiry of session" in e.get("log_format", "") for e in logged)

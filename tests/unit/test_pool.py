@@ -452,6 +452,22 @@ def test_a_session_in_use_when_it_expires_ends_when_its_request_does():
     assert got(pool.acquire("s")) is not box
 
 
+def test_a_session_tells_when_it_expires_if_not_used_again():
+    pool, _, clock = make_pool()  # idle 20 min, at most 30 min old
+    box = got(pool.acquire("s"))
+    assert pool.session_expires_in(box) == 20 * MIN  # idle time, from now
+    clock.advance(12 * MIN)
+    assert pool.session_expires_in(box) == 18 * MIN  # its maximum age comes first
+    pool.release(box)
+    clock.advance(18 * MIN)  # kept at least that long (cleanups at 15 and 30 min: not past)
+    assert pool.sessions.get("s") is box
+    clock.advance(35 * MIN)
+    assert "s" not in pool.sessions
+    other = got(pool.acquire("t"))
+    clock.advance(35 * MIN)  # in use when it expired: it ends with its request
+    assert other.expired and pool.session_expires_in(other) == 0
+
+
 def test_cleanup_runs_every_period():
     pool, _, clock = make_pool(cleanup_period_s=10, session_idle_s=5)
     pool.release(got(pool.acquire("s")))

@@ -119,3 +119,9 @@ def test_exchange_gives_a_clean_box_and_keeps_the_turn():
     assert first.number in driver.wiped or first.number in driver.destroyed
     pool.release(second)
     assert got(other) is not None
+
+
+def test_a_list_is_not_for_judging():
+    assert "either 'cases' or 'go as a list'" in refused(
+        {"id": "r", "code": "x", "go": ["old", "default"],
+         "cases": [{"stdin": "", "expected": ""}]})
