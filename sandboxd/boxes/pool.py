@@ -30,7 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from sandboxd.boxes.box import Box
-from sandboxd.boxes.hostfs import INODES_PER_MB
+from sandboxd.boxes.quota import SessionQuota
 from sandboxd.boxes.slots import FairSlots, QueueFull
 
 log = Logger()
@@ -49,18 +49,6 @@ class Driver(Protocol):
     def create_box(self, box: Box, disk_mb: int) -> None: ...
     def destroy_box(self, box: Box) -> None: ...
     def wipe_box(self, box: Box, disk_mb: int) -> None: ...
-# Kernel memory of one tmpfs inode with its dentry (charged to the memory cgroup, not counted
-# in the tmpfs size): measured 0.96 KiB for an empty file with a short name and 1.46 KiB with a
-# 248-byte name (cgroup v1, Linux 6.18; bench/flood.py memory).  A box of disk_mb MiB may hold
-# INODES_PER_MB files per MiB besides its data, so it holds at most its size and this each:
-INODE_BYTES = 1536
-
-
-def box_memory_mb(disk_mb: int) -> int:
-    """The most memory a box's files can hold: its tmpfs size and its inodes."""
-    return disk_mb + -(-disk_mb * INODES_PER_MB * INODE_BYTES // (1024 * 1024))
-
-
 # The client of callers that name none (the health check, unit tests): one client.
 NO_CLIENT = "-"
 
@@ -96,10 +84,7 @@ class BoxPool:
         self.slots = FairSlots(settings.boxes)
         self.sessions: dict[str, Box] = {}
         self.session_locks: dict[str, defer.DeferredLock] = {}
-        # Of each live (or starting) session: the client that began it, and the MiB its box
-        # may grow to (the largest run.disk_mb any of its requests asked for).
-        self.session_owner: dict[str, str] = {}
-        self.session_mb: dict[str, int] = {}
+        self.quota = SessionQuota(settings, self._live_sessions, self.cleanup)
         self.ready: list[Box] = []
         self.busy: set[int] = set()
         self._taken: dict[int, Box] = {}  # the boxes requests hold now, by number
@@ -146,8 +131,7 @@ class BoxPool:
         self.ready.clear()
         self.sessions.clear()
         self._taken.clear()
-        self.session_owner.clear()
-        self.session_mb.clear()
+        self.quota.clear()
 
     @property
     def running(self) -> int:
@@ -219,12 +203,10 @@ class BoxPool:
         its place (pushing a heavier client's newest waiter out if the queue is full)."""
         s = self.settings
         need = 0
-        new = False
         if session_id is not None:
-            new = session_id not in self.sessions and session_id not in self.session_locks
-            if new:
-                self._check_new_session(client)
-            need = self._memory_needed(session_id, disk_mb)
+            if session_id not in self._live_sessions():
+                self.quota.check_new(client)
+            need = self.quota.memory_needed(session_id, disk_mb)
         mine = self.waiting_by.get(client, 0)
         if mine >= s.max_queue_per_client:
             raise QueueFull(
@@ -237,63 +219,11 @@ class BoxPool:
         ):
             raise QueueFull(f"the queue is full ({s.max_queue} waiting)")
         if session_id is not None:
-            self.session_mb[session_id] = need
-            self.session_owner.setdefault(session_id, client)
+            self.quota.reserve(session_id, client, need)
 
-    def _check_new_session(self, client: str) -> None:
-        s = self.settings
-        if self._session_count() >= s.max_sessions:
-            self.cleanup()
-            if self._session_count() >= s.max_sessions:
-                raise QueueFull(f"too many live sessions ({s.max_sessions})")
-        if self._sessions_of(client) >= s.max_sessions_per_client:
-            self.cleanup()
-            owned = self._sessions_of(client)
-            if owned >= s.max_sessions_per_client:
-                raise QueueFull(
-                    f"this client already has {owned} live sessions, its share "
-                    f"({s.max_sessions_per_client}); end one or wait for one to expire")
-
-    def _memory_needed(self, session_id: str, disk_mb: int | None) -> int:
-        """The size the session's box may have after this request: the largest ``disk_mb``
-        any of its requests has asked for (a tmpfs cannot shrink below what it holds).
-        ``QueueFull`` when all session boxes together could then hold more memory (files
-        and their inodes: ``box_memory_mb``) than ``max_box_memory_mb``."""
-        bound = self.settings.max_box_memory_mb
-        had = self.session_mb.get(session_id, 0)
-        need = max(had, disk_mb or self.settings.disk_mb)
-        if need == had or bound is None:
-            return need
-        held = self.session_memory_mb - box_memory_mb(had)
-        if held + box_memory_mb(need) > bound:
-            self.cleanup()
-            held = self.session_memory_mb - box_memory_mb(self.session_mb.get(session_id, 0))
-            if held + box_memory_mb(need) > bound:
-                raise QueueFull(
-                    f"session boxes would hold more memory than this server allows ({bound} "
-                    f"MiB): {held} MiB are taken by live sessions and this session's box "
-                    f"needs {box_memory_mb(need)} MiB (run.disk_mb {need}, and its inodes); "
-                    "ask for less disk_mb, or try again when sessions have ended")
-        return need
-
-    @property
-    def session_memory_mb(self) -> int:
-        """The most memory session boxes can hold together now (files and inodes)."""
-        return sum(box_memory_mb(mb) for mb in self.session_mb.values())
-
-    def _session_count(self) -> int:
+    def _live_sessions(self) -> set[str]:
         """Live sessions, and new ones whose first request still waits: each will hold a box."""
-        return len(self.sessions.keys() | self.session_locks.keys())
-
-    def _sessions_of(self, client: str) -> int:
-        return sum(1 for sid in self.sessions.keys() | self.session_locks.keys()
-                   if self.session_owner.get(sid) == client)
-
-    def _forget_session(self, session_id: str) -> None:
-        """A session with no box and no request left: its reservation and owner go."""
-        if session_id not in self.sessions and session_id not in self.session_locks:
-            self.session_owner.pop(session_id, None)
-            self.session_mb.pop(session_id, None)
+        return self.sessions.keys() | self.session_locks.keys()
 
     async def _acquire(self, session_id: str | None, client: str) -> Box:
         try:
@@ -321,6 +251,9 @@ class BoxPool:
             if session_id is not None:
                 self._release_session_lock(session_id)
             raise
+        return self._hand_out(box, client)
+
+    def _hand_out(self, box: Box, client: str) -> Box:
         box.in_use = True
         box.last_used = self.now()
         box.runs += 1
@@ -333,7 +266,7 @@ class BoxPool:
         if session_id is not None:
             box = self.sessions.get(session_id)
             if box is None:  # made no bigger than the session reserved
-                box = self._new_box(session_id, self.session_mb.get(session_id))
+                box = self._new_box(session_id, self.quota.mb.get(session_id))
                 self.sessions[session_id] = box
             return box
         if self.ready:
@@ -372,7 +305,7 @@ class BoxPool:
         if self.stopped and self.sessions.get(box.session_id or "") is box:
             del self.sessions[box.session_id or ""]
             self._destroy(box)
-            self._forget_session(box.session_id)
+            self.quota.forget(box.session_id)
         elif box.expired or self._expired(box):
             self._end_session(box)
         self._release_session_lock(box.session_id)
@@ -391,13 +324,7 @@ class BoxPool:
         box.in_use = False
         box.last_used = self.now()
         self.clock.callLater(0, self._recycle, box)
-        fresh.in_use = True
-        fresh.last_used = self.now()
-        fresh.runs += 1
-        self.busy.add(fresh.number)
-        self._taken[fresh.number] = fresh
-        self.holder[fresh.number] = client
-        return fresh
+        return self._hand_out(fresh, client)
 
     def _release_session_lock(self, session_id: str) -> None:
         """Let the session's next request go; forget the lock when nobody waits for it."""
@@ -407,7 +334,7 @@ class BoxPool:
         lock.release()
         if not lock.locked and not lock.waiting:
             del self.session_locks[session_id]
-            self._forget_session(session_id)
+            self.quota.forget(session_id)
 
     def _recycle(self, box: Box) -> None:
         """Wipe a used anonymous box and keep it ready (or drop it when enough are)."""
@@ -426,28 +353,18 @@ class BoxPool:
     # -- sessions --------------------------------------------------------------------------
 
     def _expired(self, box: Box) -> bool:
-        now = self.now()
-        return (
-            now - box.last_used > self.settings.session_idle_s
-            or now - box.created > self.settings.session_max_age_s
-        )
+        return self.quota.expired(box, self.now())
 
     def session_expires_in(self, box: Box) -> float:
-        """Seconds from now until the session of ``box`` expires if no request uses it again:
-        its idle time counted from now (its request is ending), within its maximum age; 0
-        when it ends with its running request.  Its box is kept at least that long; the first
-        cleanup after that removes it."""
-        if box.expired:
-            return 0.0
-        s = self.settings
-        return max(0.0, min(s.session_idle_s, box.created + s.session_max_age_s - self.now()))
+        """Seconds from now until the session of ``box`` expires (``SessionQuota``)."""
+        return self.quota.expires_in(box, self.now())
 
     def _end_session(self, box: Box) -> None:
         if self.sessions.get(box.session_id or "") is box:
             del self.sessions[box.session_id or ""]
         self._destroy(box)
         if box.session_id is not None:
-            self._forget_session(box.session_id)
+            self.quota.forget(box.session_id)
         log.info("session {session} ended; {box} removed", session=box.session_id, box=box)
 
     def cleanup(self) -> None:

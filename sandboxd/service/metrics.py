@@ -54,7 +54,7 @@ class _DaemonState:
         yield GaugeMetricFamily(
             "sandboxd_session_box_memory_bytes", "Memory session boxes' files may hold "
             "together now (their reserved sizes; bound: --max-box-memory-mb)",
-            value=pool.session_memory_mb * 1024 * 1024)
+            value=pool.quota.memory_mb * 1024 * 1024)
         yield GaugeMetricFamily("sandboxd_connections", "Open client connections",
                                 value=self.connections())
         cache = CounterMetricFamily(

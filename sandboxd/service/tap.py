@@ -12,7 +12,7 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from sandboxd.boxes.pool import box_memory_mb
+from sandboxd.boxes.quota import box_memory_mb
 from sandboxd.golang.toolchain import ToolchainError, find_goroot
 from sandboxd.limits import LimitError, LimitPolicy
 from sandboxd.sandbox.driver import DriverError

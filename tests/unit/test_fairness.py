@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
 
-from sandboxd.boxes.pool import QueueFull, box_memory_mb
+from sandboxd.boxes.pool import QueueFull
+from sandboxd.boxes.quota import box_memory_mb
 from sandboxd.jobs.submit import Requests
 from sandboxd.sandbox.cgroup import CgroupSupport
 from sandboxd.service.assemble import default_box_memory_mb
@@ -149,21 +150,21 @@ def test_a_box_holds_at_most_its_size_and_its_inodes():
 def test_session_boxes_together_are_bounded_in_memory():
     pool, _, clock = make_pool(boxes=3, max_box_memory_mb=100, disk_mb=64)
     pool.release(got(pool.acquire("a", "x", 64)))
-    assert pool.session_memory_mb == 88
+    assert pool.quota.memory_mb == 88
     message = refused(pool.acquire("b", "y", 64))
     assert message.startswith("session boxes would hold more memory than this server allows "
                               "(100 MiB): 88 MiB are taken by live sessions and this "
                               "session's box needs 88 MiB (run.disk_mb 64, and its inodes)")
-    assert "b" not in pool.session_mb and "b" not in pool.session_owner
+    assert "b" not in pool.quota.mb and "b" not in pool.quota.owner
     pool.release(got(pool.acquire(None, "y", 1024)))  # anonymous boxes keep nothing
     pool.release(got(pool.acquire("a", "x", 72)))  # the same session may grow within it
-    assert pool.session_memory_mb == 99
+    assert pool.quota.memory_mb == 99
     assert "needs 101 MiB" in refused(pool.acquire("a", "x", 73))
     pool.release(got(pool.acquire("a", "x", 8)))  # a smaller request keeps its largest
-    assert pool.session_mb == {"a": 72}
+    assert pool.quota.mb == {"a": 72}
     clock.advance(21 * MIN)
     assert got(pool.acquire("b", "y", 64)).session_id == "b"
-    assert pool.session_mb == {"b": 64}
+    assert pool.quota.mb == {"b": 64}
 
 
 def test_a_session_box_is_made_with_the_size_it_reserved():
@@ -172,19 +173,19 @@ def test_a_session_box_is_made_with_the_size_it_reserved():
     create = driver.create_box
     driver.create_box = lambda box, mb: (sizes.__setitem__(box.number, mb), create(box, mb))
     box = got(pool.acquire("a", "x", 10))
-    assert pool.session_mb == {"a": 10} and sizes[box.number] == 10
+    assert pool.quota.mb == {"a": 10} and sizes[box.number] == 10
     assert got(pool.acquire("b", "x")).session_id == "b"  # no disk_mb: the default size
-    assert pool.session_mb == {"a": 10, "b": 64}
+    assert pool.quota.mb == {"a": 10, "b": 64}
 
 
 def test_a_new_session_that_never_ran_gives_its_reservation_back():
     pool, _, _ = make_pool(boxes=1, max_box_memory_mb=200, disk_mb=10)
     busy = got(pool.acquire(None, "x"))
     waiter = pool.acquire("s", "x", 80)
-    assert pool.session_memory_mb == 110
+    assert pool.quota.memory_mb == 110
     waiter.addErrback(lambda f: f.trap(defer.CancelledError))
     waiter.cancel()
-    assert pool.session_memory_mb == 0 and pool.session_owner == {}
+    assert pool.quota.memory_mb == 0 and pool.quota.owner == {}
     pool.release(busy)
     pool.release(got(pool.acquire("t", "y", 100)))
 
