@@ -60,6 +60,7 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
         self.testing = request.type == "run" and gotest.wants_tests(request.files, request.test)
         self.tests: gotest.Counter | None = None
         self.renamed: dict[str, str] = {}
+        self.goexperiment = ""  # from //GOEXPERIMENT= header lines, read by the build or vet
         self.stdin = Stdin(request.id, request.interactive)
         # The run's sandbox, set up while the build runs and held until the program is there.
         self.held: HeldRun | None = None

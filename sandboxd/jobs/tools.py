@@ -90,6 +90,10 @@ class ToolPhases:
     async def _vet(self) -> Ending:
         """``go vet`` over the sources; findings stream as cleaned stderr lines."""
         files, tc = dict(self.request.files), self.toolchain
+        refused = self._read_experiments()
+        if refused is not None:
+            self._send("stderr", refused.diagnostics.encode())
+            return Verdict(refused.status, refused.message), None
         files["go.mod"] = tc.with_go_line(files["go.mod"]) if "go.mod" in files else tc.go_mod()
         job_dir = self._make_job_dir()
         lines = _LineCleaner(self)
