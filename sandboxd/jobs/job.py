@@ -29,6 +29,8 @@ from sandboxd.wire.request import Request
 log = Logger()
 
 Emit = Callable[[dict[str, Any]], None]
+NO_GOIMPORTS = ("this server cannot fix imports: goimports is not installed (its operator can "
+                "install Debian's golang-golang-x-tools)")
 _job_numbers = itertools.count(1)
 
 
@@ -145,6 +147,9 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
 
     async def _serve(self) -> None:
         req = self.request
+        if req.type == "fmt" and req.imports and self.rt.goimports is None:
+            self._finish(Status.BAD_REQUEST, NO_GOIMPORTS)  # what this server cannot do
+            return
         try:
             self._waiting = self.rt.pool.acquire(req.session_id, self.client,
                                                  req.limits.run.disk_mb)
