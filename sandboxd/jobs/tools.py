@@ -72,27 +72,32 @@ class ToolPhases:
         formatted = dict(req.files)
         result = None
         if names:
-            job_dir = self._make_job_dir()
+            goimports = self.rt.goimports if req.imports else None
+            alone = formatter.alone(names, goimports)  # gofmt of its stdin: no files
+            job_dir = None if alone else self._make_job_dir()
             try:
-                src = job_dir / "src"
-                hostfs.make_private_dir(src, 0, 0, 0o755)
-                hostfs.write_tree(src, {name: req.files[name] for name in names})
+                mounts = [Mount(tc.goroot, GOROOT_INSIDE)]
+                if job_dir is not None:
+                    src = job_dir / "src"
+                    hostfs.make_private_dir(src, 0, 0, 0o755)
+                    hostfs.write_tree(src, {name: req.files[name] for name in names})
+                    mounts.append(Mount(src, SOURCE_INSIDE))
                 run = SandboxRun(
-                    phase=Phase.BUILD, box=box,
-                    argv=formatter.argv(names, self.rt.goimports if req.imports else None),
-                    env=tc.build_env(), cwd="/tmp", limits=req.limits.build,
-                    mounts=[Mount(tc.goroot, GOROOT_INSIDE), Mount(src, SOURCE_INSIDE)],
+                    phase=Phase.BUILD, box=box, argv=formatter.argv(names, goimports),
+                    env=tc.build_env(), cwd="/tmp", limits=req.limits.build, mounts=mounts,
                     with_workspace=False,
                 )
                 collected = Collector(self.rt_source_cap(), stop_when_full=True)
-                result = await self._child(run, collected)
+                result = await self._child(run, collected, req.files[names[0]] if alone else b"")
             finally:
-                hostfs.remove_scratch_dir(job_dir)
+                if job_dir is not None:
+                    hostfs.remove_scratch_dir(job_dir)
             stop = self._stopped(result, Phase.BUILD)
             if stop is not None:
                 return stop, result
             try:
-                answer = formatter.read_answer(collected.joined("stdout"), len(names))
+                answer = formatter.read_answer(collected.joined("stdout"), len(names),
+                                               result.report.exit_code if alone else None)
             except formatter.FormatterError as e:
                 log.error("request {id}: {e}", id=req.id, e=e)
                 return Verdict(Status.INTERNAL_ERROR, f"internal error: {e}"), result

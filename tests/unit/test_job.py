@@ -164,28 +164,41 @@ def test_stdin_over_the_limit_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(("exit_code", "stdout", "stderr", "status", "message"), [
-    (0, b"0 13\npackage main\n", b"", Status.OK, "formatted"),
-    (1, b"failed 0\n", b"<standard input>:1:1: expected 'package'\n", Status.COMPILE_ERROR,
+    (0, b"package main\n", b"", Status.OK, "formatted"),
+    (2, b"", b"<standard input>:1:1: expected 'package'\n", Status.COMPILE_ERROR,
      "gofmt found syntax errors"),
 ])
-def test_fmt(tmp_path, monkeypatch, exit_code, stdout, stderr, status, message):
+def test_fmt_of_one_go_file_is_gofmt_alone(tmp_path, monkeypatch, exit_code, stdout, stderr,
+                                           status, message):
     kept = keep_job_dirs(monkeypatch)
     job, events = make(tmp_path, type="fmt")
-    FakeChild.expect(Expect(Phase.BUILD).output("stdout", stdout)
+    FakeChild.expect(Expect(Phase.BUILD, ["/go/bin/gofmt"]).output("stdout", stdout)
                      .output("stderr", stderr).ends(exit_code=exit_code))
     run(job)
     [child] = FakeChild.made
-    assert child.run.argv[-2:] == ["", "main.go"]  # no goimports; the one file
-    [job_dir] = kept  # the source is a file at /src, read-only
-    assert (job_dir / "src" / "main.go").read_bytes() == job.request.files["main.go"]
-    assert [(m.host, m.inside, m.writable) for m in child.run.mounts][1:] == [
-        (job_dir / "src", "/src", False)]
+    assert child.stdin == job.request.files["main.go"]  # the source goes in on stdin
+    assert kept == [] and len(child.run.mounts) == 1  # no files: the toolchain alone
     end = final(events)
     assert (end["status"], end["message"]) == (status, message)
     if status is Status.OK:
         assert end["code"] == "package main\n" and end["changed"] is True
     else:
         assert outputs(events) == [("stderr", "build", "main.go:1:1: expected 'package'\n")]
+
+
+def test_fmt_of_one_go_mod_goes_through_the_box_script(tmp_path, monkeypatch):
+    kept = keep_job_dirs(monkeypatch)
+    job, events = make(tmp_path, type="fmt", code=None, files={"go.mod": "module  m"})
+    FakeChild.expect(Expect(Phase.BUILD).output("stdout", b"0 9\nmodule m\n"))
+    run(job)
+    [child] = FakeChild.made
+    assert child.run.argv[:2] == ["/bin/sh", "-c"] and child.run.argv[-2:] == ["", "go.mod"]
+    [job_dir] = kept  # the file is at /src, read-only
+    assert (job_dir / "src" / "go.mod").read_bytes() == b"module  m"
+    assert [(m.host, m.inside, m.writable) for m in child.run.mounts][1:] == [
+        (job_dir / "src", "/src", False)]
+    end = final(events)
+    assert end["files"] == {"go.mod": "module m\n"} and end["changed"] is True
 
 
 ARCHIVE = ("package main\nfunc main(){}\n-- go.mod --\nmodule  m\n-- notes.txt --\n  as  is"
@@ -244,7 +257,7 @@ def test_fmt_with_imports_runs_goimports_or_says_this_server_cannot(tmp_path, mo
 def test_an_answer_of_the_box_that_cannot_be_read_is_an_internal_error(tmp_path, monkeypatch,
                                                                          stdout):
     keep_job_dirs(monkeypatch)
-    job, events = make(tmp_path, type="fmt")
+    job, events = make(tmp_path, type="fmt", code="package main\n-- go.mod --\nmodule m\n")
     FakeChild.expect(Expect(Phase.BUILD).output("stdout", stdout))
     run(job)
     assert final(events)["status"] == Status.INTERNAL_ERROR
