@@ -4,15 +4,19 @@
 The experiment here is ``heapminimum512kib`` (go1.27's internal/goexperiment): off by default,
 and a build with it sets the build tag ``goexperiment.heapminimum512kib``, so a program can say
 which way it was built.  A build with any experiment compiles its standard-library packages
-again (the shared cache holds them built without one): ~12 s on this 2-core machine, so those
+again (the shared cache holds them built without one): 5-12 s on this 2-core machine, so those
 requests get more build time.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+
 import pytest
 
 from tests.harness import Daemon, finals, output
+from tests.httpface import exchange, http_daemon
 from tests.system.test_heldbuild import one_launcher
 
 EXPERIMENT = "heapminimum512kib"
@@ -85,3 +89,17 @@ def test_a_header_the_go_command_cannot_be_given_is_a_compile_error_naming_it(da
     with daemon.connect() as client:  # the daemon and the connection go on
         client.send({"id": "after", "code": "package main\n\nfunc main() { println(1) }\n"})
         assert finals(client.read_until_done("after"))["after"]["status"] == "ok"
+
+
+def test_the_playgrounds_compile_reads_the_header_too():
+    """go.dev/play's /compile: the header reaches the build as on the Playground."""
+    d, port = http_daemon()
+    try:
+        status, _, body = exchange(port, "POST", "/compile", urllib.parse.urlencode(
+            {"version": "2", "body": "// GOEXPERIMENT=bogusexperiment\npackage main\n\n"
+                                     "func main() {}\n"}).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"})
+    finally:
+        d.cleanup()
+    assert status == 200
+    assert json.loads(body)["Errors"] == "go: unknown GOEXPERIMENT bogusexperiment\n"
