@@ -32,7 +32,7 @@ RUN case "$SANDBOX" in isolate|bubblewrap) ;; \
       *) echo "SANDBOX must be isolate or bubblewrap, not '$SANDBOX'" >&2; exit 1;; esac \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
-      ca-certificates curl bubblewrap util-linux python3 python3-venv \
+      ca-certificates curl bubblewrap util-linux python3 python3-venv golang-golang-x-tools \
  && if [ "$SANDBOX" = isolate ]; then \
       suite=${ISOLATE_SUITE:-$(. /etc/os-release && echo "$VERSION_CODENAME")-isolate} \
       && install -d -m 0755 /etc/apt/keyrings \

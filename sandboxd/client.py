@@ -349,7 +349,12 @@ def _fmt(reactor: Any, args: argparse.Namespace):
         paths = sorted(path.rglob("*.go")) if path.is_dir() else [path]
         for p in paths:
             source = _read_text(p)
-            request: dict[str, Any] = {"type": "fmt", "id": _new_id("fmt"), "code": source}
+            # One file, sent as ``files`` (never read as an archive); a go.mod as itself.
+            name = "go.mod" if p.name == "go.mod" else "main.go"
+            request: dict[str, Any] = {"type": "fmt", "id": _new_id("fmt"),
+                                       "files": {name: source}}
+            if args.imports:
+                request["imports"] = True
             _common(request, args)
             errors: list[str] = []
 
@@ -360,10 +365,10 @@ def _fmt(reactor: Any, args: argparse.Namespace):
             final = yield conn.request(request, collect)
             if final.get("status") != "ok":
                 text = "".join(errors) or f"{final.get('status')}: {final.get('message')}\n"
-                sys.stderr.write(text.replace("main.go:", f"{p}:"))
+                sys.stderr.write(text.replace(f"{name}:", f"{p}:"))
                 status = 2 if final.get("status") == "compile_error" else _reason(final)
                 continue
-            formatted = final["code"]
+            formatted = final["files"][name]
             if formatted == source:
                 continue
             if args.diff:
@@ -430,8 +435,11 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("paths", nargs="+", metavar="FILE|DIR",
                    help='the program\'s files or directory, then the cases file: a JSON array '
                         'of {"stdin": "...", "expected": "...", "name": "..."}')
-    f = sub.add_parser("fmt", help="gofmt files in place (or -d: print a diff)")
+    f = sub.add_parser("fmt", help="gofmt files in place (or -d: print a diff); a go.mod "
+                                   "named here as the go command formats it")
     f.add_argument("-d", dest="diff", action="store_true", help="print diffs, change nothing")
+    f.add_argument("-imports", "--imports", dest="imports", action="store_true",
+                   help="goimports: add missing imports, remove unused ones")
     f.add_argument("--go", help="toolchain name")
     f.add_argument("paths", nargs="+", metavar="FILE|DIR")
     sub.add_parser("version", help="sandboxd's version and its Go toolchains")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what sandboxd needs from Debian, when it is missing: a Python that can make a virtual
-# environment, and a sandbox (isolate if present, else bubblewrap plus util-linux's setpriv and
-# prlimit). As root on Debian, install; otherwise say exactly what is missing.
+# environment, goimports (golang-golang-x-tools), and a sandbox (isolate if present, else
+# bubblewrap plus util-linux's setpriv and prlimit). As root on Debian, install; otherwise say
+# exactly what is missing.
 #   scripts/sandbox-tools.sh           what the daemon needs
 #   scripts/sandbox-tools.sh --test    also what the test suite drives (socat, nc, openssl,
 #                                        systemd-analyze, haproxy, headless chromium +
@@ -11,6 +12,8 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3}
 need=()
 "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# goimports for fmt requests with imports: where every box sees it (under /usr).
+[ -x /usr/bin/goimports ] || [ -x /usr/local/bin/goimports ] || need+=(golang-golang-x-tools)
 if ! command -v isolate >/dev/null 2>&1; then
   command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)

@@ -166,9 +166,6 @@ class Toolchain:
         # -trimpath: vet reads the standard library compiled exactly as warm() compiled it.
         return [f"{GOROOT_INSIDE}/bin/go", "vet", *BUILD_FLAGS, "./..."]
 
-    def gofmt_argv(self) -> list[str]:
-        return [f"{GOROOT_INSIDE}/bin/gofmt"]
-
     def go_mod(self) -> bytes:
         return f"module sandbox\n\ngo {self.go_directive}\n".encode()
 

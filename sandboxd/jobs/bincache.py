@@ -1,7 +1,8 @@
 """Built programs, kept outside every box so the same source is never built twice.
 
 The key covers every input of the build: each file's name and bytes, the toolchain's identity,
-the build flags, and the build's limits: a program is never served to a request whose own
+the build flags, what the request adds to the build's environment (``GOEXPERIMENT``), and the
+build's limits: a program is never served to a request whose own
 build settings differ from the build that made it (a request whose build limits would not let
 it build gets its own answer, never another request's program).  Entries are written only by
 the daemon (root-owned, read-only), copied out of the build box without following links,
@@ -47,9 +48,12 @@ class BinaryCache:
 
     @staticmethod
     def key(files: dict[str, bytes], toolchain_ident: str, flags: tuple[str, ...],
-            limits: PhaseLimits) -> str:
+            limits: PhaseLimits, env: dict[str, str] | None = None) -> str:
+        """``env``: what the build's environment adds to the toolchain's (GOEXPERIMENT)."""
         digest = hashlib.sha256()
         digest.update(f"toolchain {toolchain_ident}\nflags {' '.join(flags)}\n".encode())
+        for name, value in sorted((env or {}).items()):
+            digest.update(f"env {len(name)} {name} {len(value)} {value}\n".encode())
         settings = " ".join(f"{name}={value}" for name, value in sorted(limits.as_dict().items()))
         digest.update(f"limits {settings}\n".encode())
         for name in sorted(files):

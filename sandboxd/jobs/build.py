@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from sandboxd.boxes import hostfs
 from sandboxd.boxes.hostfs import MIB
-from sandboxd.golang import diagnostics, gotest
+from sandboxd.golang import diagnostics, experiments, gotest
 from sandboxd.golang.modules import MODCACHE_INSIDE, PROXY_INSIDE
 from sandboxd.golang.toolchain import (
     BUILD_FLAGS,
@@ -62,13 +62,16 @@ class BuildPhase:
         Waiting for another request's build can be cancelled like any wait.
         """
         req, rt, tc = self.request, self.rt, self.toolchain
+        refused = self._read_experiments()
+        if refused is not None:
+            return refused
         files = dict(req.files)
         files["go.mod"] = tc.with_go_line(files["go.mod"]) if "go.mod" in files else tc.go_mod()
         flags: tuple[str, ...] = BUILD_FLAGS
         if self.testing:
             files, self.renamed = gotest.as_test_package(files)
             flags = (*BUILD_FLAGS, "test")
-        key = BinaryCache.key(files, tc.ident, flags, req.limits.build)
+        key = BinaryCache.key(files, tc.ident, flags, req.limits.build, self._build_env_extra())
         leading = False
 
         def lead() -> defer.Deferred[BuildOutcome]:
@@ -103,6 +106,21 @@ class BuildPhase:
         rt.count("cache_misses")
         return await self._compile(files, key)
 
+    def _read_experiments(self) -> BuildOutcome | None:
+        """``//GOEXPERIMENT=`` header lines (``sandboxd.golang.experiments``) into
+        ``self.goexperiment``; an outcome only when they cannot be given to the go command."""
+        try:
+            self.goexperiment = experiments.of_files(self.request.files)
+        except experiments.ExperimentError as e:
+            return BuildOutcome(None, Status.COMPILE_ERROR, "the program did not compile",
+                                diagnostics=f"{e}\n")
+        return None
+
+    def _build_env_extra(self) -> dict[str, str]:
+        """What this request's builds add to the toolchain's environment (part of the
+        binary cache's and the in-flight key)."""
+        return {"GOEXPERIMENT": self.goexperiment} if self.goexperiment else {}
+
     def _make_job_dir(self) -> Path:
         """The build's own directory (src, out, mods), a tmpfs of the build's ``disk_mb``."""
         job_dir = self.rt.jobs_dir / str(self.number)
@@ -115,6 +133,7 @@ class BuildPhase:
         held = self.rt.held_builds
         if held is None or self.box is None or not (
             self.request.type == "run" and not self.testing and self.rt.modules is None
+            and not self._build_env_extra()  # launched with the toolchain's environment
             and self.toolchain is held.toolchain and self.request.limits.build == held.limits
         ):
             return None
@@ -134,7 +153,7 @@ class BuildPhase:
             hostfs.make_private_dir(src, 0, 0, 0o755)
             hostfs.write_tree(src, files)
             hostfs.make_private_dir(out, box.uid, box.gid, 0o700)
-        env = tc.build_env()
+        env = {**tc.build_env(), **self._build_env_extra()}
         mounts = build_mounts(tc, job_dir)
         if modules is not None:
             if not (out / "go.mod").exists():

@@ -33,7 +33,8 @@ log = Logger()
 
 Emit = Callable[[dict[str, Any]], None]
 
-
+NO_GOIMPORTS = ("this server cannot fix imports: goimports is not installed (its operator can "
+                "install Debian's golang-golang-x-tools)")
 class Boxes(Protocol):
     """Where a job gets its box and gives it back (``BoxPool`` is one)."""
 
@@ -79,6 +80,7 @@ class Job(BuildPhase, RunPhase, JudgePhase, ToolPhases, Children):
         self.tests: gotest.Counter | None = None
         self.test_view: TestEvents | BenchResults | None = None  # test_json, bench
         self.renamed: dict[str, str] = {}
+        self.goexperiment = ""  # from //GOEXPERIMENT= header lines, read by the build or vet
         self.stdin = Stdin(request.id, request.interactive)
         # The run's sandbox, set up while the build runs and held until the program is there.
         self.held: HeldRun | None = None
@@ -164,6 +166,9 @@ class Job(BuildPhase, RunPhase, JudgePhase, ToolPhases, Children):
 
     async def _serve(self) -> None:
         req = self.request
+        if req.type == "fmt" and req.imports and self.rt.goimports is None:
+            self._finish(Status.BAD_REQUEST, NO_GOIMPORTS)  # what this server cannot do
+            return
         try:
             self._waiting = self.boxes.acquire(req.session_id, self.client,
                                                req.limits.run.disk_mb)

@@ -47,6 +47,7 @@ class Runtime:
     stats: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     node: str | None = None  # --node-name: every request's final event names its daemon
+    goimports: str | None = None  # where boxes find goimports (fmt with imports); None: none
     # Clean-ups put off until a request's final event is written (its build and program
     # directories): a shutdown waits for them before it sweeps what is left.
     put_off: set[defer.Deferred[None]] = field(default_factory=set)

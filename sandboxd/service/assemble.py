@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from sandboxd.boxes import hostfs
 from sandboxd.boxes.pool import MAX_BOX_NUMBER, BoxPool, PoolSettings
-from sandboxd.golang import toolchain
+from sandboxd.golang import formatter, toolchain
 from sandboxd.golang.modules import ModuleSource
 from sandboxd.golang.toolchain import Toolchain
 from sandboxd.jobs.bincache import BinaryCache
@@ -97,6 +97,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         modules=(ModuleSource(cache=Path(s.gomodcache).resolve()) if s.gomodcache
                  else ModuleSource(proxy=s.goproxy) if s.goproxy else None),
         node=s.node_name or default_node_name(),
+        goimports=formatter.find_goimports(s.goimports),
     )
     if s.hold_builds:
         held = runtime.held_builds = HeldBuilds(

@@ -126,6 +126,10 @@ class SandboxDaemon(service.MultiService):
             log.info("limit mechanism: {line}", line=line)
         if self.runtime.modules is not None:
             log.info("{modules}", modules=self.runtime.modules.describe())
+        log.info("{goimports}", goimports=(
+            f"goimports: {self.runtime.goimports} (fmt requests with imports)"
+            if self.runtime.goimports else "no goimports (apt-get install "
+            "golang-golang-x-tools): fmt requests with imports are refused"))
         if self.swept:
             log.info("removed {n} cgroups a previous daemon left", n=self.swept)
         if self.checked:

@@ -55,6 +55,7 @@ class Settings:
     max_box_memory_mb: int | None = None
     drain_time: float = 0
     node_name: str | None = None  # None: the host name (default_node_name)
+    goimports: str = "auto"  # auto, off or a path under /usr (formatter.goimports_option)
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:

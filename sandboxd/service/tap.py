@@ -13,6 +13,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from sandboxd.boxes.quota import box_memory_mb
+from sandboxd.golang import formatter
 from sandboxd.golang.toolchain import ToolchainError, find_goroot
 from sandboxd.limits import LimitError, LimitPolicy
 from sandboxd.sandbox.driver import DriverError
@@ -112,6 +113,9 @@ class Options(usage.Options):
         ["held-builds", None, "on", "on: each ready box's next build is launched ahead of "
          "the request and waits (a new program saves ~6-15 ms; docs/performance.md); off",
          _on_off],
+        ["goimports", None, "auto", "for fmt requests with imports: auto (goimports under "
+         "/usr when there: Debian's golang-golang-x-tools), off (such requests are refused) or "
+         "a path under /usr", formatter.goimports_option],
         ["sandbox", None, "auto", "auto, isolate or bubblewrap (auto: isolate when installed)"],
         ["cgroups", None, "auto", "auto (use cgroup v2 or v1 where usable), off (rlimits "
          "only, as on a host with neither) or isolate (isolate's own --cg, cgroup v2)"],

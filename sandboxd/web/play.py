@@ -15,7 +15,8 @@ end in the Playground's shapes:
   ``VetErrors`` and ``VetOK`` says it found nothing.
 - ``/vet``: ``{"Errors": findings, …}`` (the same shape, the rest zero).
 - ``/fmt``: ``{"Body": formatted, "Error": ""}`` or ``{"Body": "", "Error": "prog.go:3:1: …"}``;
-  ``imports`` is accepted but imports are not fixed (no goimports in the box).
+  a txtar body is formatted file by file (``.go`` files, ``go.mod`` files) and given back in
+  its shape; a non-empty ``imports`` runs goimports (the line protocol's ``imports``).
 - ``/version``: ``{"Version", "Release", "Name"}`` of the default toolchain.
 
 A request the daemon refuses (a source too big, bad file names) gets its message in
@@ -247,33 +248,35 @@ class Vet(PlayResource):
 
 
 class Fmt(PlayResource):
+    """golang/playground's fmt.go: the body (txtar included) formatted file by file, with
+    goimports when the form field ``imports`` is not empty (as ``r.FormValue("imports") != ""``);
+    the first error, named as the Playground names it."""
+
     async def answer(self, body: str, with_vet: bool, request: Any) -> dict[str, Any] | None:
-        try:
-            files = txtar.split(body) if txtar.is_archive(body) else {"prog.go": body}
-        except txtar.TxtarError as e:
-            return {"Body": "", "Error": str(e)}
-        out = []
-        for name, text in files.items():
-            if name == "main.go":
-                name = "prog.go"
-            if name.endswith(".go"):
-                done = await self.run({"type": "fmt", "code": text}, request)
-                final = done.final
-                if final["status"] != "ok":
-                    error = done.text("build").strip() or final["message"]
-                    error = playground_names(error, dot_slash=False).replace("prog.go", name)
-                    return {"Body": "", "Error": error}
-                text = final["code"]
-            out.append((name, text))
-        if len(out) == 1 and out[0][0] == "prog.go" and not txtar.is_archive(body):
-            return {"Body": out[0][1], "Error": ""}
-        parts = []
-        for i, (name, text) in enumerate(out):
-            if i == 0 and name == "prog.go":
-                parts.append(text)
-            else:
-                parts.append(f"-- {name} --\n{text}")
-        return {"Body": "".join(parts), "Error": ""}
+        line: dict[str, Any] = {"type": "fmt", "code": body}
+        if _field(request, "imports"):
+            line["imports"] = True
+        done = await self.run(line, request)
+        final = done.final
+        if final["status"] == "ok":
+            return {"Body": final["code"], "Error": ""}
+        said = done.text("build")
+        if not said:
+            return {"Body": "", "Error": final["message"]}
+        if not txtar.is_archive(body) or txtar.head_is_main(body):  # the Playground's prog.go
+            said = re.sub(r"^main\.go:", "prog.go:", said, flags=re.MULTILINE)
+        return {"Body": "", "Error": fmt_error(said)}
+
+
+def fmt_error(said: str) -> str:
+    """sandboxd's fmt errors (gofmt's lines) as the Playground's one error string: a Go file's
+    errors are a go/scanner ErrorList (``first (and N more errors)``), go.mod's are modfile's
+    (joined by newlines)."""
+    lines = said.strip("\n").split("\n")
+    first = lines[0]
+    if len(lines) > 1 and re.match(r"^[^:]+\.go:", first):
+        return f"{first} (and {len(lines) - 1} more errors)"
+    return "\n".join(lines)
 
 
 class GoVersion(resource.Resource):

@@ -23,7 +23,7 @@ MAX_TOOLCHAINS = 4  # names in one request's ``go`` list (a run on each, one aft
 REQUEST_FIELDS = {
     "run": {"type", "id", "code", "files", "session_id", "limits", "stdin", "interactive",
             "go", "test", "test_json", "bench", "benchtime", "cases"},
-    "fmt": {"type", "id", "code", "go"},
+    "fmt": {"type", "id", "code", "files", "go", "imports"},
     "vet": {"type", "id", "code", "files", "limits", "go"},
     "version": {"type", "id"},
     # Control lines: ``id`` names a request already running on this connection.
@@ -86,6 +86,12 @@ class Request:
     test: bool = False  # run the package's tests even when it has a main
     options: TestOptions = field(default_factory=TestOptions)  # test_json, bench (testopts)
     cases: tuple[Case, ...] | None = None  # judge the program on these (see ``_cases``)
+    imports: bool = False  # fmt: goimports fixes the imports
+    # fmt: the shape of the answer, the request's own: "code" (main.go's text), "files" (an
+    # object), "txtar" (an archive, every file after its marker) or "txtar-head" (an archive
+    # whose main.go is the text before the first marker)
+    shape: str = "code"
+    archive: bytes = b""  # fmt: the archive as sent (the answer says whether it differs)
 
 
 @dataclass
@@ -167,18 +173,9 @@ def parse_line(
                 "starting with a letter or digit",
                 request_id,
             )
-    if kind == "fmt":
-        code = obj.get("code")
-        if not isinstance(code, str):
-            raise BadRequest("field 'code' (a string) is required for 'fmt'", request_id)
-        files = {"main.go": _encode(code)}
-        if len(files["main.go"]) > sources.max_bytes:
-            raise BadRequest(
-                f"the source is larger than this server's maximum ({sources.max_bytes} bytes)",
-                request_id,
-            )
-    else:
-        files = _files(obj, request_id, sources)
+    if kind == "fmt" and "files" not in obj and not isinstance(obj.get("code"), str):
+        raise BadRequest("field 'code' (a string) or 'files' is required for 'fmt'", request_id)
+    files = _files(obj, request_id, sources)
     try:
         limits = policy.resolve(obj.get("limits"))
     except LimitError as e:
@@ -220,6 +217,8 @@ def parse_line(
         id=request_id or new_request_id(), files=files, limits=limits, session_id=session_id,
         type=kind, stdin=stdin_bytes, interactive=interactive, go=go, test=test,
         options=options, toolchains=several, cases=cases,
+        imports=_flag(obj, "imports", request_id), shape=_shape(obj),
+        archive=_encode(obj["code"]) if _shape(obj).startswith("txtar") else b"",
     )
 
 
@@ -281,6 +280,16 @@ def _cases(cases: Any, request_id: str | None, sources: SourceLimits) -> tuple[C
                              "characters", request_id)
         out.append(Case(texts[0], texts[1], name))
     return tuple(out)
+
+
+def _shape(obj: dict[str, Any]) -> str:
+    """How a fmt request's files came, so its answer comes back alike."""
+    code = obj.get("code")
+    if code is None:
+        return "files"
+    if not txtar.is_archive(code):
+        return "code"
+    return "txtar-head" if txtar.head_is_main(code) else "txtar"
 
 
 def _control(obj: dict[str, Any], kind: str, target: str | None, allowed: set[str]) -> Control:

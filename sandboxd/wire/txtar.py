@@ -36,3 +36,22 @@ def split(text: str) -> dict[str, str]:
             raise TxtarError(f"file {name!r} appears twice in the archive")
         files[name] = text[start:end]
     return files
+
+
+def head_is_main(text: str) -> bool:
+    """True when ``main.go`` of ``split(text)`` is the text before the first marker (it has
+    no marker line of its own)."""
+    m = MARKER.search(text)
+    return bool((text[: m.start()] if m else text).strip())
+
+
+def join(files: dict[str, bytes], head: bool) -> bytes:
+    """The archive of ``files`` as golang.org/x/tools/txtar formats it: each file after its
+    marker line, ending with a newline (one is added where it lacks); ``head``: the first file
+    (``main.go``) goes before the first marker, with no marker of its own."""
+    parts = []
+    for i, (name, data) in enumerate(files.items()):
+        if not (i == 0 and head and name == MAIN):
+            parts.append(f"-- {name} --\n".encode())
+        parts.append(data if not data or data.endswith(b"\n") else data + b"\n")
+    return b"".join(parts)

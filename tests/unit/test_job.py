@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sandboxd.boxes import hostfs
 from sandboxd.golang.toolchain import BINARY_INSIDE
 from sandboxd.jobs.build import BuildOutcome
 from sandboxd.jobs.job import Job, Runtime
@@ -22,7 +23,6 @@ from sandboxd.wire.request import parse_line
 from tests.unit.fakechild import Expect, FakeChild
 from tests.unit.test_job_end import FakePool
 
-GOFMT = ["/usr/local/go/bin/gofmt"]
 # A real ELF of this machine stands for the built program (the job checks it before a run).
 PROGRAM = Path(os.path.realpath(shutil.which("true") or "/bin/true"))
 
@@ -31,9 +31,6 @@ class Toolchain(SimpleNamespace):
     name = "default"
     version = "go1.27.3"
     goroot = Path("/nonexistent/goroot")
-
-    def gofmt_argv(self) -> list[str]:
-        return GOFMT
 
     def build_env(self) -> dict[str, str]:
         return {}
@@ -166,24 +163,119 @@ def test_stdin_over_the_limit_is_refused(tmp_path):
     assert "not interactive" in job2.write_stdin(b"x", 10)
 
 
-@pytest.mark.parametrize(("exit_code", "stderr", "status", "message"), [
-    (0, b"", Status.OK, "formatted"),
-    (2, b"<standard input>:1:1: expected 'package'\n", Status.COMPILE_ERROR,
+@pytest.mark.parametrize(("exit_code", "stdout", "stderr", "status", "message"), [
+    (0, b"package main\n", b"", Status.OK, "formatted"),
+    (2, b"", b"<standard input>:1:1: expected 'package'\n", Status.COMPILE_ERROR,
      "gofmt found syntax errors"),
 ])
-def test_fmt(tmp_path, exit_code, stderr, status, message):
+def test_fmt_of_one_go_file_is_gofmt_alone(tmp_path, monkeypatch, exit_code, stdout, stderr,
+                                           status, message):
+    kept = keep_job_dirs(monkeypatch)
     job, events = make(tmp_path, type="fmt")
-    FakeChild.expect(Expect(Phase.BUILD, GOFMT).output("stdout", b"package main\n")
+    FakeChild.expect(Expect(Phase.BUILD, ["/go/bin/gofmt"]).output("stdout", stdout)
                      .output("stderr", stderr).ends(exit_code=exit_code))
     run(job)
     [child] = FakeChild.made
     assert child.stdin == job.request.files["main.go"]  # the source goes in on stdin
+    assert kept == [] and len(child.run.mounts) == 1  # no files: the toolchain alone
     end = final(events)
     assert (end["status"], end["message"]) == (status, message)
     if status is Status.OK:
         assert end["code"] == "package main\n" and end["changed"] is True
     else:
-        assert outputs(events)[0][0] == "stderr"
+        assert outputs(events) == [("stderr", "build", "main.go:1:1: expected 'package'\n")]
+
+
+def test_fmt_of_one_go_mod_goes_through_the_box_script(tmp_path, monkeypatch):
+    kept = keep_job_dirs(monkeypatch)
+    job, events = make(tmp_path, type="fmt", code=None, files={"go.mod": "module  m"})
+    FakeChild.expect(Expect(Phase.BUILD).output("stdout", b"0 9\nmodule m\n"))
+    run(job)
+    [child] = FakeChild.made
+    assert child.run.argv[:2] == ["/bin/sh", "-c"] and child.run.argv[-2:] == ["", "go.mod"]
+    [job_dir] = kept  # the file is at /src, read-only
+    assert (job_dir / "src" / "go.mod").read_bytes() == b"module  m"
+    assert [(m.host, m.inside, m.writable) for m in child.run.mounts][1:] == [
+        (job_dir / "src", "/src", False)]
+    end = final(events)
+    assert end["files"] == {"go.mod": "module m\n"} and end["changed"] is True
+
+
+ARCHIVE = ("package main\nfunc main(){}\n-- go.mod --\nmodule  m\n-- notes.txt --\n  as  is"
+           "\n-- sub/x.go --\npackage sub\n")
+
+
+def test_fmt_of_an_archive_formats_go_and_go_mod_files_and_keeps_its_shape(tmp_path,
+                                                                           monkeypatch):
+    keep_job_dirs(monkeypatch)
+    job, events = make(tmp_path, type="fmt", code=ARCHIVE)
+    said = [b"package main\n\nfunc main() {}\n", b"module m\n", b"package sub\n"]
+    frames = b"".join(b"%d %d\n%s" % (i, len(text), text) for i, text in enumerate(said))
+    FakeChild.expect(Expect(Phase.BUILD).output("stdout", frames[:7])
+                     .output("stdout", frames[7:]).ends(exit_code=0))
+    run(job)
+    [child] = FakeChild.made
+    assert child.run.argv[-3:] == ["main.go", "go.mod", "sub/x.go"]  # not notes.txt
+    end = final(events)
+    assert end["status"] == Status.OK and end["changed"] is True
+    assert end["code"] == ("package main\n\nfunc main() {}\n-- go.mod --\nmodule m\n"
+                           "-- notes.txt --\n  as  is\n-- sub/x.go --\npackage sub\n")
+
+
+def test_fmt_names_the_file_that_did_not_format(tmp_path, monkeypatch):
+    keep_job_dirs(monkeypatch)
+    job, events = make(tmp_path, type="fmt", code=ARCHIVE)
+    FakeChild.expect(Expect(Phase.BUILD).output("stdout", b"0 13\npackage main\nfailed 1\n")
+                     .output("stderr", b"go: errors parsing go.mod:\n"
+                                       b"/tmp/fmt.mod/go.mod:1: unknown directive: 123\n")
+                     .ends(exit_code=1))
+    run(job)
+    end = final(events)
+    assert end["status"] == Status.COMPILE_ERROR and "code" not in end
+    assert end["message"] == "go mod edit -fmt found syntax errors"
+    assert outputs(events) == [("stderr", "build", "go.mod:1: unknown directive: 123\n")]
+
+
+def test_fmt_with_imports_runs_goimports_or_says_this_server_cannot(tmp_path, monkeypatch):
+    keep_job_dirs(monkeypatch)
+    job, events = make(tmp_path, type="fmt", imports=True)
+    FakeChild.expect()
+    run(job)  # no box taken, no child
+    end = final(events)
+    assert (end["status"], end["phase"]) == (Status.BAD_REQUEST, Phase.QUEUE)
+    assert "goimports is not installed" in end["message"]
+    job, events = make(tmp_path, type="fmt", imports=True)
+    job.rt.goimports = "/usr/bin/goimports"
+    FakeChild.expect(Expect(Phase.BUILD).output("stdout", b"0 13\npackage main\n"))
+    run(job)
+    assert FakeChild.made[0].run.argv[-2:] == ["/usr/bin/goimports", "main.go"]
+    assert final(events)["status"] == Status.OK
+
+
+@pytest.mark.parametrize("stdout", [b"", b"0 99\nshort", b"1 3\nabc", b"0 3\nabcextra",
+                                    b"zero\n", b"failed 1\n"])
+def test_an_answer_of_the_box_that_cannot_be_read_is_an_internal_error(tmp_path, monkeypatch,
+                                                                         stdout):
+    keep_job_dirs(monkeypatch)
+    job, events = make(tmp_path, type="fmt", code="package main\n-- go.mod --\nmodule m\n")
+    FakeChild.expect(Expect(Phase.BUILD).output("stdout", stdout))
+    run(job)
+    assert final(events)["status"] == Status.INTERNAL_ERROR
+
+
+def keep_job_dirs(monkeypatch) -> list[Path]:
+    """The jobs' build directories, kept (plain directories, not removed) to be looked at."""
+    kept: list[Path] = []
+
+    def make_dir(self) -> Path:
+        path = self.rt.jobs_dir / f"job-{self.number}"
+        path.mkdir()
+        kept.append(path)
+        return path
+
+    monkeypatch.setattr(Built, "_make_job_dir", make_dir)
+    monkeypatch.setattr(hostfs, "remove_scratch_dir", lambda path: None)
+    return kept
 
 
 def test_a_cancel_while_fmt_runs(tmp_path):

@@ -99,7 +99,11 @@ def test_new_request_fields():
     ({"code": "x", "interactive": "yes"}, "true or false"),
     ({"code": "x", "stdin": "12345"}, "stdin is larger"),
     ({"type": "fmt"}, "'code'"),
-    ({"type": "fmt", "files": {"a.go": "x"}}, "unknown field 'files'"),
+    ({"type": "fmt", "files": {"a.go": 5}}, "must be a string"),
+    ({"type": "fmt", "code": "x", "files": {"a.go": "x"}}, "not both"),
+    ({"type": "fmt", "code": "x", "imports": "yes"}, "true or false"),
+    ({"type": "fmt", "code": "x", "limits": {}}, "unknown field 'limits'"),
+    ({"type": "fmt", "code": "-- ../x.go --\n"}, "is not allowed"),
     ({"type": "version", "code": "x"}, "unknown field 'code'"),
 ])
 def test_bad_new_fields(obj, words):
