@@ -117,6 +117,63 @@ def parse_line(
 ) -> Request | Control:
     """Turn one line into a ``Request`` or ``Control``, or raise ``BadRequest`` saying why."""
     sources = sources or SourceLimits()
+    obj, request_id = _decode(line)
+    kind = obj.get("type", "run")
+    if not isinstance(kind, str):
+        raise BadRequest("field 'type' must be a string", request_id)
+    allowed = REQUEST_FIELDS.get(kind)
+    if allowed is None:
+        known = ", ".join(sorted(REQUEST_FIELDS))
+        raise BadRequest(f"unknown request type {kind!r} (known: {known})", request_id)
+    if kind in CONTROL_TYPES:
+        return _control(obj, kind, request_id, allowed)
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r} for a {kind!r} request", request_id)
+    go, several = _toolchain(obj.get("go"), kind, toolchains, request_id)
+    if kind == "version":
+        return Request(id=request_id or new_request_id(), files={},
+                       limits=policy.resolve(None), type=kind)
+    session_id = _session_id(obj, request_id)
+    if kind == "fmt" and "files" not in obj and not isinstance(obj.get("code"), str):
+        raise BadRequest("field 'code' (a string) or 'files' is required for 'fmt'", request_id)
+    files = _files(obj, request_id, sources)
+    try:
+        limits = policy.resolve(obj.get("limits"))
+    except LimitError as e:
+        raise BadRequest(str(e), request_id) from None
+    stdin, interactive = _input(obj, sources, request_id)
+    try:
+        options = test_options(obj)
+    except OptionError as e:
+        raise BadRequest(str(e), request_id) from None
+    if several and (session_id is not None or interactive):
+        what = "'session_id'" if session_id is not None else "'interactive'"
+        raise BadRequest(f"{what} cannot be used with several toolchains: each runs in a "
+                         "fresh box, with the same 'stdin'", request_id)
+    test = _flag(obj, "test", request_id)
+    cases = None
+    if "cases" in obj:
+        given = [name for name, on in (("stdin", "stdin" in obj), ("interactive", interactive),
+                                       ("test", test), ("session_id", session_id is not None),
+                                       ("test_json", options.test_json),
+                                       ("bench", options.bench is not None),
+                                       ("go as a list", bool(several))) if on]
+        if given:
+            raise BadRequest(f"give either 'cases' or {given[0]!r}, not both", request_id)
+        cases = _cases(obj["cases"], request_id, sources)
+    # Assigned only now: a refused line never used up an id, and its final event says null.
+    return Request(
+        id=request_id or new_request_id(), files=files, limits=limits, session_id=session_id,
+        type=kind, stdin=stdin, interactive=interactive, go=go, test=test,
+        options=options, toolchains=several, cases=cases,
+        imports=_flag(obj, "imports", request_id), shape=_shape(obj),
+        archive=_encode(obj["code"]) if _shape(obj).startswith("txtar") else b"",
+    )
+
+
+def _decode(line: bytes) -> tuple[dict[str, Any], str | None]:
+    """The line's JSON object and the request's id (None when it has none, or a bad one)."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -141,28 +198,21 @@ def parse_line(
     request_id = _request_id(obj)
     if _depth(obj) > MAX_NESTING:
         raise BadRequest("the JSON is nested too deeply", request_id)
-    kind = obj.get("type", "run")
-    if not isinstance(kind, str):
-        raise BadRequest("field 'type' must be a string", request_id)
-    allowed = REQUEST_FIELDS.get(kind)
-    if allowed is None:
-        known = ", ".join(sorted(REQUEST_FIELDS))
-        raise BadRequest(f"unknown request type {kind!r} (known: {known})", request_id)
-    if kind in CONTROL_TYPES:
-        return _control(obj, kind, request_id, allowed)
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r} for a {kind!r} request", request_id)
-    go = obj.get("go")
-    several: tuple[str, ...] = ()
+    return obj, request_id
+
+
+def _toolchain(go: Any, kind: str, toolchains: Collection[str],
+               request_id: str | None) -> tuple[str | None, tuple[str, ...]]:
+    """``go``: one known toolchain's name (None: the default), or a list of them."""
     if isinstance(go, list):
-        several, go = _several_toolchains(go, kind, toolchains, request_id), None
+        return None, _several_toolchains(go, kind, toolchains, request_id)
     if go is not None and (not isinstance(go, str) or go not in toolchains):
         known = ", ".join(sorted(toolchains)) or "none"
         raise BadRequest(f"unknown Go toolchain {go!r} (this server has: {known})", request_id)
-    if kind == "version":
-        return Request(id=request_id or new_request_id(), files={},
-                       limits=policy.resolve(None), type=kind)
+    return go, ()
+
+
+def _session_id(obj: dict[str, Any], request_id: str | None) -> str | None:
     session_id = obj.get("session_id")
     if session_id is not None:
         if not isinstance(session_id, str):
@@ -173,13 +223,12 @@ def parse_line(
                 "starting with a letter or digit",
                 request_id,
             )
-    if kind == "fmt" and "files" not in obj and not isinstance(obj.get("code"), str):
-        raise BadRequest("field 'code' (a string) or 'files' is required for 'fmt'", request_id)
-    files = _files(obj, request_id, sources)
-    try:
-        limits = policy.resolve(obj.get("limits"))
-    except LimitError as e:
-        raise BadRequest(str(e), request_id) from None
+    return session_id
+
+
+def _input(obj: dict[str, Any], sources: SourceLimits,
+           request_id: str | None) -> tuple[bytes, bool]:
+    """The program's whole ``stdin``, or ``interactive`` (its stdin kept open)."""
     stdin = obj.get("stdin", "")
     if not isinstance(stdin, str):
         raise BadRequest("field 'stdin' must be a string", request_id)
@@ -192,34 +241,7 @@ def parse_line(
     interactive = _flag(obj, "interactive", request_id)
     if interactive and stdin:
         raise BadRequest("give either 'stdin' or 'interactive', not both", request_id)
-    try:
-        options = test_options(obj)
-    except OptionError as e:
-        raise BadRequest(str(e), request_id) from None
-    if several and (session_id is not None or interactive):
-        what = "'session_id'" if session_id is not None else "'interactive'"
-        raise BadRequest(f"{what} cannot be used with several toolchains: each runs in a "
-                         "fresh box, with the same 'stdin'", request_id)
-    test = _flag(obj, "test", request_id)
-    cases = None
-    if "cases" in obj:
-        given = [name for name, on in (("stdin", "stdin" in obj), ("interactive", interactive),
-                                       ("test", test), ("session_id", session_id is not None),
-                                       ("test_json", options.test_json),
-                                       ("bench", options.bench is not None),
-                                       ("go as a list", bool(several)))
-                 if on]
-        if given:
-            raise BadRequest(f"give either 'cases' or {given[0]!r}, not both", request_id)
-        cases = _cases(obj["cases"], request_id, sources)
-    # Assigned only now: a refused line never used up an id, and its final event says null.
-    return Request(
-        id=request_id or new_request_id(), files=files, limits=limits, session_id=session_id,
-        type=kind, stdin=stdin_bytes, interactive=interactive, go=go, test=test,
-        options=options, toolchains=several, cases=cases,
-        imports=_flag(obj, "imports", request_id), shape=_shape(obj),
-        archive=_encode(obj["code"]) if _shape(obj).startswith("txtar") else b"",
-    )
+    return stdin_bytes, interactive
 
 
 def _several_toolchains(names: list[Any], kind: str, toolchains: Collection[str],
