@@ -160,11 +160,17 @@ def _remove_cgroups(state_dir: Path) -> None:
     from sandboxd.service.assemble import instance_name
 
     name = f"sandboxd-{instance_name(state_dir)}"
-    bases = [p for pattern in (name, f"*/{name}", f"*/*/*/{name}")
-             for p in Path("/sys/fs/cgroup").glob(pattern) if p.is_dir()]
-    for base in bases:
-        for child in [c for c in base.iterdir() if c.is_dir()]:
-            for pid in (child / "cgroup.procs").read_text().split():
+    for base in _cgroups_named(name):
+        try:
+            children = [c for c in base.iterdir() if c.is_dir()]
+        except FileNotFoundError:
+            continue  # gone meanwhile
+        for child in children:
+            try:
+                pids = (child / "cgroup.procs").read_text().split()
+            except FileNotFoundError:
+                continue
+            for pid in pids:
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except OSError:
@@ -179,6 +185,18 @@ def _remove_cgroups(state_dir: Path) -> None:
             base.rmdir()
         except OSError:
             pass
+
+
+def _cgroups_named(name: str) -> list[Path]:
+    """The cgroups called ``name`` in the cgroup trees.  Other daemons' cgroups come and go
+    while the trees are walked (a directory that vanished makes the walk fail): walk again."""
+    for _ in range(20):
+        try:
+            return [p for pattern in (name, f"*/{name}", f"*/*/*/{name}")
+                    for p in Path("/sys/fs/cgroup").glob(pattern) if p.is_dir()]
+        except FileNotFoundError:
+            time.sleep(0.01)
+    return []
 
 
 class Client:
