@@ -38,11 +38,11 @@ if [ "$ISOLATE" = yes ]; then
   sed 's#^cg_root *=.*#cg_root = /sys/fs/cgroup/isolate#' /share/isolate.cf >/usr/local/etc/isolate
   echo "isolate: $(isolate --version | head -1), cg_root /sys/fs/cgroup/isolate"
 else
-  echo "isolate: not in the guest (CGROUP2_ISOLATE=1 and a local build at /opt/isolate/bin/isolate): --cgroups=isolate not tested"
+  echo "isolate: not in the guest (it needs a local build at /opt/isolate/bin/isolate, and CGROUP2_ISOLATE not 0): --cgroups=isolate not tested"
 fi
 cd "$CHECKOUT"
-export PYTHONDONTWRITEBYTECODE=1 SANDBOXD_GUEST=1 WHEELS
-echo "pytest $TESTS"
+export PYTHONDONTWRITEBYTECODE=1 SANDBOXD_GUEST=1 WHEELS SANDBOXD_TEST_DRIVERS="${DRIVERS:-bubblewrap}"
+echo "pytest $TESTS (the general suites with: $SANDBOXD_TEST_DRIVERS)"
 [ -z "$PYTEST_ARGS" ] || echo "not run here: $PYTEST_ARGS (timing under UML, see scripts/cgroup2/run.sh)"
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider $PYTEST_ARGS $TESTS
