@@ -23,6 +23,7 @@ A toolchain older than Go 1.24 builds without the layer, as before.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -297,7 +299,6 @@ def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
 
     Warms on one machine take turns (a lock file): they share the warm box and its uid.
     """
-    import fcntl
 
     if getattr(driver, "needs_init", False):
         driver.use_init(box_init(toolchain))
@@ -308,10 +309,7 @@ def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
     if (toolchain.std_cache / "README").is_file() and layer_ready():
         _touch(toolchain)
         return False
-    toolchain.cache_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(toolchain.cache_dir, 0o755)
-    with open(toolchain.cache_dir / ".warm.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _warm_lock(toolchain.cache_dir):
         _prune(toolchain.cache_dir)
         built = _warm(toolchain, driver, quiet)
         if not layer_ready():
@@ -320,10 +318,22 @@ def warm(toolchain: Toolchain, driver: Any, quiet: bool = False) -> bool:
     return built
 
 
+@contextlib.contextmanager
+def _warm_lock(cache_dir: Path) -> Iterator[None]:
+    """The cache directory (made, traversable by the box uids), held against every other warm
+    on this machine while the block runs."""
+    import fcntl
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cache_dir, 0o755)
+    with open(cache_dir / ".warm.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def box_init(toolchain: Toolchain) -> Path:
     """The isolate box init (``sandboxd.sandbox.boxinit``) compiled by this toolchain: built once
     into the cache directory (about 15 s on 2 cores: its private build cache starts empty)."""
-    import fcntl
 
     from sandboxd.sandbox import boxinit
 
@@ -331,10 +341,7 @@ def box_init(toolchain: Toolchain) -> Path:
     if target.is_file():
         _touch_path(target)
         return target
-    toolchain.cache_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(toolchain.cache_dir, 0o755)
-    with open(toolchain.cache_dir / ".warm.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _warm_lock(toolchain.cache_dir):
         try:
             return boxinit.build(toolchain.goroot, target)
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:

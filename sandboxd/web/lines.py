@@ -20,10 +20,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sandboxd.status import Phase, Status
-from sandboxd.wire.connection import SHUTDOWN_NOT_STARTED, apply_control
+from sandboxd.wire.connection import apply_control, triage
 from sandboxd.wire.events import encode, final_event
 from sandboxd.wire.identity import client_identity
-from sandboxd.wire.request import BadRequest, Control, Request, parse_line
+from sandboxd.wire.request import Control, Request
 
 if TYPE_CHECKING:
     from sandboxd.jobs.submit import Handle
@@ -68,28 +68,13 @@ class LineSession:
                 f"the line is longer than this server's maximum ({factory.max_line_bytes} "
                 "bytes); it was skipped", Phase.QUEUE))
             return
-        if not data.strip():
+        request = triage(factory, data, self.jobs)
+        if request is None:
             return
-        runtime = factory.runtime
-        try:
-            request = parse_line(data, factory.policy, factory.sources,
-                                 runtime.toolchains if runtime is not None else ())
-        except BadRequest as e:
-            self.send(final_event(e.request_id, Status.BAD_REQUEST, e.message, Phase.QUEUE,
-                                  **e.fields))
-            return
-        if isinstance(request, Control):
+        if isinstance(request, dict):
+            self.send(request)  # answered at once
+        elif isinstance(request, Control):
             self.control(request)
-        elif request.type == "version":
-            self.send(factory.requests.version_event(request.id))
-        elif request.id in self.jobs:
-            self.send(final_event(
-                None, Status.BAD_REQUEST,
-                f"a request with id {request.id!r} is still running on this connection",
-                Phase.QUEUE, for_id=request.id, for_type=request.type))
-        elif factory.shutting_down:
-            self.send(final_event(request.id, Status.CANCELLED, SHUTDOWN_NOT_STARTED,
-                                  Phase.QUEUE))
         else:
             self.start(request)
 

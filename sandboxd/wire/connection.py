@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from twisted.internet import interfaces, protocol
@@ -21,7 +21,6 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from sandboxd import __version__
 from sandboxd.limits import LimitPolicy
 from sandboxd.status import Phase, Status
 from sandboxd.wire.events import encode, final_event
@@ -212,38 +211,14 @@ class Connection(protocol.Protocol, TimeoutMixin):
         ))
 
     def _line(self, line: bytes) -> None:
-        if not line.strip():
+        request = triage(self.factory, line, self.jobs)
+        if request is None:
             return
-        runtime = self.factory.runtime
-        try:
-            request = parse_line(line, self.factory.policy, self.factory.sources,
-                                 runtime.toolchains if runtime is not None else ())
-        except BadRequest as e:
-            self.send(final_event(e.request_id, Status.BAD_REQUEST, e.message, Phase.QUEUE,
-                                  **e.fields))
+        if isinstance(request, dict):
+            self.send(request)  # answered at once
             return
         if isinstance(request, Control):
             self._control(request)
-            return
-        if request.type == "version":
-            self.send(final_event(
-                request.id, Status.OK, "versions", Phase.QUEUE, sandboxd=__version__.public(),
-                go={name: tc.version for name, tc in runtime.toolchains.items()},
-                default_go=runtime.toolchain.name,
-            ))
-            return
-        if request.id in self.jobs:
-            # id null (the running request with that id has not ended), for_id names it.
-            self.send(final_event(
-                None, Status.BAD_REQUEST,
-                f"a request with id {request.id!r} is still running on this connection",
-                Phase.QUEUE, for_id=request.id, for_type=request.type,
-            ))
-            return
-        if self.factory.shutting_down:
-            self.send(final_event(request.id, Status.CANCELLED,
-                                  SHUTDOWN_NOT_STARTED,
-                                  Phase.QUEUE))
             return
         job = self.factory.requests.submit(request, self.send, self.client)
         self.jobs[request.id] = job
@@ -321,6 +296,35 @@ class Connection(protocol.Protocol, TimeoutMixin):
     def stopProducing(self) -> None:
         for job in list(self.jobs.values()):
             job.cancel("the client disconnected")
+
+
+def triage(factory: ConnectionFactory, line: bytes,
+           running: Collection[str]) -> Request | Control | dict[str, Any] | None:
+    """What one line asks for, by the rules every face shares (the line connection, the
+    WebSocket): None for a blank line; the final event that answers it at once (refused,
+    ``version``, a duplicate of a running id, a shutdown); else the ``Control`` to apply or
+    the ``Request`` to submit.  ``running``: the ids of the face's requests still running."""
+    if not line.strip():
+        return None
+    runtime = factory.runtime
+    try:
+        request = parse_line(line, factory.policy, factory.sources,
+                             runtime.toolchains if runtime is not None else ())
+    except BadRequest as e:
+        return final_event(e.request_id, Status.BAD_REQUEST, e.message, Phase.QUEUE, **e.fields)
+    if isinstance(request, Control):
+        return request
+    if request.type == "version":
+        return factory.requests.version_event(request.id)
+    if request.id in running:
+        # id null (the running request with that id has not ended), for_id names it.
+        return final_event(
+            None, Status.BAD_REQUEST,
+            f"a request with id {request.id!r} is still running on this connection",
+            Phase.QUEUE, for_id=request.id, for_type=request.type)
+    if factory.shutting_down:
+        return final_event(request.id, Status.CANCELLED, SHUTDOWN_NOT_STARTED, Phase.QUEUE)
+    return request
 
 
 def apply_control(jobs: dict[str, Submitted], control: Control,
