@@ -151,6 +151,8 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
                                "interactive": True}
     if test:
         request["test"] = True
+    if getattr(args, "faketime", False):
+        request["faketime"] = True
     _common(request, args)
     forwarder = StdinForwarder(reactor, conn, request_id)
     cancelled = []
@@ -290,6 +292,9 @@ def parser() -> argparse.ArgumentParser:
                        help="lower a limit, e.g. run.wall_ms=2000; repeatable")
         if name != "vet":
             s.add_argument("--session", help="a session id: the box and its files persist")
+            s.add_argument("-faketime", "--faketime", action="store_true",
+                           help="the Go Playground's fake clock: time starts at 2009-11-10 "
+                                "23:00:00 UTC and sleeps cost nothing")
         s.add_argument("paths", nargs="+", metavar="FILE|DIR")
     f = sub.add_parser("fmt", help="gofmt files in place (or -d: print a diff)")
     f.add_argument("-d", dest="diff", action="store_true", help="print diffs, change nothing")

@@ -16,6 +16,7 @@ from sandboxd.golang import gotest
 from sandboxd.jobs import verdict
 from sandboxd.jobs.build import BuildPhase
 from sandboxd.jobs.children import Children
+from sandboxd.jobs.fakeclock import FakeClock
 from sandboxd.jobs.output import Output, Stdin
 from sandboxd.jobs.run import HeldRun, RunPhase
 from sandboxd.jobs.runtime import Runtime
@@ -63,6 +64,9 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
         self.stdin = Stdin(request.id, request.interactive)
         # The run's sandbox, set up while the build runs and held until the program is there.
         self.held: HeldRun | None = None
+        # A faketime run's output: playback records decoded, in the order they were written.
+        self.fakeclock = (FakeClock(self._deliver, self._drain_output) if request.faketime
+                          else None)
 
     # -- control from the connection -------------------------------------------------------
 
@@ -193,14 +197,30 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
     # -- output ----------------------------------------------------------------------------
 
     def _stream(self, stream: str, data: bytes, timestamp: str) -> int:
+        if self.fakeclock is not None:
+            return self.fakeclock(stream, data, timestamp)
+        return self._deliver(stream, data, None, timestamp)
+
+    def _deliver(self, stream: str, data: bytes, extra: dict[str, Any] | None,
+                 timestamp: str = "") -> int:
+        """The program's output (a faketime run's decoded), counted and sent."""
         if self.tests is not None and stream == "stdout":
             self.tests.feed(data)
-        return self.output.stream(stream, data, timestamp)
+        return self.output.stream(stream, data, timestamp, extra)
+
+    def _drain_output(self) -> None:
+        drain = getattr(self.child, "drain_output", None)
+        if drain is not None:
+            drain()
 
     def _send(self, stream: str, data: bytes) -> None:
         self.output.send(stream, data)
 
     def _flush(self) -> None:
+        if self.fakeclock is not None:
+            self.fakeclock.end()
+            self.output.flush(self.fakeclock.fields)
+            return
         self.output.flush()
 
     # -- the end ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ BOX_EMPTY_POLL_S = 0.005
 BOX_EMPTY_S = 10.0  # SIGKILLed processes end; one stuck in the kernel is logged, not waited on
 STDERR_TAIL = 4096
 STREAMS = {1: "stdout", 2: "stderr"}
+DRAIN_READS = 64  # of 64 KiB each a pipe, at most, per drain (a pipe holds 1 MiB at most)
 # What the Go runtime prints when an allocation fails (under RLIMIT_AS, with no cgroup); its
 # goroutine dump follows, so this is looked for as the output passes, not in the tail.
 OUT_OF_MEMORY = (b"fatal error: out of memory", b"runtime: out of memory",
@@ -219,6 +220,27 @@ class SandboxChild(protocol.ProcessProtocol):
         self.paused = False
         if self.transport is not None and not self._ended:
             self.transport.resumeProducing()
+
+    def drain_output(self) -> None:
+        """Read now what the program's stdout and stderr pipes hold (non-blocking; delivered
+        as ``childDataReceived``): a faketime run's records are put back in order only once
+        both pipes are read up to the same moment (``sandboxd.jobs.fakeclock``).  Bounded by
+        the output limit like any read; the reactor still sees the end of each pipe itself."""
+        pipes = getattr(self.transport, "pipes", None)
+        if not pipes or self._ended:
+            return
+        for fd in (1, self.driver.stderr_fd):
+            for _ in range(DRAIN_READS):
+                reader = pipes.get(fd)
+                if reader is None or self.stopped_for == "output":
+                    break
+                try:
+                    data = os.read(reader.fileno(), 65536)
+                except (OSError, ValueError):  # EAGAIN: empty for now; or already closed
+                    break
+                if not data:
+                    break
+                self.childDataReceived(fd, data)
 
     # -- ProcessProtocol -------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ MAX_NESTING = 16
 
 REQUEST_FIELDS = {
     "run": {"type", "id", "code", "files", "session_id", "limits", "stdin", "interactive",
-            "go", "test"},
+            "go", "test", "faketime"},
     "fmt": {"type", "id", "code", "go"},
     "vet": {"type", "id", "code", "files", "limits", "go"},
     "version": {"type", "id"},
@@ -65,6 +65,7 @@ class Request:
     interactive: bool = False
     go: str | None = None  # a toolchain name; None: the default one
     test: bool = False  # run the package's tests even when it has a main
+    faketime: bool = False  # built with the Playground's fake clock (docs/protocol.md)
 
 
 @dataclass
@@ -175,7 +176,7 @@ def parse_line(
     return Request(
         id=request_id or new_request_id(), files=files, limits=limits, session_id=session_id,
         type=kind, stdin=stdin_bytes, interactive=interactive, go=go,
-        test=_flag(obj, "test", request_id),
+        test=_flag(obj, "test", request_id), faketime=_flag(obj, "faketime", request_id),
     )
 
 

@@ -1,0 +1,127 @@
+"""The fake clock's playback records read back (sandboxd.golang.playback) and put in order
+(sandboxd.jobs.fakeclock): golang/playground's own decode cases, any split, hostile input."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from sandboxd.golang.playback import EPOCH_NS, Merger, StreamDecoder
+from sandboxd.jobs.fakeclock import FakeClock
+from sandboxd.web.play import events_of
+
+SECOND = 1_000_000_000
+
+
+def record(offset_ns: int, data: bytes) -> bytes:
+    return b"\x00\x00PB" + struct.pack(">qI", EPOCH_NS + offset_ns, len(data)) + data
+
+
+def playground_events(merger: Merger) -> list[tuple[str, str, int]]:
+    """As golang/playground's Recorder.Events: (Message, Kind, Delay)."""
+    merger.flush()
+    run = [{"phase": "run", "stream": p.stream, "output": p.data.decode(),
+            "fake_time_ns": p.time_ns} for p, _, _ in merger.take()]
+    events = events_of(_Collected(run)) or []
+    return [(e["Message"], e["Kind"], e["Delay"]) for e in events]
+
+
+class _Collected:
+    def __init__(self, events):
+        self.events = [*events, {"done": True}]
+
+    @property
+    def final(self):
+        return self.events[-1]
+
+
+def playground_case() -> tuple[list[tuple[str, bytes]], list[tuple[str, str, int]]]:
+    """golang/playground play_test.go's TestDecode, its writes and its expected events."""
+    writes = [
+        ("stdout", b"head"), ("stdout", record(0, b"one")), ("stdout", record(0, b"two")),
+        ("stderr", record(SECOND, b"three")), ("stderr", record(2 * SECOND, b"five")),
+        ("stdout", record(2 * SECOND - 1, b"four")), ("stderr", record(2 * SECOND, b"six")),
+        ("stdout", b"middle"), ("stdout", record(3 * SECOND, b"seven")), ("stdout", b"tail"),
+    ]
+    want = [("headonetwo", "stdout", 0), ("three", "stderr", SECOND),
+            ("fourmiddle", "stdout", SECOND - 1), ("fivesix", "stderr", 1),
+            ("seventail", "stdout", SECOND)]
+    return writes, want
+
+
+def test_the_playgrounds_own_decode_case():
+    writes, want = playground_case()
+    merger = Merger()
+    for stream, data in writes:
+        merger.feed(stream, data)
+    assert playground_events(merger) == want
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 15, 16, 17])
+def test_records_split_anywhere(size):
+    writes, want = playground_case()
+    merger = Merger()
+    for stream in ("stdout", "stderr"):
+        whole = b"".join(data for s, data in writes if s == stream)
+        for i in range(0, len(whole), size):
+            merger.feed(stream, whole[i:i + size])
+    assert playground_events(merger) == want
+
+
+def test_hostile_records():
+    decoder = StreamDecoder("stdout")
+    # A length of 4 GiB - 1 holds nothing: the data goes on as it comes.
+    pieces = decoder.feed(b"\x00\x00PB" + struct.pack(">qI", EPOCH_NS + 5, 0xFFFFFFFF) + b"x")
+    assert [(p.time_ns, p.data) for p in pieces] == [(EPOCH_NS + 5, b"x")]
+    assert decoder._left == 0xFFFFFFFF - 1
+    # A time before the last (or negative) is at the last; a cut header at the end is data.
+    decoder = StreamDecoder("stdout")
+    pieces = decoder.feed(record(10, b"a") + b"\x00\x00PB" + struct.pack(">qI", -1, 1) + b"b"
+                          + b"\x00\x00P")
+    assert [(p.time_ns - EPOCH_NS, p.data) for p in pieces] == [(10, b"ab")]
+    assert [p.data for p in decoder.flush()] == [b"\x00\x00P"]
+
+
+def test_delay_ms_adds_up_to_the_fake_time():
+    merger = Merger()
+    for i in range(1, 5):  # 0.6 ms apart: 0, 1, 0, 1 whole milliseconds, then one hour
+        merger.feed("stdout", record(i * 600_000, b"."))
+    merger.feed("stdout", record(3600 * SECOND, b"!"))
+    delays = [ms for _, _, ms in merger.take()]
+    assert delays == [0, 1, 0, 1, 3_600_000 - 2]
+    assert sum(delays) == 3_600_000
+
+
+def test_fakeclock_orders_both_pipes_after_draining_them():
+    """A chunk of stdout read before an earlier stderr write: the drain reads stderr first,
+    and the events go out in the order they were written."""
+    sent: list[tuple[str, bytes, dict]] = []
+    pipes = {"stderr": [record(1, b"B\n")]}
+
+    def deliver(stream, data, fields):
+        sent.append((stream, data, fields))
+        return len(data)
+
+    def drain():
+        while pipes["stderr"]:
+            clock("stderr", pipes["stderr"].pop(0), "")
+
+    clock = FakeClock(deliver, drain)
+    assert clock("stdout", record(0, b"A\n") + record(2, b"A\n"), "") > 0
+    clock.end()
+    assert [(s, d, f["delay_ms"], f["fake_time_ns"] - EPOCH_NS) for s, d, f in sent] == [
+        ("stdout", b"A\n", 0, 0), ("stderr", b"B\n", 0, 1), ("stdout", b"A\n", 0, 2)]
+
+
+def test_fakeclock_stops_at_the_output_limit():
+    room = [3]
+
+    def deliver(stream, data, fields):
+        took = min(len(data), room[0])
+        room[0] -= took
+        return took
+
+    clock = FakeClock(deliver, lambda: None)
+    assert clock("stdout", record(0, b"abcdef"), "") == 0  # fewer than given: the child stops
+    assert clock("stdout", record(1, b"more"), "") == 0
