@@ -101,33 +101,68 @@ def _partial_magic_start(buf: bytes, start: int) -> int:
 
 
 class Merger:
-    """Both streams' pieces, given back in fake-time order (a stable sort: pieces of one time
-    keep the order they were read in), with each one's delay since the previous one given."""
+    """Both streams' pieces, given back in fake-time order, each with its delay since the
+    previous one.
 
-    def __init__(self) -> None:
+    The two pipes are read one after the other while the program goes on writing, so a piece
+    goes out only once no piece of the other stream can still come before it: each stream has
+    a floor under the time of anything of it not read yet, raised when a read finds its pipe
+    empty (``empty``: what comes later was written later, so no earlier than anything read by
+    then) and by its own pieces (a stream's times never go back).  Past ``max_pending`` bytes
+    held (a program that keeps both pipes full), pieces go out in the order known so far."""
+
+    def __init__(self, max_pending: int = 1024 * 1024) -> None:
         self.decoders = {name: StreamDecoder(name) for name in ("stdout", "stderr")}
+        self.max_pending = max_pending
         self._pending: list[Piece] = []
+        self._pending_bytes = 0
+        self._floor = {name: EPOCH_NS for name in self.decoders}
+        self._high = EPOCH_NS  # the latest time of any piece read so far
         self.last_ns = EPOCH_NS  # the time of the latest piece given back
 
     def feed(self, stream: str, data: bytes) -> None:
-        self._pending += self.decoders[stream].feed(data)
+        self._hold(self.decoders[stream].feed(data))
+
+    def empty(self, stream: str, ended: bool = False) -> None:
+        """``stream``'s pipe was found empty (or at its end) just now."""
+        self._floor[stream] = _FOREVER if ended else max(self._floor[stream], self._high)
 
     def flush(self) -> None:
-        for decoder in self.decoders.values():
-            self._pending += decoder.flush()
+        """The run ended: every piece can go."""
+        for name, decoder in self.decoders.items():
+            self._hold(decoder.flush())
+            self._floor[name] = _FOREVER
 
     def take(self) -> list[tuple[Piece, int, int]]:
-        """Every piece decoded so far, in time order, each with ``(delay_ns, delay_ms)``:
+        """The pieces that can go now, in time order, each with ``(delay_ns, delay_ms)``:
         ``delay_ns`` as the Playground's ``Delay`` (the time since the previous piece, never
         negative), ``delay_ms`` the whole fake milliseconds since the start that the piece's
         time adds (so the delays of a run add up to its fake time, cut to the millisecond)."""
-        pending, self._pending = self._pending, []
-        pending.sort(key=lambda piece: piece.time_ns)
+        self._pending.sort(key=lambda piece: piece.time_ns)  # stable: one time keeps its order
+        everything = self._pending_bytes > self.max_pending
+        n = 0
+        for piece in self._pending:
+            other = "stderr" if piece.stream == "stdout" else "stdout"
+            floor = max(self._floor[other], self.decoders[other].last_ns)
+            if not everything and piece.time_ns > floor:
+                break
+            n += 1
+        ready, self._pending = self._pending[:n], self._pending[n:]
+        self._pending_bytes -= sum(len(piece.data) for piece in ready)
         out = []
-        for piece in pending:
+        for piece in ready:
             at = max(piece.time_ns, self.last_ns)
             delay_ns = at - self.last_ns
             delay_ms = (at - EPOCH_NS) // _NS_PER_MS - (self.last_ns - EPOCH_NS) // _NS_PER_MS
             self.last_ns = piece.time_ns = at
             out.append((piece, delay_ns, delay_ms))
         return out
+
+    def _hold(self, pieces: list[Piece]) -> None:
+        for piece in pieces:
+            self._high = max(self._high, piece.time_ns)
+            self._pending_bytes += len(piece.data)
+        self._pending += pieces
+
+
+_FOREVER = 2**63

@@ -3,11 +3,12 @@
 each with its fake ``delay_ms`` (and ``fake_time_ns``).
 
 Both pipes are read apart, so a chunk of one stream can come before an earlier write to the
-other.  Each time a chunk comes, both pipes are first read up to now (``drain``: the child's
-``drain_output``, non-blocking): then every record written before this moment is decoded, and
-every later one has a time no earlier than any of them (the runtime's clock never goes back and
-moves on when the fd changes), so all that is decoded can go out, sorted by fake time.  Nothing
-waits for the run's end; nothing is held but a cut header (at most 15 bytes a stream).
+other.  Each time a chunk comes, both pipes are first read until each is empty (``drain``: the
+child's ``drain_output``, non-blocking, telling when it finds a pipe empty or ended): what a
+stream writes after its pipe was found empty has a time no earlier than anything read by then
+(the runtime's clock never goes back, and moves on when the fd changes), so every piece earlier
+than what the other stream can still bring goes out, sorted by fake time (``Merger``).  Nothing
+waits for the run's end: a program that writes to one stream has each write sent as it is read.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from sandboxd.golang.playback import Merger
 
 # Sends (stream, data, fields) as an output event; returns how much of data fit the output limit.
 Deliver = Callable[[str, bytes, dict[str, int]], int]
+# Told (stream, ended) when a read finds that stream's pipe empty (or at its end).
+Empty = Callable[[str, bool], None]
 
 
 class FakeClock:
     """A faketime run's output sink (``OutputSink``: ``(stream, data, timestamp) -> taken``)."""
 
-    def __init__(self, deliver: Deliver, drain: Callable[[], None]) -> None:
+    def __init__(self, deliver: Deliver, drain: Callable[[Empty], None]) -> None:
         self.deliver = deliver
         self.drain = drain
         self.merger = Merger()
@@ -38,7 +41,7 @@ class FakeClock:
             return len(data)
         self._draining = True
         try:
-            self.drain()
+            self.drain(self.merger.empty)
         finally:
             self._draining = False
         self._send()

@@ -208,10 +208,10 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
             self.tests.feed(data)
         return self.output.stream(stream, data, timestamp, extra)
 
-    def _drain_output(self) -> None:
+    def _drain_output(self, empty: Callable[[str, bool], None]) -> None:
         drain = getattr(self.child, "drain_output", None)
         if drain is not None:
-            drain()
+            drain(empty)
 
     def _send(self, stream: str, data: bytes) -> None:
         self.output.send(stream, data)

@@ -221,24 +221,33 @@ class SandboxChild(protocol.ProcessProtocol):
         if self.transport is not None and not self._ended:
             self.transport.resumeProducing()
 
-    def drain_output(self) -> None:
+    def drain_output(self, empty: Callable[[str, bool], None]) -> None:
         """Read now what the program's stdout and stderr pipes hold (non-blocking; delivered
-        as ``childDataReceived``): a faketime run's records are put back in order only once
-        both pipes are read up to the same moment (``sandboxd.jobs.fakeclock``).  Bounded by
-        the output limit like any read; the reactor still sees the end of each pipe itself."""
+        as ``childDataReceived``), and call ``empty(stream, ended)`` the moment a pipe is found
+        empty or at its end: a faketime run's records are put back in order by what was read
+        before that moment (``sandboxd.jobs.fakeclock``).  Bounded by the output limit like any
+        read; the reactor still sees the end of each pipe itself."""
         pipes = getattr(self.transport, "pipes", None)
-        if not pipes or self._ended:
+        if pipes is None or self._ended:
             return
         for fd in (1, self.driver.stderr_fd):
+            stream = STREAMS[1 if fd == 1 else 2]
             for _ in range(DRAIN_READS):
                 reader = pipes.get(fd)
-                if reader is None or self.stopped_for == "output":
+                if reader is None:
+                    empty(stream, True)
                     break
+                if self.stopped_for == "output":
+                    return
                 try:
                     data = os.read(reader.fileno(), 65536)
-                except (OSError, ValueError):  # EAGAIN: empty for now; or already closed
+                except BlockingIOError:
+                    empty(stream, False)
+                    break
+                except (OSError, ValueError):  # closed under us: the reactor ends it
                     break
                 if not data:
+                    empty(stream, True)
                     break
                 self.childDataReceived(fd, data)
 

@@ -212,3 +212,30 @@ def test_compile_gives_the_playgrounds_exact_events():
         assert time.monotonic() - started < 120
     finally:
         daemon.cleanup()
+
+
+def test_output_is_live_and_bounded(daemon):
+    """Interactive: each answer comes while the program still runs (nothing waits for its
+    end); a program that writes for ever stops at the output limit, one final event."""
+    echo = go_main('\tin := bufio.NewScanner(os.Stdin)\n'
+                   '\tfor in.Scan() {\n\t\ttime.Sleep(time.Minute)\n'
+                   '\t\tfmt.Println("got", in.Text())\n\t}',
+                   imports=("bufio", "fmt", "os", "time"))
+    with daemon.connect() as client:
+        client.send({"id": "i", "code": echo, "interactive": True, "faketime": True})
+        client.send({"type": "stdin", "id": "i", "data": "one\n"})
+        first = client.read_event()
+        assert (first["output"], first["delay_ms"]) == ("got one\n", 60_000), first
+        client.send({"type": "stdin", "id": "i", "data": "two\n"})
+        second = client.read_event()
+        assert (second["output"], second["delay_ms"]) == ("got two\n", 60_000), second
+        client.send({"type": "stdin", "id": "i", "eof": True})
+        assert finals(client.read_until_done("i"))["i"]["status"] == "ok"
+    flood = go_main('\tfor {\n\t\tfmt.Fprintln(os.Stderr, "e")\n\t\tfmt.Println("o")\n\t}',
+                    imports=("fmt", "os"))
+    events = daemon.run({"id": "f", "code": flood, "faketime": True,
+                         "limits": {"output_bytes": 40_000}})
+    done = finals(events)
+    assert done["f"]["status"] == "output_limit", done
+    assert done["f"]["output_bytes"] == 40_000
+    assert output(events, "f") == "e\no\n" * 10_000

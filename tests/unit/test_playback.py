@@ -88,6 +88,7 @@ def test_delay_ms_adds_up_to_the_fake_time():
     for i in range(1, 5):  # 0.6 ms apart: 0, 1, 0, 1 whole milliseconds, then one hour
         merger.feed("stdout", record(i * 600_000, b"."))
     merger.feed("stdout", record(3600 * SECOND, b"!"))
+    merger.empty("stderr", ended=True)
     delays = [ms for _, _, ms in merger.take()]
     assert delays == [0, 1, 0, 1, 3_600_000 - 2]
     assert sum(delays) == 3_600_000
@@ -97,21 +98,51 @@ def test_fakeclock_orders_both_pipes_after_draining_them():
     """A chunk of stdout read before an earlier stderr write: the drain reads stderr first,
     and the events go out in the order they were written."""
     sent: list[tuple[str, bytes, dict]] = []
-    pipes = {"stderr": [record(1, b"B\n")]}
+    pipes = {"stdout": [], "stderr": [record(1, b"B\n")]}
 
     def deliver(stream, data, fields):
         sent.append((stream, data, fields))
         return len(data)
 
-    def drain():
-        while pipes["stderr"]:
-            clock("stderr", pipes["stderr"].pop(0), "")
+    def drain(empty):
+        for stream in ("stdout", "stderr"):
+            while pipes[stream]:
+                clock(stream, pipes[stream].pop(0), "")
+            empty(stream, False)
 
     clock = FakeClock(deliver, drain)
     assert clock("stdout", record(0, b"A\n") + record(2, b"A\n"), "") > 0
-    clock.end()
     assert [(s, d, f["delay_ms"], f["fake_time_ns"] - EPOCH_NS) for s, d, f in sent] == [
         ("stdout", b"A\n", 0, 0), ("stderr", b"B\n", 0, 1), ("stdout", b"A\n", 0, 2)]
+
+
+def test_a_write_after_its_pipe_was_read_empty_still_goes_first():
+    """The program writes o0 e1 o2 e3 while the pipes are read one after the other: stdout
+    (o0 read) is found empty, then e1, o2, e3 are written, and the stderr read finds e1 e3.
+    They wait until stdout's o2 is read (by the reactor, then the next drain finds both
+    pipes empty): the order is the program's."""
+    sent: list[bytes] = []
+    rounds = [{"stdout": [], "stderr": [record(1, b"e1") + record(3, b"e3")]},
+              {"stdout": [], "stderr": []}]
+
+    def deliver(stream, data, fields):
+        sent.append(data)
+        return len(data)
+
+    def drain(empty):
+        pipes = rounds.pop(0)
+        for stream in ("stdout", "stderr"):
+            for chunk in pipes[stream]:
+                clock(stream, chunk, "")
+            empty(stream, False)
+
+    clock = FakeClock(deliver, drain)
+    clock("stdout", record(0, b"o0"), "")
+    assert sent == [b"o0"]  # e1 and e3 wait: stdout may still hold something earlier
+    clock("stdout", record(2, b"o2"), "")
+    assert sent == [b"o0", b"e1", b"o2", b"e3"]
+    clock.end()
+    assert sent == [b"o0", b"e1", b"o2", b"e3"]
 
 
 def test_fakeclock_stops_at_the_output_limit():
@@ -122,6 +153,18 @@ def test_fakeclock_stops_at_the_output_limit():
         room[0] -= took
         return took
 
-    clock = FakeClock(deliver, lambda: None)
+    def drain(empty):
+        empty("stdout", False)
+        empty("stderr", False)
+
+    clock = FakeClock(deliver, drain)
     assert clock("stdout", record(0, b"abcdef"), "") == 0  # fewer than given: the child stops
     assert clock("stdout", record(1, b"more"), "") == 0
+
+
+def test_a_program_that_keeps_both_pipes_full_holds_at_most_max_pending():
+    merger = Merger(max_pending=100)
+    merger.feed("stdout", record(5, b"x" * 60))
+    assert merger.take() == []  # stderr was never found empty: it may hold something earlier
+    merger.feed("stdout", record(6, b"y" * 60))
+    assert [p.data[:1] for p, _, _ in merger.take()] == [b"x", b"y"]
