@@ -239,3 +239,15 @@ def test_output_is_live_and_bounded(daemon):
     assert done["f"]["status"] == "output_limit", done
     assert done["f"]["output_bytes"] == 40_000
     assert output(events, "f") == "e\no\n" * 10_000
+
+
+def test_a_sleep_loop_for_ever_ends_at_the_wall_limit(daemon):
+    """tests.go's timeouts_handled_gracefully: fake time races on, the program never ends; the
+    run's wall limit ends it (on /compile: "timeout running program")."""
+    forever = go_main('\tc := make(chan struct{})\n\tgo func() {\n\t\tdefer close(c)\n'
+                      '\t\tfor {\n\t\t\ttime.Sleep(10 * time.Millisecond)\n\t\t}\n\t}()\n\t<-c',
+                      imports=("time",))
+    events, final = run_one(daemon, {"id": "loop", "code": forever, "faketime": True,
+                                     "limits": {"run": {"wall_ms": 1500}}})
+    assert final["status"] == "timeout" and final["phase"] == "run", final
+    assert events == []
