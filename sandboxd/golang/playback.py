@@ -78,10 +78,11 @@ class StreamDecoder:
                 break
         return pieces
 
-    def flush(self) -> list[Piece]:
-        """The end of the stream: a cut header is data, as it came."""
+    def flush(self, cut: bool = False) -> list[Piece]:
+        """The end of the stream: a cut header is data, as it came; unless the daemon cut the
+        stream itself (``cut``: its output limit), which leaves it out."""
         held, self._held = self._held, b""
-        return [Piece(self.stream, self.last_ns, held)] if held else []
+        return [Piece(self.stream, self.last_ns, held)] if held and not cut else []
 
     def _add(self, pieces: list[Piece], at: int, data: bytes) -> None:
         if not data:
@@ -127,11 +128,18 @@ class Merger:
         """``stream``'s pipe was found empty (or at its end) just now."""
         self._floor[stream] = _FOREVER if ended else max(self._floor[stream], self._high)
 
-    def flush(self) -> None:
-        """The run ended: every piece can go."""
+    def flush(self, cut: bool = False) -> None:
+        """The run ended: every piece can go.  ``cut``: the daemon stopped reading at its
+        output limit, so what the other stream wrote before a held piece may never have been
+        read: only the pieces known to be in order go (the output is an exact prefix)."""
         for name, decoder in self.decoders.items():
-            self._hold(decoder.flush())
-            self._floor[name] = _FOREVER
+            self._hold(decoder.flush(cut))
+            if not cut:
+                self._floor[name] = _FOREVER
+
+    def drop(self) -> None:
+        """Forget what is still held (after a ``cut`` flush and ``take``)."""
+        self._pending, self._pending_bytes = [], 0
 
     def take(self) -> list[tuple[Piece, int, int]]:
         """The pieces that can go now, in time order, each with ``(delay_ns, delay_ms)``:

@@ -24,33 +24,47 @@ Empty = Callable[[str, bool], None]
 
 
 class FakeClock:
-    """A faketime run's output sink (``OutputSink``: ``(stream, data, timestamp) -> taken``)."""
+    """A faketime run's output sink (``OutputSink``: ``(stream, data, timestamp) -> taken``).
 
-    def __init__(self, deliver: Deliver, drain: Callable[[Empty], None]) -> None:
+    ``limit`` bounds the bytes read from the program, record headers included (as go.dev/play
+    bounds its output): a program writing empty records would otherwise make the daemon
+    decode headers for as long as it runs, none of them counted.  The text sent is bounded by
+    the same limit in ``deliver``."""
+
+    def __init__(self, deliver: Deliver, drain: Callable[[Empty], None], limit: int) -> None:
         self.deliver = deliver
         self.drain = drain
+        self.limit = limit
+        self.read_bytes = 0
         self.merger = Merger()
         self._draining = False
-        self._full = False
+        self._over = False  # more was read than ``limit``: the child is stopped
+        self._full = False  # ``deliver`` took less than given: nothing more is sent
 
     def __call__(self, stream: str, data: bytes, timestamp: str) -> int:
-        if self._full:
+        if self._over or self._full:
             return 0
+        room = self.limit - self.read_bytes
+        if len(data) > room:
+            data = data[:max(0, room)]
+            self._over = True  # the child stops (fewer taken than given); what fit goes out
+        self.read_bytes += len(data)
         self.merger.feed(stream, data)
         if self._draining:  # a chunk read by the drain below: sent with the rest
-            return len(data)
+            return 0 if self._over else len(data)
         self._draining = True
         try:
             self.drain(self.merger.empty)
         finally:
             self._draining = False
         self._send()
-        return 0 if self._full else len(data)
+        return 0 if self._over or self._full else len(data)
 
     def end(self) -> None:
         """The run ended (its pipes are closed): what is left goes out."""
-        self.merger.flush()
+        self.merger.flush(cut=self._over)
         self._send()
+        self.merger.drop()
 
     @property
     def fields(self) -> dict[str, int]:

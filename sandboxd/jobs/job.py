@@ -65,8 +65,8 @@ class Job(BuildPhase, RunPhase, ToolPhases, Children):
         # The run's sandbox, set up while the build runs and held until the program is there.
         self.held: HeldRun | None = None
         # A faketime run's output: playback records decoded, in the order they were written.
-        self.fakeclock = (FakeClock(self._deliver, self._drain_output) if request.faketime
-                          else None)
+        self.fakeclock = (FakeClock(self._deliver, self._drain_output,
+                                    request.limits.output_bytes) if request.faketime else None)
 
     # -- control from the connection -------------------------------------------------------
 

@@ -233,12 +233,26 @@ def test_output_is_live_and_bounded(daemon):
         assert finals(client.read_until_done("i"))["i"]["status"] == "ok"
     flood = go_main('\tfor {\n\t\tfmt.Fprintln(os.Stderr, "e")\n\t\tfmt.Println("o")\n\t}',
                     imports=("fmt", "os"))
+    # Each write is a 16-byte header and 2 bytes: ~22 000 writes, in order to the last.
     events = daemon.run({"id": "f", "code": flood, "faketime": True,
-                         "limits": {"output_bytes": 40_000}})
+                         "limits": {"output_bytes": 400_000}})
     done = finals(events)
     assert done["f"]["status"] == "output_limit", done
-    assert done["f"]["output_bytes"] == 40_000
-    assert output(events, "f") == "e\no\n" * 10_000
+    text = output(events, "f")
+    assert 20_000 < len(text) == done["f"]["output_bytes"] < 400_000 / 9 + 2
+    assert text == ("e\no\n" * 20_000)[:len(text)]
+    # Records without data (headers only, by raw system calls) count too: an output limit,
+    # not a wall-clock run of headers the daemon decodes for nothing.
+    empty = go_main(
+        '\th := []byte("\\x00\\x00PB\\x11\\x74\\xef\\xed\\xab\\x18\\x60\\x00\\x00\\x00\\x00'
+        '\\x00")\n\tfor {\n\t\tsyscall.RawSyscall(syscall.SYS_WRITE, 1, '
+        'uintptr(unsafe.Pointer(&h[0])), uintptr(len(h)))\n\t}',
+        imports=("syscall", "unsafe"))
+    events, final = run_one(daemon, {"id": "empty", "code": empty, "faketime": True,
+                                     "limits": {"output_bytes": 100_000,
+                                                "run": {"wall_ms": 5000}}})
+    assert final["status"] == "output_limit" and final["output_bytes"] == 0, final
+    assert events == []
 
 
 def test_a_sleep_loop_for_ever_ends_at_the_wall_limit(daemon):

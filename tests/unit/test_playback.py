@@ -110,7 +110,7 @@ def test_fakeclock_orders_both_pipes_after_draining_them():
                 clock(stream, pipes[stream].pop(0), "")
             empty(stream, False)
 
-    clock = FakeClock(deliver, drain)
+    clock = FakeClock(deliver, drain, 1 << 20)
     assert clock("stdout", record(0, b"A\n") + record(2, b"A\n"), "") > 0
     assert [(s, d, f["delay_ms"], f["fake_time_ns"] - EPOCH_NS) for s, d, f in sent] == [
         ("stdout", b"A\n", 0, 0), ("stderr", b"B\n", 0, 1), ("stdout", b"A\n", 0, 2)]
@@ -136,7 +136,7 @@ def test_a_write_after_its_pipe_was_read_empty_still_goes_first():
                 clock(stream, chunk, "")
             empty(stream, False)
 
-    clock = FakeClock(deliver, drain)
+    clock = FakeClock(deliver, drain, 1 << 20)
     clock("stdout", record(0, b"o0"), "")
     assert sent == [b"o0"]  # e1 and e3 wait: stdout may still hold something earlier
     clock("stdout", record(2, b"o2"), "")
@@ -157,7 +157,7 @@ def test_fakeclock_stops_at_the_output_limit():
         empty("stdout", False)
         empty("stderr", False)
 
-    clock = FakeClock(deliver, drain)
+    clock = FakeClock(deliver, drain, 1 << 20)
     assert clock("stdout", record(0, b"abcdef"), "") == 0  # fewer than given: the child stops
     assert clock("stdout", record(1, b"more"), "") == 0
 
@@ -168,3 +168,22 @@ def test_a_program_that_keeps_both_pipes_full_holds_at_most_max_pending():
     assert merger.take() == []  # stderr was never found empty: it may hold something earlier
     merger.feed("stdout", record(6, b"y" * 60))
     assert [p.data[:1] for p, _, _ in merger.take()] == [b"x", b"y"]
+
+
+def test_record_headers_count_against_the_output_limit():
+    """Empty records (headers only) are read bytes too: the child stops at the limit."""
+    sent: list[bytes] = []
+
+    def deliver(stream, data, fields):
+        sent.append(data)
+        return len(data)
+
+    def drain(empty):
+        empty("stdout", False)
+        empty("stderr", False)
+
+    clock = FakeClock(deliver, drain, 100)
+    assert clock("stdout", record(0, b"") * 5, "") == 80  # 16-byte headers, no data
+    assert clock("stdout", record(1, b"ab") + record(2, b"") * 5, "") == 0  # past 100 read
+    clock.end()
+    assert b"".join(sent) == b"ab"
