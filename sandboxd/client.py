@@ -177,6 +177,8 @@ def _run(reactor: Any, args: argparse.Namespace, test: bool = False):
         request["bench"] = args.bench
         if args.benchtime:
             request["benchtime"] = args.benchtime
+    if getattr(args, "faketime", False):
+        request["faketime"] = True
     _common(request, args)
     several = isinstance(request.get("go"), list)
     if several:  # each toolchain's run gets the same input: all of it, given at once
@@ -415,6 +417,9 @@ def parser() -> argparse.ArgumentParser:
                        help="lower a limit, e.g. run.wall_ms=2000; repeatable")
         if name != "vet":
             s.add_argument("--session", help="a session id: the box and its files persist")
+            s.add_argument("-faketime", "--faketime", action="store_true",
+                           help="the Go Playground's fake clock: time starts at 2009-11-10 "
+                                "23:00:00 UTC and sleeps cost nothing")
         if name == "test":
             s.add_argument("-json", "--json", dest="json", action="store_true",
                            help="print one JSON line per test event, as go test -json does")

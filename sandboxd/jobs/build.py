@@ -17,6 +17,7 @@ from sandboxd.golang import diagnostics, experiments, gotest
 from sandboxd.golang.modules import MODCACHE_INSIDE, PROXY_INSIDE
 from sandboxd.golang.toolchain import (
     BUILD_FLAGS,
+    FAKETIME_FLAGS,
     SOURCE_INSIDE,
 )
 from sandboxd.jobs import verdict
@@ -71,6 +72,8 @@ class BuildPhase:
         if self.testing:
             files, self.renamed = gotest.as_test_package(files)
             flags = (*BUILD_FLAGS, "test")
+        if req.faketime:  # never served to a run without it, nor the other way round
+            flags = (*flags, *FAKETIME_FLAGS)
         key = BinaryCache.key(files, tc.ident, flags, req.limits.build, self._build_env_extra())
         leading = False
 
@@ -132,7 +135,8 @@ class BuildPhase:
         it stays with the box for a later request."""
         held = self.rt.held_builds
         if held is None or self.box is None or not (
-            self.request.type == "run" and not self.testing and self.rt.modules is None
+            self.request.type == "run" and not self.testing and not self.request.faketime
+            and self.rt.modules is None
             and not self._build_env_extra()  # launched with the toolchain's environment
             and self.toolchain is held.toolchain and self.request.limits.build == held.limits
         ):
@@ -223,8 +227,9 @@ class BuildPhase:
                 building = held.start(files, collected, self.paused)
                 building.addBoth(self._child_ended)
             else:
-                argv = (self.toolchain.test_argv() if self.testing
-                        else self.toolchain.build_argv())
+                fake = self.request.faketime
+                argv = (self.toolchain.test_argv(fake) if self.testing
+                        else self.toolchain.build_argv(fake))
                 failed = await self._download(job_dir, files)
                 if failed is not None:
                     return failed

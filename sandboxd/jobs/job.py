@@ -17,6 +17,7 @@ from sandboxd.golang import gotest
 from sandboxd.jobs import verdict
 from sandboxd.jobs.build import BuildPhase
 from sandboxd.jobs.children import Children
+from sandboxd.jobs.fakeclock import FakeClock
 from sandboxd.jobs.judge import JudgePhase
 from sandboxd.jobs.output import Output, Stdin
 from sandboxd.jobs.run import HeldRun, RunPhase
@@ -84,6 +85,9 @@ class Job(BuildPhase, RunPhase, JudgePhase, ToolPhases, Children):
         self.stdin = Stdin(request.id, request.interactive)
         # The run's sandbox, set up while the build runs and held until the program is there.
         self.held: HeldRun | None = None
+        # A faketime run's output: playback records decoded, in the order they were written.
+        self.fakeclock = (FakeClock(self._deliver, self._drain_output,
+                                    request.limits.output_bytes) if request.faketime else None)
 
     # -- control from the connection -------------------------------------------------------
 
@@ -221,16 +225,32 @@ class Job(BuildPhase, RunPhase, JudgePhase, ToolPhases, Children):
     # -- output ----------------------------------------------------------------------------
 
     def _stream(self, stream: str, data: bytes, timestamp: str) -> int:
+        if self.fakeclock is not None:
+            return self.fakeclock(stream, data, timestamp)
+        return self._deliver(stream, data, None, timestamp)
+
+    def _deliver(self, stream: str, data: bytes, extra: dict[str, Any] | None,
+                 timestamp: str = "") -> int:
+        """The program's output (a faketime run's decoded), counted and sent."""
         if self.test_view is not None and stream == "stdout":
             return self.test_view.stdout(data, timestamp)
         if self.tests is not None and stream == "stdout":
             self.tests.feed(data)
-        return self.output.stream(stream, data, timestamp)
+        return self.output.stream(stream, data, timestamp, extra)
+
+    def _drain_output(self, empty: Callable[[str, bool], None]) -> None:
+        drain = getattr(self.child, "drain_output", None)
+        if drain is not None:
+            drain(empty)
 
     def _send(self, stream: str, data: bytes) -> None:
         self.output.send(stream, data)
 
     def _flush(self) -> None:
+        if self.fakeclock is not None:
+            self.fakeclock.end()
+            self.output.flush(self.fakeclock.fields)
+            return
         self.output.flush()
 
     # -- the end ---------------------------------------------------------------------------

@@ -37,14 +37,17 @@ class Output:
         self.sent_bytes += len(take)
         return take
 
-    def stream(self, stream: str, data: bytes, timestamp: str) -> int:
-        """Send what fits of ``data``; how much that was (a child stops at less than all)."""
+    def stream(self, stream: str, data: bytes, timestamp: str,
+               extra: dict[str, Any] | None = None) -> int:
+        """Send what fits of ``data``; how much that was (a child stops at less than all).
+        ``extra``: more fields for its event (a faketime run's ``delay_ms``)."""
         take = self.take(data)
         if take:
             text, raw = self._decoders[stream].feed(take)
             if text or raw:
-                self.emit(output_event(self.request_id, stream, self.phase(), text, raw,
-                                       timestamp))
+                event = output_event(self.request_id, stream, self.phase(), text, raw,
+                                     timestamp)
+                self.emit({**event, **extra} if extra else event)
         return len(take)
 
     def send(self, stream: str, data: bytes) -> None:
@@ -52,11 +55,12 @@ class Output:
         self.stream(stream, data, "")
         self.flush()
 
-    def flush(self) -> None:
+    def flush(self, extra: dict[str, Any] | None = None) -> None:
         for stream, decoder in self._decoders.items():
             text, raw = decoder.flush()
             if text or raw:
-                self.emit(output_event(self.request_id, stream, self.phase(), text, raw))
+                event = output_event(self.request_id, stream, self.phase(), text, raw)
+                self.emit({**event, **extra} if extra else event)
 
 
 class Collector:

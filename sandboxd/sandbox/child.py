@@ -32,6 +32,7 @@ BOX_EMPTY_POLL_S = 0.005
 BOX_EMPTY_S = 10.0  # SIGKILLed processes end; one stuck in the kernel is logged, not waited on
 STDERR_TAIL = 4096
 STREAMS = {1: "stdout", 2: "stderr"}
+DRAIN_READS = 64  # of 64 KiB each a pipe, at most, per drain (a pipe holds 1 MiB at most)
 # What the Go runtime prints when an allocation fails (under RLIMIT_AS, with no cgroup); its
 # goroutine dump follows, so this is looked for as the output passes, not in the tail.
 OUT_OF_MEMORY = (b"fatal error: out of memory", b"runtime: out of memory",
@@ -250,6 +251,36 @@ class SandboxChild(protocol.ProcessProtocol):
         self.paused = False
         if self.transport is not None and not self._ended:
             self.transport.resumeProducing()
+
+    def drain_output(self, empty: Callable[[str, bool], None]) -> None:
+        """Read now what the program's stdout and stderr pipes hold (non-blocking; delivered
+        as ``childDataReceived``), and call ``empty(stream, ended)`` the moment a pipe is found
+        empty or at its end: a faketime run's records are put back in order by what was read
+        before that moment (``sandboxd.jobs.fakeclock``).  Bounded by the output limit like any
+        read; the reactor still sees the end of each pipe itself."""
+        pipes = getattr(self.transport, "pipes", None)
+        if pipes is None or self._ended:
+            return
+        for fd in (1, self.driver.stderr_fd):
+            stream = STREAMS[1 if fd == 1 else 2]
+            for _ in range(DRAIN_READS):
+                reader = pipes.get(fd)
+                if reader is None:
+                    empty(stream, True)
+                    break
+                if self.stopped_for == "output":
+                    return
+                try:
+                    data = os.read(reader.fileno(), 65536)
+                except BlockingIOError:
+                    empty(stream, False)
+                    break
+                except (OSError, ValueError):  # closed under us: the reactor ends it
+                    break
+                if not data:
+                    empty(stream, True)
+                    break
+                self.childDataReceived(fd, data)
 
     # -- ProcessProtocol -------------------------------------------------------------------
 

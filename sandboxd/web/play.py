@@ -10,7 +10,9 @@ end in the Playground's shapes:
   "TestsFailed", "VetErrors"?, "VetOK"?}`` — ``Errors`` is the cleaned compiler output (the
   main file named ``prog.go``, as the Playground names it: ``./prog.go:4:2: …``) or the
   Playground's ``timeout running program``; ``Events`` the program's output in order, with
-  ``Delay`` the nanoseconds since the previous event (measured, as sandboxd has no faketime);
+  ``Delay`` the nanoseconds since the previous event.  As on go.dev/play, the program is built
+  with the fake clock (a ``"faketime": true`` run: it starts at 2009-11-10 23:00:00 UTC, sleeps
+  cost nothing) and ``Delay`` is the fake time between its writes, to the nanosecond;
   ``Status`` the exit status.  ``withVet``: ``go vet`` runs first; its findings are
   ``VetErrors`` and ``VetOK`` says it found nothing.
 - ``/vet``: ``{"Errors": findings, …}`` (the same shape, the rest zero).
@@ -35,6 +37,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from sandboxd.golang import gotest
+from sandboxd.golang.playback import EPOCH_NS
 from sandboxd.web.errors import refuse
 from sandboxd.web.stream import channel_client
 from sandboxd.wire import txtar
@@ -193,6 +196,8 @@ def events_of(collected: _Collected) -> list[dict[str, Any]] | None:
            and e.get("output")]
     if not run:
         return None
+    if "fake_time_ns" in run[0]:
+        return _fake_events(run)
     wall = final.get("wall_ms") or 0
     previous = int(final["timestamp"]) - wall if wall else int(run[0]["timestamp"])
     events: list[dict[str, Any]] = []
@@ -207,6 +212,22 @@ def events_of(collected: _Collected) -> list[dict[str, Any]] | None:
     return events
 
 
+def _fake_events(run: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A faketime run's events as golang/playground's ``Recorder.Events``: ``Delay`` the fake
+    nanoseconds since the previous event, one stream's events at one time merged."""
+    now = EPOCH_NS
+    events: list[dict[str, Any]] = []
+    for e in run:
+        at = int(e.get("fake_time_ns", now))
+        delay = max(at - now, 0)
+        if events and events[-1]["Kind"] == e["stream"] and delay == 0:
+            events[-1]["Message"] += e["output"]
+            continue
+        events.append({"Message": e["output"], "Kind": e["stream"], "Delay": delay})
+        now = max(at, now)
+    return events
+
+
 class Compile(PlayResource):
     async def answer(self, body: str, with_vet: bool, request: Any) -> dict[str, Any] | None:
         testing = gotest.wants_tests(_files_of(body))
@@ -215,7 +236,7 @@ class Compile(PlayResource):
             vet = await self.run({"type": "vet", "code": body}, request)
             if vet.final["status"] == "vet_issues":
                 vet_errors = playground_names(vet.text("build"), testing)
-        ran = await self.run({"type": "run", "code": body}, request)
+        ran = await self.run({"type": "run", "code": body, "faketime": True}, request)
         final = ran.final
         status = final["status"]
         if status == "compile_error":

@@ -115,7 +115,12 @@ class Connection(protocol.Protocol, TimeoutMixin):
         self.transport.loseConnection()
 
     def _close_if_done(self) -> None:
-        if self.input_closed and not self.jobs and not self.lost and not self._backlog:
+        # Not while the transport holds us paused: its loseConnection would then wait for a
+        # write that never comes (Twisted's doWrite, its buffer empty, resumes a paused
+        # producer instead of closing), and the client would never see the end.  The
+        # transport's resumeProducing closes it.
+        if (self.input_closed and not self.jobs and not self.lost and not self._backlog
+                and not self.paused):
             self.transport.loseConnection()
 
     # -- input -----------------------------------------------------------------------------
@@ -281,6 +286,7 @@ class Connection(protocol.Protocol, TimeoutMixin):
             self._reading(True)
         for job in list(self.jobs.values()):
             job.resume()
+        self._close_if_done()
 
     def _reading(self, on: bool) -> None:
         if self.lost or self.input_closed:

@@ -22,7 +22,7 @@ MAX_TOOLCHAINS = 4  # names in one request's ``go`` list (a run on each, one aft
 
 REQUEST_FIELDS = {
     "run": {"type", "id", "code", "files", "session_id", "limits", "stdin", "interactive",
-            "go", "test", "test_json", "bench", "benchtime", "cases"},
+            "go", "test", "test_json", "bench", "benchtime", "cases", "faketime"},
     "fmt": {"type", "id", "code", "files", "go", "imports"},
     "vet": {"type", "id", "code", "files", "limits", "go"},
     "version": {"type", "id"},
@@ -92,6 +92,7 @@ class Request:
     # whose main.go is the text before the first marker)
     shape: str = "code"
     archive: bytes = b""  # fmt: the archive as sent (the answer says whether it differs)
+    faketime: bool = False  # built with the Playground's fake clock (docs/protocol.md)
 
 
 @dataclass
@@ -152,13 +153,18 @@ def parse_line(
         raise BadRequest(f"{what} cannot be used with several toolchains: each runs in a "
                          "fresh box, with the same 'stdin'", request_id)
     test = _flag(obj, "test", request_id)
+    faketime = _flag(obj, "faketime", request_id)
+    if faketime and (options.test_json or options.bench is not None):
+        raise BadRequest("'faketime' cannot be used with "
+                         f"{'test_json' if options.test_json else 'bench'}", request_id)
     cases = None
     if "cases" in obj:
         given = [name for name, on in (("stdin", "stdin" in obj), ("interactive", interactive),
                                        ("test", test), ("session_id", session_id is not None),
                                        ("test_json", options.test_json),
                                        ("bench", options.bench is not None),
-                                       ("go as a list", bool(several))) if on]
+                                       ("go as a list", bool(several)),
+                                       ("faketime", faketime)) if on]
         if given:
             raise BadRequest(f"give either 'cases' or {given[0]!r}, not both", request_id)
         cases = _cases(obj["cases"], request_id, sources)
@@ -167,6 +173,7 @@ def parse_line(
         id=request_id or new_request_id(), files=files, limits=limits, session_id=session_id,
         type=kind, stdin=stdin, interactive=interactive, go=go, test=test,
         options=options, toolchains=several, cases=cases,
+        faketime=faketime,
         imports=_flag(obj, "imports", request_id), shape=_shape(obj),
         archive=_encode(obj["code"]) if _shape(obj).startswith("txtar") else b"",
     )

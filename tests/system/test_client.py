@@ -230,3 +230,15 @@ def test_server_text_is_shown_with_its_control_characters_escaped(tmp_path):
     assert done.returncode != 0 and "internal_error" in err, err
     assert not any(c in err for c in "\x1b\x07\x9b\x85\u2028\u202e"), repr(err)
     assert "\\x1b]0;owned\\x07" in err and "\\x9b31m" in err and "\\u202eok" in err, repr(err)
+
+
+def test_run_faketime_is_the_playgrounds_clock(daemon, src):
+    """``-faketime``: time starts at the Playground's 2009-11-10 23:00:00 UTC, an hour's sleep
+    costs nothing, and stderr/stdout come in the order they were written (each to its own)."""
+    (src / "main.go").write_text(go_main(
+        '\tfmt.Println(time.Now().UTC())\n\ttime.Sleep(time.Hour)\n'
+        '\tfmt.Fprintln(os.Stderr, time.Now().UTC())', imports=("fmt", "os", "time")))
+    done = client(daemon, "run", "-faketime", str(src / "main.go"), stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"2009-11-10 23:00:00 +0000 UTC\n"
+    assert done.stderr == b"2009-11-11 00:00:00 +0000 UTC\n"

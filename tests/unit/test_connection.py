@@ -176,6 +176,21 @@ def test_half_close_waits_for_every_job_then_closes(conn):
     assert [e["id"] for e in events(transport)] == ["b", "a"]
 
 
+def test_the_close_after_the_last_job_waits_until_the_transport_resumes_us(conn):
+    """The last job ends while the transport holds us paused (its buffer over 64 KiB): Twisted's
+    doWrite, once that buffer is empty, resumes a paused producer instead of closing, so a close
+    asked then never happens and the client never sees the end (found with faketime's many
+    small events).  The close is asked when the transport resumes us."""
+    proto, transport = conn
+    proto.dataReceived(line({"code": "x", "id": "a"}))
+    proto.readConnectionLost()
+    proto.pauseProducing()
+    FakeJob.made[0].finish()
+    assert not transport.disconnecting
+    proto.resumeProducing()
+    assert transport.disconnecting
+
+
 def test_a_last_line_without_newline_still_runs_at_half_close(conn):
     proto, transport = conn
     proto.dataReceived(SHORT[:-1])
