@@ -503,11 +503,8 @@ def _build_cacheprog(toolchain: Toolchain, driver: Any) -> None:
 
 
 def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
-    from sandboxd.limits import DEFAULT_LIMITS
-    from sandboxd.limits import PhaseLimits as _PL
-    from sandboxd.sandbox.driver import STATUS_FD
-    from sandboxd.sandbox.drivers import Mount, SandboxRun
-
+    """Build the standard library (as is and with the fake clock) and the vet facts of common
+    packages in the warm box, then make the result the toolchain's read-only std cache."""
     target = toolchain.std_cache
     if (target / "README").is_file():
         return False
@@ -515,100 +512,8 @@ def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
     os.chmod(toolchain.cache_dir, 0o755)
     work = Path(tempfile.mkdtemp(prefix="warm-", dir=toolchain.cache_dir))
     try:
-        uid = driver.uid_for(driver.warm_box_number)
-        cache, src = work / "cache", work / "src"
-        cache.mkdir()
-        os.chown(cache, uid, uid)
-        src.mkdir()
-        (src / "go.mod").write_bytes(toolchain.go_mod())
-        imports = "".join(f'\t_ "{name}"\n' for name in VET_WARM_IMPORTS)
-        (src / "main.go").write_text(f"package main\n\nimport (\n{imports})\n\nfunc main() {{}}\n")
-        os.chmod(work, 0o755)
-        number = driver.warm_box_number
-        box = Box(number, uid, driver.gid_for(number), driver.workspace_for(number))
-        driver.create_box(box, 64)
-        lim = DEFAULT_LIMITS.build
-        flags = " ".join(BUILD_FLAGS)
-        limits = _PL(**{**lim.as_dict(), "wall_ms": 600_000, "cpu_ms": 1_200_000,
-                        "memory_mb": 4096, "disk_mb": 1024, "file_size_mb": 512})
-        run = SandboxRun(
-            phase=Phase.BUILD, box=box,
-            argv=["/bin/sh", "-c",
-                  f"go build -v {flags} std && go build -v {flags} {' '.join(FAKETIME_FLAGS)} "
-                  f"std && go vet {flags} .", "sandboxd-warm"],
-            env=toolchain.build_env(layer=False), cwd=SOURCE_INSIDE, limits=limits,
-            mounts=[Mount(toolchain.goroot, GOROOT_INSIDE), Mount(cache, GOCACHE_INSIDE, True),
-                    Mount(src, SOURCE_INSIDE)],
-            with_workspace=False,
-        )
-        argv, env = driver.command(run)
-        total = 2 * count_std_packages(toolchain.goroot)  # std, then std with the fake clock
-        if not quiet:
-            # Measured here: 24 s to 62 s on 2 cores, depending on what else runs.
-            print(f"sandboxd: building the Go standard library cache for {toolchain.version} "
-                  f"into {target} (once; about {total} packages, a minute or two on 2 "
-                  f"cores)", file=sys.stderr)
-        try:
-            # The sandbox may report on STATUS_FD (bwrap dies without it, and its half-made
-            # child then holds our pipes open forever): give it /dev/null.
-            status_sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-            fds = {STATUS_FD: status_sink, **run.fds}
-
-            def place_fds() -> None:
-                for child_fd, fd in fds.items():
-                    os.dup2(fd, child_fd)
-
-            # Output goes to a file, not a pipe: a sandbox that dies half-made can leave a
-            # process holding a pipe open, and the warm must not wait on it for ever.
-            proc: subprocess.Popen | None = None
-            with tempfile.TemporaryFile() as output:
-                if driver.stderr_fd != 2:  # the build's own stderr, apart from the tool's
-                    fds[driver.stderr_fd] = output.fileno()
-                try:
-                    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                            stdout=output, stderr=subprocess.STDOUT,
-                                            pass_fds=tuple(fds), preexec_fn=place_fds)
-                    _wait_showing_progress(proc, output, total, quiet)
-                finally:
-                    if proc is not None and proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
-                    os.close(status_sink)
-                    _kill_uid(uid)
-                output.seek(0)
-                log_text = output.read().decode(errors="replace")
-        finally:
-            run.close_fds()
-            driver.destroy_box(box)
-        if proc.returncode != 0:
-            how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
-                   else f"exit status {proc.returncode}")
-            raise ToolchainError(f"building the standard library failed ({how}):\n" + log_text)
-        for root, dirs, files in os.walk(cache, followlinks=False):
-            os.chown(root, 0, 0, follow_symlinks=False)
-            os.chmod(root, 0o755)
-            for name in files:
-                p = os.path.join(root, name)
-                if os.path.islink(p):
-                    os.unlink(p)
-                    continue
-                os.chown(p, 0, 0, follow_symlinks=False)
-                os.chmod(p, 0o644)
-            for name in dirs:
-                p = os.path.join(root, name)
-                if os.path.islink(p):
-                    os.unlink(p)
-        mode = cache / "config" / "go" / "telemetry" / "mode"
-        mode.parent.mkdir(parents=True, exist_ok=True)
-        mode.unlink(missing_ok=True)  # the warm box could have left something there
-        mode.write_text("off\n")
-        for d in (mode.parent, mode.parent.parent, mode.parent.parent.parent):
-            os.chmod(d, 0o755)
-        os.chmod(mode, 0o644)
-        (cache / "README").write_text(
-            f"Read-only Go build cache of the standard library for {toolchain.version}.\n"
-        )
-        os.chmod(cache / "README", 0o644)
+        cache = _build_std(toolchain, driver, work, quiet)
+        _seal_std_cache(toolchain, cache)
         try:
             os.rename(cache, target)
         except OSError:
@@ -617,6 +522,120 @@ def _warm(toolchain: Toolchain, driver: Any, quiet: bool) -> bool:
         return True
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _build_std(toolchain: Toolchain, driver: Any, work: Path, quiet: bool) -> Path:
+    """The build in the warm box, into ``work/cache`` (owned by the box uid); that path."""
+    from sandboxd.limits import DEFAULT_LIMITS
+    from sandboxd.limits import PhaseLimits as _PL
+    from sandboxd.sandbox.drivers import Mount, SandboxRun
+
+    uid = driver.uid_for(driver.warm_box_number)
+    cache, src = work / "cache", work / "src"
+    cache.mkdir()
+    os.chown(cache, uid, uid)
+    src.mkdir()
+    (src / "go.mod").write_bytes(toolchain.go_mod())
+    imports = "".join(f'\t_ "{name}"\n' for name in VET_WARM_IMPORTS)
+    (src / "main.go").write_text(f"package main\n\nimport (\n{imports})\n\nfunc main() {{}}\n")
+    os.chmod(work, 0o755)
+    number = driver.warm_box_number
+    box = Box(number, uid, driver.gid_for(number), driver.workspace_for(number))
+    driver.create_box(box, 64)
+    flags = " ".join(BUILD_FLAGS)
+    limits = _PL(**{**DEFAULT_LIMITS.build.as_dict(), "wall_ms": 600_000, "cpu_ms": 1_200_000,
+                    "memory_mb": 4096, "disk_mb": 1024, "file_size_mb": 512})
+    run = SandboxRun(
+        phase=Phase.BUILD, box=box,
+        argv=["/bin/sh", "-c",
+              f"go build -v {flags} std && go build -v {flags} {' '.join(FAKETIME_FLAGS)} "
+              f"std && go vet {flags} .", "sandboxd-warm"],
+        env=toolchain.build_env(layer=False), cwd=SOURCE_INSIDE, limits=limits,
+        mounts=[Mount(toolchain.goroot, GOROOT_INSIDE), Mount(cache, GOCACHE_INSIDE, True),
+                Mount(src, SOURCE_INSIDE)],
+        with_workspace=False,
+    )
+    total = 2 * count_std_packages(toolchain.goroot)  # std, then std with the fake clock
+    if not quiet:
+        # Measured here: 24 s to 62 s on 2 cores, depending on what else runs.
+        print(f"sandboxd: building the Go standard library cache for {toolchain.version} "
+              f"into {toolchain.std_cache} (once; about {total} packages, a minute or two on 2 "
+              f"cores)", file=sys.stderr)
+    try:
+        code, log_text = _run_warm_box(driver, run, uid, total, quiet)
+    finally:
+        run.close_fds()
+        driver.destroy_box(box)
+    if code != 0:
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        raise ToolchainError(f"building the standard library failed ({how}):\n" + log_text)
+    return cache
+
+
+def _run_warm_box(driver: Any, run: Any, uid: int, total: int,
+                  quiet: bool) -> tuple[int, str]:
+    """Run the warm box's build to its end, showing progress; its exit code and output."""
+    from sandboxd.sandbox.driver import STATUS_FD
+
+    argv, env = driver.command(run)
+    # The sandbox may report on STATUS_FD (bwrap dies without it, and its half-made child then
+    # holds our pipes open forever): give it /dev/null.
+    status_sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    fds = {STATUS_FD: status_sink, **run.fds}
+
+    def place_fds() -> None:
+        for child_fd, fd in fds.items():
+            os.dup2(fd, child_fd)
+
+    # Output goes to a file, not a pipe: a sandbox that dies half-made can leave a process
+    # holding a pipe open, and the warm must not wait on it for ever.
+    proc: subprocess.Popen | None = None
+    with tempfile.TemporaryFile() as output:
+        if driver.stderr_fd != 2:  # the build's own stderr, apart from the tool's
+            fds[driver.stderr_fd] = output.fileno()
+        try:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=output, stderr=subprocess.STDOUT,
+                                    pass_fds=tuple(fds), preexec_fn=place_fds)
+            _wait_showing_progress(proc, output, total, quiet)
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(status_sink)
+            _kill_uid(uid)
+        output.seek(0)
+        return proc.returncode, output.read().decode(errors="replace")
+
+
+def _seal_std_cache(toolchain: Toolchain, cache: Path) -> None:
+    """What the warm box built, made root's and read-only (links it may have planted
+    removed), with telemetry off and a README."""
+    for root, dirs, files in os.walk(cache, followlinks=False):
+        os.chown(root, 0, 0, follow_symlinks=False)
+        os.chmod(root, 0o755)
+        for name in files:
+            p = os.path.join(root, name)
+            if os.path.islink(p):
+                os.unlink(p)
+                continue
+            os.chown(p, 0, 0, follow_symlinks=False)
+            os.chmod(p, 0o644)
+        for name in dirs:
+            p = os.path.join(root, name)
+            if os.path.islink(p):
+                os.unlink(p)
+    mode = cache / "config" / "go" / "telemetry" / "mode"
+    mode.parent.mkdir(parents=True, exist_ok=True)
+    mode.unlink(missing_ok=True)  # the warm box could have left something there
+    mode.write_text("off\n")
+    for d in (mode.parent, mode.parent.parent, mode.parent.parent.parent):
+        os.chmod(d, 0o755)
+    os.chmod(mode, 0o644)
+    (cache / "README").write_text(
+        f"Read-only Go build cache of the standard library for {toolchain.version}.\n"
+    )
+    os.chmod(cache / "README", 0o644)
 
 
 # -- images: what boxes see of the toolchain and its cache, mounted as filesystems of their own
